@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Benchmark: ``lockdown report --log FILE --json`` against ``pflogsumm`` on the same generated log.
+
+    python3 bench/bench_report.py [--lines 1000000] [--keep FILE]
+
+Generates a realistic Postfix 3.7 log (postscreen and smtpd connects, client=,
+cleanup, qmgr, smtp sent/deferred to qq.com and others, lmtp local delivery,
+SASL submission, 454/554 rejects, anvil statistics), then runs both tools on
+it in the same run and prints their wall times, the ratio (goal: lockdown at
+least 3x faster) and each one's peak RSS (from wait4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+OUTSIDE = ["qq.com", "qq.com", "qq.com", "163.com", "gmail.com", "yahoo.co.jp", "outlook.com"]
+LOCAL = "example.org"
+
+
+def generate(path: Path, target: int, seed: int = 8) -> dict[str, int]:
+    """Write about ``target`` lines; return what the log contains, as counted while writing."""
+    rnd = random.Random(seed)
+    t = datetime(2026, 11, 20, 0, 0, 0, tzinfo=UTC)
+    n = 0
+    qn = 0x100000
+    pid = 1000
+    truth = {"messages": 0, "outside_messages": 0, "signature_messages": 0, "rejects": 0}
+    buf: list[str] = []
+
+    def emit(text: str) -> None:
+        nonlocal n
+        buf.append(f"{t.strftime('%b %d %H:%M:%S')} mail {text}\n")
+        n += 1
+
+    with open(path, "w") as fh:
+        while n < target:
+            t += timedelta(milliseconds=rnd.randint(5, 400))
+            pid = 1000 + (pid + 1) % 30000
+            kind = rnd.random()
+            gw = rnd.random() < 0.4
+            addr = "172.17.0.1" if gw else f"198.51.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}"
+            host = "unknown" if gw else f"mx{rnd.randint(1, 99)}.sender{rnd.randint(1, 500)}.example"
+            if kind < 0.15:  # a reject
+                code, dsn = rnd.choice([("554", "5.7.1"), ("454", "4.7.1")])
+                rcpt = f"{rnd.randint(10000, 9999999)}@{rnd.choice(OUTSIDE)}"
+                emit(f"postfix/smtpd[{pid}]: connect from {host}[{addr}]")
+                emit(
+                    f"postfix/smtpd[{pid}]: NOQUEUE: reject: RCPT from {host}[{addr}]: {code} {dsn} <{rcpt}>: "
+                    f"Relay access denied; from=<spam{rnd.randint(1, 999)}@spam.example> to=<{rcpt}> "
+                    f"proto=ESMTP helo=<WIN-{rnd.randint(1000, 9999)}>"
+                )
+                emit(f"postfix/smtpd[{pid}]: disconnect from {host}[{addr}] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4")
+                truth["rejects"] += 1
+                continue
+            if kind < 0.2:
+                emit(f"postfix/anvil[90]: statistics: max connection rate 3/60s for (smtp:{addr}) at {t:%b %d %H:%M:%S}")
+                continue
+            qn += rnd.randint(1, 50)
+            qid = f"{qn:X}"
+            sasl = rnd.random() < 0.2
+            service = "postfix/submission/smtpd" if sasl else "postfix/smtpd"
+            outside = sasl or (gw and rnd.random() < 0.9)
+            emit(f"postfix/postscreen[77]: CONNECT from [{addr}]:{rnd.randint(1024, 65535)} to [172.17.0.2]:25")
+            emit(f"postfix/postscreen[77]: PASS OLD [{addr}]:{rnd.randint(1024, 65535)}")
+            emit(f"{service}[{pid}]: connect from {host}[{addr}]")
+            client = f"client={host}[{addr}]"
+            if sasl:
+                client += f", sasl_method=PLAIN, sasl_username=user{rnd.randint(1, 40)}@{LOCAL}"
+            emit(f"{service}[{pid}]: {qid}: {client}")
+            emit(f"postfix/cleanup[{pid + 1}]: {qid}: message-id=<{qid}.{rnd.randint(1, 10**9)}@{host}>")
+            nr = rnd.randint(1, 3)
+            sender = f"{'user' if sasl else 'x'}{rnd.randint(1, 99)}@{LOCAL if sasl else 'spam.example'}"
+            emit(f"postfix/qmgr[60]: {qid}: from=<{sender}>, size={rnd.randint(800, 90000)}, nrcpt={nr} (queue active)")
+            emit(f"{service}[{pid}]: disconnect from {host}[{addr}] ehlo=1 mail=1 rcpt={nr} data=1 quit=1 commands=5")
+            for _ in range(nr):
+                if outside:
+                    dom = rnd.choice(OUTSIDE)
+                    rcpt = f"{rnd.randint(10000, 9999999)}@{dom}"
+                    if rnd.random() < 0.6:
+                        emit(
+                            f"postfix/smtp[{pid + 2}]: {qid}: to=<{rcpt}>, relay=mx3.{dom}[203.0.113.{rnd.randint(1, 254)}]:25, "
+                            f"delay=2.1, delays=0.05/0.01/1.2/0.84, dsn=4.7.0, status=deferred (host mx3.{dom}"
+                            "[203.0.113.7] said: 451 4.7.0 Temporary rejected (in reply to RCPT TO command))"
+                        )
+                    else:
+                        emit(
+                            f"postfix/smtp[{pid + 2}]: {qid}: to=<{rcpt}>, relay=mx3.{dom}[203.0.113.{rnd.randint(1, 254)}]:25, "
+                            "delay=1.4, delays=0.05/0.01/0.5/0.84, dsn=2.0.0, status=sent (250 OK)"
+                        )
+                else:
+                    emit(
+                        f"postfix/lmtp[{pid + 3}]: {qid}: to=<u{rnd.randint(1, 50)}@{LOCAL}>, "
+                        "relay=dovecot[private/dovecot-lmtp], delay=0.3, delays=0.1/0/0/0.2, dsn=2.0.0, "
+                        "status=sent (250 2.0.0 <x> Saved)"
+                    )
+            emit(f"postfix/qmgr[60]: {qid}: removed")
+            truth["messages"] += 1
+            truth["outside_messages"] += int(outside)
+            truth["signature_messages"] += int(outside and gw and not sasl)
+            if len(buf) > 5000:
+                fh.write("".join(buf))
+                buf.clear()
+        fh.write("".join(buf))
+    truth["lines"] = n
+    return truth
+
+
+def run(cmd: list[str]) -> tuple[float, int, bytes]:
+    """Wall seconds, peak RSS in MiB (wait4) and stdout of one command."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - t0
+        out.seek(0)
+        data = out.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
+    return elapsed, usage.ru_maxrss // 1024, data
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--keep", type=Path, help="keep the generated log here")
+    args = ap.parse_args()
+    pflogsumm = shutil.which("pflogsumm")
+    if pflogsumm is None:
+        print("bench: pflogsumm is not installed (apt-get install pflogsumm)", file=sys.stderr)
+        return 5
+    with tempfile.TemporaryDirectory(prefix="lkd-bench-") as tmp:
+        log = args.keep or Path(tmp) / "mail.log"
+        t0 = time.perf_counter()
+        truth = generate(log, args.lines)
+        print(f"generated {truth['lines']} lines ({log.stat().st_size / 2**20:.0f} MiB) "
+              f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+        lk_s, lk_rss, lk_out = run(
+            [sys.executable, "-m", "lockdown", "report", "--log", str(log), "--json", "--year", "2026"]
+        )
+        pf_s, pf_rss, _ = run([pflogsumm, str(log)])
+        doc = json.loads(lk_out)
+        for key in ("messages", "outside_messages", "signature_messages"):
+            if doc[key] != truth[key]:
+                print(f"bench: MISMATCH {key}: report {doc[key]} != generated {truth[key]}", file=sys.stderr)
+                return 1
+        if doc["rejects"]["total"] != truth["rejects"]:
+            print(f"bench: MISMATCH rejects: {doc['rejects']['total']} != {truth['rejects']}", file=sys.stderr)
+            return 1
+        print(f"lockdown report : {lk_s:7.2f} s   peak RSS {lk_rss:5d} MiB   (counts match the generator)")
+        print(f"pflogsumm       : {pf_s:7.2f} s   peak RSS {pf_rss:5d} MiB")
+        ratio = pf_s / lk_s
+        print(f"ratio           : {ratio:.2f}x faster (goal >= 3x): {'OK' if ratio >= 3 else 'MISSED'}")
+        return 0 if ratio >= 3 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from lockdown.cli import main
+
+sys.exit(main())

@@ -1,0 +1,135 @@
+"""``docker.inspect``: the container's configuration, processes, changes and ports as evidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lockdown import dockerapi
+from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.docker_pause import ContainerTargets, check_target, target_text
+from lockdown.errors import ActionError
+
+
+def network_view(data: dict[str, Any]) -> dict[str, Any]:
+    """Networks (address, gateway, aliases) and published ports with their HostIp."""
+    settings = data.get("NetworkSettings") or {}
+    ports = []
+    for cport, bindings in sorted((settings.get("Ports") or {}).items()):
+        if not bindings:
+            ports.append({"container_port": cport, "published": False})
+            continue
+        for b in bindings:
+            host_ip = b.get("HostIp", "")
+            ports.append(
+                {
+                    "container_port": cport,
+                    "published": True,
+                    "host_ip": host_ip,
+                    "host_port": b.get("HostPort"),
+                    "all_ipv4": host_ip in ("", "0.0.0.0"),
+                    "all_ipv6": host_ip in ("", "::"),
+                }
+            )
+    networks = {}
+    for net, info in sorted((settings.get("Networks") or {}).items()):
+        info = info or {}
+        networks[net] = {
+            k: info.get(k)
+            for k in (
+                "NetworkID", "IPAddress", "IPPrefixLen", "Gateway", "GlobalIPv6Address",
+                "GlobalIPv6PrefixLen", "IPv6Gateway", "MacAddress", "Aliases",
+            )
+        }
+    host_config = data.get("HostConfig") or {}
+    return {
+        "container": data.get("Name", "").lstrip("/"),
+        "network_mode": host_config.get("NetworkMode"),
+        "ports": ports,
+        "networks": networks,
+        "port_bindings": host_config.get("PortBindings") or {},
+    }
+
+
+@dataclass(frozen=True)
+class Params:
+    container: str = "auto"
+    label: str = ""
+    daemon: bool = True
+
+    def __post_init__(self) -> None:
+        check_target(self.container, self.label)
+
+
+class DockerInspect(ContainerTargets, Action[Params]):
+    """Record the container's inspect JSON, processes, filesystem diff, networks and ports.
+
+    Read-only. Writes, per container, ``docker/<container>/inspect.json``,
+    ``top.json`` (running or paused containers), ``diff.json`` (files added,
+    changed or deleted against the image), ``network.json`` (networks and
+    published ports with their HostIp: ``0.0.0.0``/``::`` means every
+    address, the IPv6 path included), and once per step the daemon's
+    ``docker/info.json`` and ``docker/version.json``.
+
+    Parameters:
+      container: a name or id, "auto", "all" or "service:NAME" (see docker.pause).
+      label: only consider containers with this label (KEY or KEY=VALUE) for
+        "auto", "all" and "service:".
+      daemon: also record the daemon's info and version (default true).
+
+    Example::
+
+        [[steps]]
+        id = "container"
+        action = "docker.inspect"
+        container = "auto"
+    """
+
+    name = "docker.inspect"
+    Params = Params
+    requires = ("docker",)
+
+    def describe(self) -> str:
+        return "record inspect, top, diff, networks and ports of " + target_text(
+            self.params.container, self.params.label
+        )
+
+    def preflight(self) -> None:
+        self.resolve()
+
+    def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
+        failures = []
+        for ref in self.resolve():
+            base = f"docker/{ref.name}"
+            data = dockerapi.inspect(ref.id, ref.name)
+            ctx.write_json(f"{base}/inspect.json", data)
+            net = network_view(data)
+            ctx.write_json(f"{base}/network.json", net)
+            status = data["State"]["Status"]
+            if status in ("running", "paused"):
+                try:
+                    ctx.write_json(f"{base}/top.json", dockerapi.top(ref.id, ref.name))
+                except ActionError as exc:
+                    failures.append(exc.message)
+            else:
+                ctx.note(f"{ref.name} is {status}: no process list")
+            try:
+                changes = dockerapi.diff(ref.id, ref.name)
+                ctx.write_json(f"{base}/diff.json", changes)
+            except ActionError as exc:
+                failures.append(exc.message)
+                changes = []
+            published = [
+                f"{p['host_ip'] or '*'}:{p['host_port']}->{p['container_port']}" for p in net["ports"] if p["published"]
+            ]
+            ctx.note(
+                f"{ref.name}: {status}, {len(changes)} changed path(s), "
+                f"published {', '.join(published) or 'nothing'}"
+            )
+        if self.params.daemon:
+            ctx.write_json("docker/info.json", dockerapi.daemon_info())
+            version = dockerapi.daemon_version()
+            ctx.write_json("docker/version.json", version)
+            ctx.result["daemon_version"] = version.get("Version")
+        if failures:
+            raise ActionError("; ".join(failures))

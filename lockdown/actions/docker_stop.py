@@ -1,0 +1,108 @@
+"""``docker.stop``: stop the mail container where pause is not available; restore starts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lockdown import dockerapi
+from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.docker_pause import ContainerTargets, check_target, state_record, target_text
+
+
+@dataclass(frozen=True)
+class Params:
+    container: str = "auto"
+    label: str = ""
+    timeout: int = 10
+
+    def __post_init__(self) -> None:
+        check_target(self.container, self.label)
+        if not 0 <= self.timeout <= 600:
+            raise ValueError("timeout", f"expected 0 to 600 seconds, got {self.timeout}")
+
+
+class DockerStop(ContainerTargets, Action[Params]):
+    """Stop the mail container(s); restore starts only what lockdown stopped.
+
+    For engines where pause is not available (rootless without cgroup
+    freezer, some VMs). Stopping loses the container's processes and
+    in-memory state and its stdout log keeps only what was written; prefer
+    ``docker.pause``. A paused container is left paused (already contained),
+    a stopped one is left stopped. With restart policy "always", a restart
+    of dockerd starts the container again; the step says so.
+
+    Parameters:
+      container: a name or id, "auto", "all" or "service:NAME" (see docker.pause).
+      label: only consider containers with this label (KEY or KEY=VALUE) for
+        "auto", "all" and "service:".
+      timeout: seconds between SIGTERM and SIGKILL (default 10).
+
+    Example::
+
+        [[steps]]
+        id = "stop"
+        action = "docker.stop"
+        container = "service:smtp"
+        timeout = 20
+    """
+
+    name = "docker.stop"
+    Params = Params
+    requires = ("docker",)
+
+    def describe(self) -> str:
+        return f"stop {target_text(self.params.container, self.params.label)} (SIGKILL after {self.params.timeout} s)"
+
+    def preflight(self) -> None:
+        self.resolve()
+
+    def prepare(self, ctx: StepContext) -> UndoRecord:
+        entries = []
+        for ref in self.resolve():
+            entry = state_record(ref)
+            entry["stopped_by_lockdown"] = entry["status"] == "running"
+            entries.append(entry)
+        return {"containers": entries}
+
+    def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
+        assert undo is not None
+        results: dict[str, Any] = {}
+        for entry in undo["containers"]:
+            name, cid = entry["name"], entry["id"]
+            if not entry["stopped_by_lockdown"]:
+                why = "is paused (already contained)" if entry["status"] == "paused" else f"is {entry['status']}"
+                ctx.note(f"{name} {why}: left as it is, and restore will leave it so")
+                results[name] = {"before": entry["status"], "after": entry["status"], "changed": False}
+                continue
+            dockerapi.stop(cid, name, self.params.timeout)
+            state = dockerapi.inspect(cid, name)["State"]
+            results[name] = {"before": entry["status"], "after": state["Status"], "exit_code": state.get("ExitCode")}
+            policy = entry["restart_policy"].get("Name") or "no"
+            ctx.note(f"{name}: running -> {state['Status']} (exit code {state.get('ExitCode')})")
+            if policy == "always":
+                ctx.note(
+                    f"{name} has restart policy always: dockerd starts it again when the daemon restarts "
+                    f"(`docker update --restart=unless-stopped {name}` prevents that)"
+                )
+            if entry["ports"]:
+                ctx.note(f"{name}'s published ports ({', '.join(entry['ports'])}) close while it is stopped")
+        ctx.result["containers"] = results
+
+    @classmethod
+    def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
+        for entry in record["containers"]:
+            name, cid = entry["name"], entry["id"]
+            if not entry.get("stopped_by_lockdown"):
+                ctx.note(f"{name} was {entry['status']} before the run: left as it is")
+                continue
+            data = dockerapi.inspect_or_none(cid)
+            if data is None:
+                ctx.note(f"{name} ({cid[:12]}) no longer exists: nothing to start")
+                continue
+            status = data["State"]["Status"]
+            if status in ("running", "paused", "restarting"):
+                ctx.note(f"{name} is already {status}: nothing to start")
+                continue
+            dockerapi.start(cid, name)
+            ctx.note(f"{name}: {status} -> {dockerapi.inspect(cid, name)['State']['Status']}")

@@ -1,0 +1,608 @@
+"""``ipv6.strip``: remove global IPv6 addresses, and put them back exactly as they were.
+
+In the postmortem the spam stopped the moment the host's IPv6 addresses went
+away (a container's SMTP port was published on ``:::25``). Removing them is
+quick and complete; the hard part is giving them back identically, so
+``prepare`` records every attribute the kernel will let us set again:
+flags from IFA_FLAGS (noprefixroute and mngtmpaddr live above 0xff), the
+remaining lifetimes, and the routes on those interfaces (the kernel drops an
+address's prefix route with it, and a gateway route may depend on it).
+
+SLAAC would bring addresses straight back, so accept_ra and autoconf are set
+to 0 on each targeted interface (old values recorded, whatever they were:
+Docker hosts forward, and then RAs are only accepted with accept_ra=2).
+Link-local addresses stay: neighbour discovery needs them and they are not
+reachable from the internet.
+
+The lockout guard runs in ``preflight``, before anything changes: stripping
+the address an operator's SSH session runs over would cut them off in the
+middle of an incident.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import ipaddress
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lockdown import netlink
+from lockdown.actions.base import Action, StepContext, UndoRecord, fail
+from lockdown.actions.sysctl_set import read_sysctl, write_sysctl
+from lockdown.errors import BadInput, LockdownError
+from lockdown.netlink import AF_INET6, Address, Route
+
+SYSCTL_KEYS = ("accept_ra", "autoconf")
+RECHECK_SECONDS = 1.0
+RECORD_VERSION = 1
+_GLOB_CHARS = set("*?[")
+SSHD_NAMES = ("sshd", "sshd-session")
+# What may re-add addresses behind our back, by process name (comm is cut at 15).
+MANAGERS = {
+    "systemd-networkd": "systemd-networkd",
+    "systemd-network": "systemd-networkd",
+    "NetworkManager": "NetworkManager",
+    "dhcpcd": "dhcpcd",
+    "dhclient": "dhclient",
+    "odhcp6c": "odhcp6c",
+    "wicked": "wicked",
+    "connmand": "ConnMan",
+}
+ADDR_PROTO_NAMES = {1: "kernel (loopback)", 2: "kernel SLAAC (router advertisement)", 3: "kernel (link-local)"}
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _net(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text, strict=False)
+
+
+@dataclass(frozen=True)
+class Params:
+    interfaces: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    keep_operator_session: bool = True
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.interfaces):
+            if not pattern or "/" in pattern or any(c.isspace() for c in pattern) or len(pattern) > 64:
+                raise ValueError(f"interfaces[{i}]", f"expected an interface name or glob, got {pattern!r}")
+        for i, cidr in enumerate(self.keep):
+            try:
+                _net(cidr)
+            except ValueError:
+                raise ValueError(
+                    f"keep[{i}]", f"expected an address or CIDR like 2001:db8::1/128, got {cidr!r}"
+                ) from None
+
+    def keeps(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip in _net(cidr) for cidr in self.keep)
+
+
+# ------------------------------------------------------------ what to strip
+
+
+def _fmt_lifetime(addr: Address) -> str:
+    if addr.valid == netlink.INFINITE:
+        return ""
+    return f"valid {addr.valid}s, preferred {addr.preferred}s"
+
+
+def describe_address(addr: Address) -> str:
+    """``2001:db8::1/64 (nodad noprefixroute; valid 297s, preferred 197s)``."""
+    shown = netlink.SETTABLE_ADDR_FLAGS | netlink.IFA_F_TEMPORARY  # not DAD/lifetime state
+    flags = " ".join(n for bit, n in netlink.ADDR_FLAGS.items() if addr.flags & bit & shown)
+    extra = "; ".join(x for x in (flags, _fmt_lifetime(addr)) if x)
+    return f"{addr.cidr} ({extra})" if extra else addr.cidr
+
+
+def strippable(addr: Address, params: Params) -> bool:
+    """A global-scope (ULA included) IPv6 address that ``keep`` does not cover."""
+    return addr.family == AF_INET6 and addr.scope == netlink.SCOPE_GLOBAL and not params.keeps(addr.address)
+
+
+@dataclass
+class Survey:
+    """Target interfaces and the addresses that would go, read from the live system."""
+
+    interfaces: list[str]
+    addresses: list[Address]
+    skipped_kept: list[Address]
+
+
+def survey(params: Params) -> Survey:
+    """Resolve ``interfaces`` (names or globs) and list what would be stripped.
+
+    With no ``interfaces``, the targets are the non-loopback interfaces with
+    at least one global address that ``keep`` does not cover: an interface
+    whose only global address is kept is left entirely alone (accept_ra
+    included), since that is usually the management interface.
+    Raises BadInput for a name or glob that matches no interface.
+    """
+    links = netlink.list_links()
+    addrs = netlink.dump_addresses(AF_INET6)
+    names = [link.name for link in links]
+    if params.interfaces:
+        targets: list[str] = []
+        for pattern in params.interfaces:
+            if _GLOB_CHARS & set(pattern):
+                matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+                if not matched:
+                    raise BadInput(f"interfaces: {pattern!r} matches no interface (have: {', '.join(names)})")
+            elif pattern in names:
+                matched = [pattern]
+            else:
+                raise BadInput(f"interfaces: no interface named {pattern!r} (have: {', '.join(names)})")
+            targets.extend(n for n in matched if n not in targets)
+    else:
+        loopback = {link.name for link in links if link.loopback}
+        with_global = {a.ifname for a in addrs if strippable(a, params)}
+        targets = [n for n in names if n in with_global and n not in loopback]
+    on_targets = [a for a in addrs if a.ifname in targets]
+    return Survey(
+        interfaces=targets,
+        addresses=[a for a in on_targets if strippable(a, params)],
+        skipped_kept=[
+            a
+            for a in on_targets
+            if a.family == AF_INET6 and a.scope == netlink.SCOPE_GLOBAL and params.keeps(a.address)
+        ],
+    )
+
+
+# ------------------------------------------------------------ lockout guard
+
+
+@dataclass(frozen=True)
+class Session:
+    """An SSH session we must not cut: its local (server-side) address and how we know."""
+
+    local: str
+    remote: str
+    how: str
+
+
+def _plain_ip(text: str) -> str | None:
+    """Drop a zone and unmap ``::ffff:a.b.c.d``; None if it is not an address."""
+    try:
+        ip = ipaddress.ip_address(text.split("%")[0].strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def operator_sessions(env: dict[str, str] | None = None) -> list[Session]:
+    """The operator's SSH session(s), by the best evidence available.
+
+    1. SSH_CONNECTION ("client port server port") names the server address.
+    2. SSH_CLIENT has only the client side: the server address is found in
+       the established connection to that client, or else as the source the
+       kernel would use to reach it.
+    3. sshd processes among our ancestors: their established connections.
+    4. If none of that finds anything (sudo drops SSH_*, tmux detaches us
+       from sshd), every established sshd connection counts: when we cannot
+       tell which session is the operator's, protecting all of them is the
+       safe side, and keep / --force remain the way out.
+    """
+    env = dict(os.environ) if env is None else env
+    out: list[Session] = []
+    conn = env.get("SSH_CONNECTION", "").split()
+    client = env.get("SSH_CLIENT", "").split()
+    socks = _tcp_established()
+    if len(conn) >= 4 and (local := _plain_ip(conn[2])):
+        out.append(Session(local, f"{conn[0]} port {conn[1]}", "SSH_CONNECTION"))
+    elif len(client) >= 2 and (peer := _plain_ip(client[0])):
+        match = [s for s in socks if s[1] == peer and str(s[2]) == client[1]]
+        local = match[0][0] if match else netlink.route_source(peer)
+        if local:
+            out.append(Session(local, f"{peer} port {client[1]}", "SSH_CLIENT"))
+    ancestors = _sshd_ancestors()
+    for local, remote, rport, pid in socks:
+        if pid in ancestors:
+            out.append(Session(local, f"{remote} port {rport}", f"sshd pid {pid}"))
+    if not out:
+        sshd = _sshd_pids()
+        for local, remote, rport, pid in socks:
+            if pid in sshd:
+                out.append(Session(local, f"{remote} port {rport}", f"established sshd connection, pid {pid}"))
+    return out
+
+
+def _tcp_established() -> list[tuple[str, str, int, int | None]]:
+    """(local, remote, remote port, pid) of established TCP sockets in this netns."""
+    from lockdown.actions.snapshot_connections import collect_sockets
+
+    out = []
+    for s in collect_sockets():
+        if s.proto == "tcp" and s.state == "ESTABLISHED" and s.remote:
+            local, remote = _plain_ip(s.local), _plain_ip(s.remote)
+            if local and remote and s.rport is not None:
+                for pid in s.pids or (s.pid,):
+                    out.append((local, remote, s.rport, pid))
+    return out
+
+
+def _sshd_ancestors() -> set[int]:
+    import psutil
+
+    try:
+        parents = psutil.Process().parents()
+    except psutil.Error:
+        return set()
+    out = set()
+    for p in parents:
+        try:
+            if p.name() in SSHD_NAMES:
+                out.add(p.pid)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _sshd_pids() -> set[int]:
+    import psutil
+
+    out = set()
+    for p in psutil.process_iter(["name"]):
+        if p.info.get("name") in SSHD_NAMES:
+            out.add(p.pid)
+    return out
+
+
+def suspect_managers() -> list[str]:
+    """Running network managers that may re-add addresses, e.g. ``systemd-networkd (pid 512)``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["name"]):
+        name = p.info.get("name") or ""
+        for prefix, label in MANAGERS.items():
+            if name.startswith(prefix):
+                found.append(f"{label} (pid {p.pid})")
+                break
+    netplan = Path("/etc/netplan")
+    if netplan.is_dir() and any(netplan.glob("*.yaml")):
+        found.append("netplan (configuration in /etc/netplan, rendered to networkd or NetworkManager)")
+    return found
+
+
+# ------------------------------------------------------------ the action
+
+
+def _sysctl_name(ifname: str, key: str) -> str:
+    # slash form: interface names may contain dots (eth0.100)
+    return f"net/ipv6/conf/{ifname}/{key}"
+
+
+def _addr_key(a: dict[str, Any] | Address) -> tuple[str, int]:
+    if isinstance(a, Address):
+        return (ipaddress.ip_address(a.address).compressed, a.prefixlen)
+    return (ipaddress.ip_address(a["address"]).compressed, int(a["prefixlen"]))
+
+
+class Ipv6Strip(Action[Params]):
+    """Remove global IPv6 addresses (ULA included) and block SLAAC; restore puts them back exactly.
+
+    Link-local addresses are kept. Before anything changes, each address is
+    recorded with its prefix length, scope, flags (nodad, noprefixroute,
+    mngtmpaddr, home, ...), label and remaining lifetimes, together with the
+    IPv6 routes on those interfaces (the default route included) and the
+    old accept_ra/autoconf values. After removing, the step checks that no
+    global address is left, checks again a second later and strips whatever
+    came back, naming the network manager it suspects. Restore re-adds the
+    addresses (finite lifetimes get what remains of them), then any missing
+    routes, then the sysctls. If an interface has gone, the rest is restored
+    and the step reports that part as failed.
+
+    The step refuses to run (exit 2, nothing changed) when the operator's
+    SSH session runs over an address it would strip, unless ``keep`` covers
+    that address or ``--force`` is given.
+
+    Parameters:
+      interfaces: interface names or globs (``eth*``). Default: every
+        non-loopback interface with a global IPv6 address not covered by ``keep``.
+      keep: addresses or CIDRs that are never stripped, e.g. ``["2001:db8::22/128"]``.
+      keep_operator_session: refuse to strip the address of the operator's
+        own SSH session (default true).
+
+    Example::
+
+        [[steps]]
+        id = "strip-v6"
+        action = "ipv6.strip"
+        interfaces = ["eth0"]
+        keep = ["2001:db8:0:1::22/128"]
+    """
+
+    name = "ipv6.strip"
+    Params = Params
+    requires = ("root",)
+
+    # filled in by preflight/prepare; the class defaults mean "not surveyed yet"
+    _survey: Survey | None = None
+    _forced: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = ", ".join(self.params.interfaces) or "every interface with one"
+        keep = f", keeping {', '.join(self.params.keep)}" if self.params.keep else ""
+        return f"remove global IPv6 addresses from {where}{keep}; accept_ra=0, autoconf=0"
+
+    def preflight(self) -> None:
+        found = survey(self.params)
+        self._survey = found
+        for ifname in found.interfaces:
+            for key in SYSCTL_KEYS:
+                read_sysctl(_sysctl_name(ifname, key))
+        if self.params.keep_operator_session:
+            self._guard(found)
+
+    def _guard(self, found: Survey) -> None:
+        by_ip = {ipaddress.ip_address(a.address): a for a in found.addresses}
+        for session in operator_sessions():
+            try:
+                addr = by_ip.get(ipaddress.ip_address(session.local))
+            except ValueError:
+                continue
+            if addr is None:
+                continue
+            if self.force:
+                self._forced += (
+                    f"--force: stripping {addr.cidr} from {addr.ifname} although the operator's SSH session "
+                    f"({session.how}, from {session.remote}) runs over it",
+                )
+                continue
+            raise BadInput(
+                f"{addr.cidr} on {addr.ifname} carries the operator's SSH session "
+                f"({session.how}, from {session.remote}); stripping it would cut this connection",
+                f'keep it with keep = ["{session.local}/128"] in the step (or through --var), '
+                "or rerun with --force to strip it anyway",
+            )
+
+    def resolved(self) -> dict[str, Any]:
+        if self._survey is None:
+            return {}
+        return {"interfaces": self._survey.interfaces, "strip": [a.cidr for a in self._survey.addresses]}
+
+    def prepare(self, ctx: StepContext) -> UndoRecord:
+        found = survey(self.params)
+        self._survey = found
+        interfaces = []
+        for ifname in found.interfaces:
+            interfaces.append(
+                {
+                    "ifname": ifname,
+                    "addresses": [a.as_dict() for a in found.addresses if a.ifname == ifname],
+                    "sysctls": {key: read_sysctl(_sysctl_name(ifname, key)) for key in SYSCTL_KEYS},
+                }
+            )
+        routes = [
+            r.as_dict()
+            for r in netlink.dump_routes(AF_INET6)
+            if r.devices & set(found.interfaces)
+        ]
+        return {
+            "version": RECORD_VERSION,
+            "recorded_at": time.time(),
+            "interfaces": interfaces,
+            "routes": routes,
+            "keep": list(self.params.keep),
+        }
+
+    # -------------------------------------------------------------- apply
+
+    def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
+        assert undo is not None
+        record = copy.deepcopy(undo)
+        for line in self._forced:
+            ctx.note(line)
+        ctx.write_json("ipv6-before.json", record)
+        if not record["interfaces"]:
+            ctx.note("no interface has a global IPv6 address outside keep: nothing to strip")
+            ctx.result["removed"] = {}
+            return
+        for kept in self._survey.skipped_kept if self._survey else []:
+            ctx.note(f"{kept.ifname}: keeping {kept.cidr} (covered by keep)")
+        for iface in record["interfaces"]:
+            ifname = iface["ifname"]
+            changed = []
+            for key, old in iface["sysctls"].items():
+                if old != "0":
+                    write_sysctl(_sysctl_name(ifname, key), "0")
+                    changed.append(f"{key} {old} -> 0")
+            if changed:
+                ctx.note(f"{ifname}: SLAAC blocked ({', '.join(changed)})")
+            else:
+                ctx.note(f"{ifname}: accept_ra and autoconf already 0")
+        removed: dict[str, list[str]] = {}
+        for iface in record["interfaces"]:
+            ifname = iface["ifname"]
+            gone = []
+            for a in iface["addresses"]:
+                addr = Address.from_dict(a)
+                if netlink.delete_address(ifname, addr.address, addr.prefixlen):
+                    gone.append(describe_address(addr))
+                else:
+                    ctx.note(f"{ifname}: {addr.cidr} was already gone")
+            removed[ifname] = gone
+            if gone:
+                ctx.note(f"{ifname}: removed {len(gone)} address(es): {', '.join(gone)}")
+        came_back = self._strip_leftovers(ctx, record, "after removing")
+        time.sleep(RECHECK_SECONDS)
+        came_back += self._strip_leftovers(ctx, record, f"{RECHECK_SECONDS:g} s later")
+        targets = self._targets(record)
+        left = [a for a in netlink.dump_addresses(AF_INET6) if a.ifname in targets and strippable(a, self.params)]
+        after = {
+            "addresses": [a.as_dict() for a in netlink.dump_addresses(AF_INET6)],
+            "routes": [r.as_dict() for r in netlink.dump_routes(AF_INET6)],
+        }
+        ctx.write_json("ipv6-after.json", after)
+        ctx.result.update({"removed": removed, "came_back": came_back})
+        if came_back:
+            suspects = suspect_managers()
+            ctx.result["suspects"] = suspects
+            who = "; ".join(suspects) or "no known network manager is running (a script, or a DHCPv6 client?)"
+            ctx.note(f"something re-adds addresses; suspect: {who}")
+        if left:
+            raise fail(
+                "global IPv6 address(es) still present after stripping: "
+                + ", ".join(f"{a.cidr} on {a.ifname}" for a in left),
+                "stop whatever re-adds them (see the suspects above), then run the step again",
+            )
+        total = sum(len(v) for v in removed.values())
+        ctx.note(f"verified: no global IPv6 address left on {', '.join(targets)} ({total} removed)")
+
+    @staticmethod
+    def _targets(record: UndoRecord) -> list[str]:
+        return [i["ifname"] for i in record["interfaces"]]
+
+    def _strip_leftovers(self, ctx: StepContext, record: UndoRecord, when: str) -> list[str]:
+        """Strip global addresses still (or again) on the targets; journal new ones first."""
+        by_if = {i["ifname"]: i for i in record["interfaces"]}
+        current = [a for a in netlink.dump_addresses(AF_INET6) if a.ifname in by_if and strippable(a, self.params)]
+        if not current:
+            return []
+        new = []
+        for a in current:
+            iface = by_if[a.ifname]
+            if _addr_key(a) not in {_addr_key(x) for x in iface["addresses"]}:
+                # newest first, as in a kernel dump: restore re-adds in reverse
+                iface["addresses"].insert(0, a.as_dict())
+                new.append(a)
+        if new:
+            ctx.amend_undo(record)
+        out = []
+        for a in current:
+            origin = ADDR_PROTO_NAMES.get(a.proto or 0, "")
+            known = "" if a in new else " (re-added)"
+            ctx.note(
+                f"{a.ifname}: {describe_address(a)} appeared {when}{known}"
+                + (f", added by {origin}" if origin else "")
+                + ": removing it"
+            )
+            netlink.delete_address(a.ifname, a.address, a.prefixlen)
+            out.append(f"{a.cidr} on {a.ifname} ({when})")
+        return out
+
+    # -------------------------------------------------------------- undo
+
+    @classmethod
+    def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
+        elapsed = max(0.0, time.time() - float(record.get("recorded_at", time.time())))
+        links = {link.name for link in netlink.list_links()}
+        failures: list[str] = []
+        present_ifaces = []
+        for iface in record["interfaces"]:
+            ifname = iface["ifname"]
+            if ifname not in links:
+                cidrs = [f"{a['address']}/{a['prefixlen']}" for a in iface["addresses"]]
+                msg = f"interface {ifname} is gone: cannot restore {', '.join(cidrs) or 'its settings'} or its sysctls"
+                ctx.note(msg)
+                failures.append(msg)
+                continue
+            present_ifaces.append(iface)
+            try:
+                cls._restore_addresses(ctx, iface, elapsed)
+            except LockdownError as exc:
+                failures.append(f"{ifname}: {exc.message}")
+        cls._restore_routes(ctx, record, links, elapsed, failures)
+        for iface in present_ifaces:
+            ifname = iface["ifname"]
+            for key, old in iface["sysctls"].items():
+                name = _sysctl_name(ifname, key)
+                try:
+                    current = read_sysctl(name)
+                    if current == old:
+                        ctx.note(f"{ifname}: {key} already {old}")
+                        continue
+                    write_sysctl(name, old)
+                    ctx.note(f"{ifname}: {key} {current} -> {old}")
+                except LockdownError as exc:
+                    failures.append(f"{ifname}: {exc.message}")
+        if failures:
+            raise fail(
+                "could not restore everything: " + "; ".join(failures),
+                "the rest was restored; recreate what is missing by hand (the record is in evidence/ipv6-before.json)",
+            )
+
+    @classmethod
+    def _restore_addresses(cls, ctx: StepContext, iface: dict[str, Any], elapsed: float) -> None:
+        ifname = iface["ifname"]
+        current = {_addr_key(a): a for a in netlink.dump_addresses(AF_INET6, ifname=ifname)}
+        added, already = [], []
+        # the record is in dump order (newest first); oldest first gives the same order back
+        for a in reversed(iface["addresses"]):
+            addr = Address.from_dict(a)
+            have = current.get(_addr_key(addr))
+            if have is not None:
+                settable = netlink.SETTABLE_ADDR_FLAGS
+                differ = (have.flags & settable) != (addr.flags & settable)
+                already.append(addr.cidr + (" (with different flags: left as it is)" if differ else ""))
+                continue
+            preferred, valid = addr.preferred, addr.valid
+            if valid != netlink.INFINITE:
+                valid = int(valid - elapsed)
+                if valid <= 0:
+                    ctx.note(f"{ifname}: {addr.cidr} not re-added: its valid lifetime ran out while it was stripped")
+                    continue
+            if preferred != netlink.INFINITE:
+                preferred = max(0, int(preferred - elapsed))
+            netlink.add_address(
+                ifname, addr.address, addr.prefixlen, flags=addr.flags, preferred=preferred, valid=valid,
+                label=addr.label, proto=addr.proto,
+            )
+            shown = Address.from_dict({**a, "preferred": preferred, "valid": valid})
+            temp = " (no longer temporary: the kernel cannot re-create a privacy address)" if (
+                addr.flags & netlink.IFA_F_TEMPORARY) else ""
+            added.append(describe_address(shown) + temp)
+        if added:
+            ctx.note(f"{ifname}: re-added {len(added)} address(es): {', '.join(added)}")
+        if already:
+            ctx.note(f"{ifname}: already present: {', '.join(already)}")
+
+    @classmethod
+    def _restore_routes(
+        cls, ctx: StepContext, record: UndoRecord, links: set[str], elapsed: float, failures: list[str]
+    ) -> None:
+        routes = [Route.from_dict(r) for r in record.get("routes", [])]
+        if not routes:
+            return
+        current = {r.key(): r for r in netlink.dump_routes(AF_INET6)}
+        added, fixed, already = [], [], 0
+        # on-link routes first: a gateway must be reachable when its route is added
+        for route in sorted(routes, key=lambda r: bool(r.gateway or r.multipath)):
+            if route.devices - links:
+                continue  # reported with its interface
+            expires = None
+            if route.expires:
+                expires = int(route.expires - elapsed)
+                if expires <= 0:
+                    ctx.note(f"route {route.describe()} not re-added: it would have expired")
+                    continue
+            have = current.get(route.key())
+            try:
+                if have is None:
+                    if netlink.add_route(route, expires=expires):
+                        added.append(route.describe())
+                    else:
+                        already += 1
+                elif route.prefsrc and have.prefsrc != route.prefsrc:
+                    # deleting an address strips it from routes that used it as src
+                    netlink.add_route(route, expires=expires, replace=True)
+                    fixed.append(f"{route.describe()} src {route.prefsrc}")
+                else:
+                    already += 1
+            except LockdownError as exc:
+                failures.append(exc.message)
+        if fixed:
+            ctx.note(f"put back the source address of {len(fixed)} route(s): {'; '.join(fixed)}")
+        if added:
+            ctx.note(f"re-added {len(added)} route(s): {'; '.join(added)}")
+        if already:
+            ctx.note(f"{already} route(s) already present")

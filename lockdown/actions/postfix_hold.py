@@ -1,0 +1,572 @@
+"""``postfix.hold_queue``: save the queued mail as evidence, then put it on hold.
+
+Restore never releases spam on its own: the undo waits for the operator's
+decision ``release-queue`` (``lockdown restore --release-queue``), and
+``lockdown queue purge`` deletes the held messages instead. Both act on
+exactly the queue ids this step recorded, nothing else.
+
+Everything runs through ``docker exec``, which Docker refuses on a paused
+container (HTTP 409): this step must come before ``docker.pause``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockdown import dockerapi
+from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.docker_pause import ContainerTargets, check_target, target_text
+from lockdown.errors import ActionError, BadInput, IntegrityError
+
+ACTION = "postfix.hold_queue"
+DECISION = "release-queue"
+QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{4,32}$")
+#: Queue ids per ``postsuper``/``postcat`` exec (well under ARG_MAX).
+BATCH = 200
+NO_POSTFIX_HINT = (
+    'target the container that runs Postfix (Mailu: container = "service:smtp"); '
+    'with on_error = "continue" the playbook goes on without this step'
+)
+
+# One exec prints many messages: each is framed by marker lines carrying a
+# random nonce, which spam cannot forge because it is chosen after it arrived.
+_POSTCAT_SCRIPT = r"""n=$1; shift
+for id do
+  printf '\n%s BEGIN %s\n' "$n" "$id"
+  postcat -q "$id" 2>&1
+  rc=$?
+  printf '\n%s END %s %s\n' "$n" "$id" "$rc"
+done
+"""
+
+
+# ------------------------------------------------------------------ queue access
+
+
+def _check_exec(name: str, cmd: str, code: int, output: bytes) -> None:
+    """ActionError for a missing tool, a stopped Postfix or a failed command."""
+    text = output.decode("utf-8", "replace").strip()
+    if code in (126, 127) or "executable file not found" in text:
+        raise ActionError(f"no Postfix in container {name}: {cmd} not found", NO_POSTFIX_HINT)
+    if code != 0:
+        raise ActionError(f"{cmd} failed in {name} (exit {code}): {text[-400:] or 'no output'}")
+
+
+class QueueListing:
+    """``postqueue -j`` of one container: ids per queue (hold, active, deferred, incoming, maildrop)."""
+
+    def __init__(self) -> None:
+        self.queue_of: dict[str, str] = {}
+        self.bad_lines = 0
+
+    def add_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            item = json.loads(line)
+            qid, queue = str(item["queue_id"]), str(item["queue_name"])
+        except (ValueError, KeyError, TypeError):
+            self.bad_lines += 1
+            return
+        if QUEUE_ID_RE.match(qid):
+            self.queue_of[qid] = queue
+        else:
+            self.bad_lines += 1
+
+    def ids(self, queue: str | None = None, *, not_in: str | None = None) -> list[str]:
+        return sorted(
+            q for q, name in self.queue_of.items() if (queue is None or name == queue) and name != not_in
+        )
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in self.queue_of.values():
+            out[name] = out.get(name, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def read_queue(cid: str, name: str, sink: Any = None) -> QueueListing:
+    """Run ``postqueue -j`` in the container; stream its output to ``sink.write`` if given."""
+    stream = dockerapi.ExecStream(cid, name, ["postqueue", "-j"])
+    listing = QueueListing()
+    carry = b""
+    head = b""
+    for chunk in stream:
+        if sink is not None:
+            sink.write(chunk)
+        if len(head) < 4096:
+            head += chunk[: 4096 - len(head)]
+        lines = (carry + chunk).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            listing.add_line(line)
+    listing.add_line(carry)
+    _check_exec(name, "postqueue", stream.exit_code, head)
+    return listing
+
+
+def postsuper(cid: str, name: str, flag: str, ids: Iterable[str], queue: str | None = None) -> list[str]:
+    """``postsuper -H/-d id ... [queue]`` in batches; returns postsuper's output lines."""
+    out: list[str] = []
+    ids = list(ids)
+    for i in range(0, len(ids), BATCH):
+        batch = ids[i : i + BATCH]
+        cmd = ["postsuper"]
+        for qid in batch:
+            cmd += [flag, qid]
+        if queue:
+            cmd.append(queue)
+        code, output = dockerapi.exec_output(cid, name, cmd)
+        _check_exec(name, "postsuper", code, output)
+        out += [line for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    return out
+
+
+def _split_postcat(chunks: Iterator[bytes], nonce: bytes) -> Iterator[tuple[str, bytes | None, int | None]]:
+    """Turn the batched postcat stream into ("BEGIN", None, None) / (id, data, None) / (id, None, rc) events.
+
+    Yields ``(qid, None, None)`` on BEGIN, ``(qid, bytes, None)`` for content and
+    ``(qid, None, rc)`` on END. Only the tail that could hold a split marker is
+    kept between chunks.
+    """
+    buf = b""
+    current: str | None = None
+    keep = len(nonce) + 1
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            pos = buf.find(b"\n" + nonce + b" ")
+            if pos < 0:
+                if len(buf) > keep:
+                    if current is not None:
+                        yield current, buf[:-keep], None
+                    buf = buf[-keep:]
+                break
+            if current is not None and pos:
+                yield current, buf[:pos], None
+            nl = buf.find(b"\n", pos + 1)
+            if nl < 0:
+                buf = buf[pos:]
+                break
+            words = buf[pos + 1 : nl].decode("ascii", "replace").split()
+            buf = buf[nl + 1 :]
+            if len(words) >= 3 and words[1] == "BEGIN":
+                current = words[2]
+                yield current, None, None
+            elif len(words) >= 4 and words[1] == "END":
+                yield words[2], None, int(words[3]) if words[3].lstrip("-").isdigit() else -1
+                current = None
+
+
+def save_messages(ctx: StepContext, cid: str, name: str, ids: list[str]) -> dict[str, int]:
+    """``postcat -q ID`` of each id into ``queue/<container>/<id>.txt``; returns {id: postcat exit code}."""
+    codes: dict[str, int] = {}
+    for i in range(0, len(ids), BATCH):
+        batch = ids[i : i + BATCH]
+        nonce = secrets.token_hex(16)
+        stream = dockerapi.ExecStream(cid, name, ["sh", "-c", _POSTCAT_SCRIPT, "sh", nonce, *batch])
+        fh = None
+        try:
+            for qid, data, rc in _split_postcat(iter(stream), nonce.encode()):
+                if data is None and rc is None:
+                    fh = ctx.open_evidence(f"queue/{name}/{qid}.txt")
+                elif data is not None and fh is not None:
+                    fh.write(data)
+                elif rc is not None:
+                    if fh is not None:
+                        fh.close()
+                        fh = None
+                    codes[qid] = rc
+        finally:
+            if fh is not None:
+                fh.close()
+        code = stream.exit_code
+        if code != 0 and not codes:
+            _check_exec(name, "sh", code, b"")
+        if codes and all(rc == 127 for rc in codes.values()):
+            raise ActionError(f"no Postfix in container {name}: postcat not found", NO_POSTFIX_HINT)
+    return codes
+
+
+def locate(entry: dict[str, Any], ctx_note: Callable[[str], None]) -> tuple[str, str] | None:
+    """(id, name) of the recorded container: by id, else a container recreated under the same name.
+
+    docker-mailserver keeps its queue on a volume, so a recreated container
+    holds the same queue ids. None if neither exists.
+    """
+    cid, name = entry["id"], entry["name"]
+    if dockerapi.inspect_or_none(cid) is not None:
+        return cid, name
+    data = dockerapi.inspect_or_none(name)
+    if data is None:
+        return None
+    ctx_note(f"{name} was recreated ({cid[:12]} -> {data['Id'][:12]}); acting on the new container's queue")
+    return data["Id"], name
+
+
+def _not_paused(cid: str, name: str) -> None:
+    data = dockerapi.inspect(cid, name)
+    status = data["State"]["Status"]
+    if status == "paused":
+        raise ActionError(
+            f"container {name} is paused: Docker refuses exec in a paused container (HTTP 409 Conflict), "
+            "so its queue cannot be read or changed",
+            "hold the queue before pausing (put postfix.hold_queue before docker.pause), "
+            "or unpause it first (`lockdown restore` of the pause, or `docker unpause`)",
+        )
+    if status != "running":
+        raise ActionError(f"container {name} is {status}: Postfix's queue can only be handled in a running container")
+
+
+def pending_ids(entry: dict[str, Any]) -> list[str]:
+    """Recorded held ids not purged yet."""
+    purged = set(entry.get("purged", []))
+    return [q for q in entry.get("held", []) if q not in purged]
+
+
+# ------------------------------------------------------------------ the action
+
+
+@dataclass(frozen=True)
+class Params:
+    container: str = "auto"
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        check_target(self.container, self.label)
+
+
+class PostfixHoldQueue(ContainerTargets, Action[Params]):
+    """Save the Postfix queue as evidence, then put every queued message on hold.
+
+    Runs through ``docker exec`` while the container is still running:
+    Docker refuses exec in a paused container (HTTP 409), so place this step
+    before ``docker.pause``. Writes ``queue/<container>/postqueue.jsonl``
+    (``postqueue -j``) and ``queue/<container>/<queue_id>.txt`` (``postcat
+    -q``: the spam itself) per message, then runs ``postsuper -h ALL`` and
+    journals the ids it held (messages already on hold are left out).
+    Restore does not release them on its own: ``lockdown restore
+    --release-queue`` releases exactly those ids (``postsuper -H``), and
+    ``lockdown queue purge INCIDENT`` deletes them (``postsuper -d``). A
+    container without Postfix fails the step with a clear message; the
+    playbook's ``on_error`` decides whether the run goes on.
+
+    Parameters:
+      container: a name or id, "auto", "all" or "service:NAME" (see
+        docker.pause; Mailu: "service:smtp").
+      label: only consider containers with this label (KEY or KEY=VALUE) for
+        "auto", "all" and "service:".
+
+    Example::
+
+        [[steps]]
+        id = "hold-queue"
+        action = "postfix.hold_queue"
+        container = "mailserver"
+        on_error = "continue"
+    """
+
+    name = ACTION
+    Params = Params
+    requires = ("docker",)
+    held_undo = DECISION
+
+    def describe(self) -> str:
+        return f"save and hold the Postfix queue of {target_text(self.params.container, self.params.label)}"
+
+    def preflight(self) -> None:
+        self.resolve()
+
+    def prepare(self, ctx: StepContext) -> UndoRecord:
+        entries = []
+        for ref in self.resolve():
+            _not_paused(ref.id, ref.name)
+            listing = read_queue(ref.id, ref.name)
+            entries.append(
+                {
+                    "id": ref.id,
+                    "name": ref.name,
+                    # What this step will hold: everything not already on hold.
+                    "held": listing.ids(not_in="hold"),
+                    "already_held": listing.ids("hold"),
+                    "queues_before": listing.counts(),
+                }
+            )
+        return {"incident": ctx.incident_id, "containers": entries}
+
+    def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
+        assert undo is not None
+        record = json.loads(json.dumps(undo))
+        summary: dict[str, dict[str, Any]] = {}
+        total = 0
+        for entry in record["containers"]:
+            cid, name = entry["id"], entry["name"]
+            with ctx.open_evidence(f"queue/{name}/postqueue.jsonl") as fh:
+                listing = read_queue(cid, name, sink=fh)
+            ids = listing.ids()
+            codes = save_messages(ctx, cid, name, ids)
+            failed = sorted(q for q, rc in codes.items() if rc != 0)
+            ctx.note(
+                f"{name}: queue {listing.counts() or 'empty'}; saved {len(codes) - len(failed)} message(s) "
+                f"with postcat to evidence/queue/{name}/"
+                + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
+            )
+            output = postsuper(cid, name, "-h", ["ALL"])
+            after = read_queue(cid, name)
+            extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
+            if extra:
+                # Mail that arrived between the snapshot and the hold: held too, so recorded too.
+                entry["held"] = sorted(set(entry["held"]) | set(extra))
+                ctx.amend_undo(record)
+                codes.update(save_messages(ctx, cid, name, extra))
+            not_held = sorted(set(entry["held"]) - set(after.ids("hold")))
+            held_now = sorted(set(entry["held"]) & set(after.ids("hold")))
+            ctx.note(
+                f"{name}: {'; '.join(output) or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
+                f"this step" + (f", {len(entry['already_held'])} were on hold before" if entry["already_held"] else "")
+                + (f", {len(not_held)} left the queue before the hold" if not_held else "")
+            )
+            total += len(held_now)
+            summary[name] = {
+                "held": len(held_now),
+                "already_held": len(entry["already_held"]),
+                "queues_after": after.counts(),
+                "postcat_failed": failed,
+            }
+        ctx.result["containers"] = summary
+        if total:
+            ctx.note(
+                f"{total} message(s) stay held after `lockdown restore`: release them with "
+                f"`lockdown restore {ctx.incident_id} --release-queue` or delete them with "
+                f"`lockdown queue purge {ctx.incident_id}`"
+            )
+
+    @classmethod
+    def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
+        """Release exactly the recorded ids that are still on hold (``postsuper -H``)."""
+        for entry in record["containers"]:
+            name = entry["name"]
+            purged = entry.get("purged", [])
+            if purged:
+                ctx.note(
+                    f"{name}: {len(purged)} message(s) were deleted by `lockdown queue purge` "
+                    f"({entry.get('purged_at', '?')}): gone, not released"
+                )
+            ids = pending_ids(entry)
+            if not ids:
+                ctx.note(f"{name}: nothing to release")
+                continue
+            found = locate(entry, ctx.note)
+            if found is None:
+                ctx.note(
+                    f"{name} ({entry['id'][:12]}) no longer exists: its {len(ids)} held message(s) went with it "
+                    "(their copies are in the evidence)"
+                )
+                continue
+            cid, name = found
+            _not_paused(cid, name)
+            before = read_queue(cid, name)
+            on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
+            elsewhere = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
+            gone = [q for q in ids if q not in before.queue_of]
+            if on_hold:
+                postsuper(cid, name, "-H", on_hold)
+            after = read_queue(cid, name)
+            still = [q for q in on_hold if after.queue_of.get(q) == "hold"]
+            if still:
+                raise ActionError(f"{name}: {len(still)} message(s) are still on hold after postsuper -H: {still[:5]}")
+            ctx.note(
+                f"{name}: released {len(on_hold)} message(s) from hold (now {after.counts() or 'empty queue'})"
+                + (f"; {len(elsewhere)} already released" if elsewhere else "")
+                + (f"; {len(gone)} no longer in the queue" if gone else "")
+            )
+
+    @classmethod
+    def held_summary(cls, record: UndoRecord) -> str:
+        incident = record.get("incident", "INCIDENT")
+        parts = []
+        total = 0
+        for entry in record["containers"]:
+            n = len(pending_ids(entry))
+            total += n
+            text = f"{n} message(s) held in {entry['name']}"
+            if entry.get("purged"):
+                text += f" ({len(entry['purged'])} purged)"
+            parts.append(text)
+        if not total:
+            return (
+                "; ".join(parts) + f": nothing left to release; `lockdown restore {incident} --release-queue` "
+                "closes this step"
+            )
+        return (
+            "; ".join(parts)
+            + f". `lockdown restore {incident} --release-queue` puts exactly these back in the queue for delivery; "
+            f"`lockdown queue purge {incident}` deletes them (copies are in evidence/queue/)"
+        )
+
+
+# ------------------------------------------------------------------ queue purge / show
+
+
+@dataclass
+class QueueStep:
+    """One hold step of an incident, as the journal records it."""
+
+    step: str
+    state: str
+    record: dict[str, Any]
+
+    @property
+    def open(self) -> bool:
+        return self.state not in ("undone",)
+
+
+def _hold_steps(root: Path, incident_id: str) -> tuple[Any, list[QueueStep]]:
+    from lockdown.engine.incident import read_incident
+
+    view = read_incident(root, incident_id)
+    steps = [
+        QueueStep(s.id, s.state, s.undo)
+        for s in view.steps
+        if s.action == ACTION and s.has_intent and s.undo is not None
+    ]
+    if not steps:
+        raise BadInput(
+            f"incident {incident_id} held no mail queue (no {ACTION} step got as far as its intent)",
+            f"see `lockdown status {incident_id}`",
+        )
+    return view, steps
+
+
+def show_queue(root: Path, incident_id: str, *, live: bool = True) -> dict[str, Any]:
+    """What an incident held: recorded ids per container, purged ids, and (``live``) where they are now."""
+    view, steps = _hold_steps(root, incident_id)
+    out: dict[str, Any] = {"incident_id": incident_id, "steps": []}
+    for qs in steps:
+        containers = []
+        for entry in qs.record["containers"]:
+            item: dict[str, Any] = {
+                "container": entry["name"],
+                "container_id": entry["id"],
+                "held": entry.get("held", []),
+                "already_held_before": entry.get("already_held", []),
+                "purged": entry.get("purged", []),
+                "purged_at": entry.get("purged_at"),
+            }
+            if live and qs.open:
+                notes: list[str] = []
+                try:
+                    found = locate(entry, notes.append)
+                    if found is None:
+                        item["live"] = {"error": "the container no longer exists"}
+                    else:
+                        listing = read_queue(*found)
+                        item["live"] = {
+                            q: listing.queue_of.get(q, "gone") for q in entry.get("held", [])
+                        }
+                except (ActionError, BadInput) as exc:
+                    item["live"] = {"error": exc.message}
+                if notes:
+                    item["notes"] = notes
+            containers.append(item)
+        out["steps"].append(
+            {
+                "step": qs.step,
+                "state": qs.state,
+                "decision_pending": qs.open,
+                "summary": PostfixHoldQueue.held_summary(qs.record) if qs.open else "released by restore",
+                "containers": containers,
+            }
+        )
+    out["journal_intact"] = view.chain.intact
+    return out
+
+
+def purge_queue(root: Path, incident_id: str, *, operator: str = "") -> dict[str, Any]:
+    """Delete exactly the held ids an incident recorded (``postsuper -d ID ... hold``).
+
+    Write-ahead like every change: the undo record is amended (``purged``)
+    in the journal before postsuper runs, so a later ``restore
+    --release-queue`` knows they are gone and never tries to release them.
+    Only messages still on hold are deleted. Takes the state-dir lock.
+    """
+    from lockdown.engine.incident import operator as current_operator
+    from lockdown.engine.journal import Journal, utcnow
+    from lockdown.engine.lock import StateLock
+
+    with StateLock(root, "queue purge") as lock:
+        lock.update(incident_id)
+        view, steps = _hold_steps(root, incident_id)
+        if not view.chain.intact:
+            raise IntegrityError(
+                f"incident {incident_id}: {view.chain.problem}; "
+                "refusing to act on a journal that may have been altered",
+                hint=f"check it with `lockdown status {incident_id}`",
+            )
+        open_steps = [qs for qs in steps if qs.open]
+        if not open_steps:
+            raise BadInput(
+                f"incident {incident_id}: the held queue was already released by `lockdown restore --release-queue`",
+                "nothing to purge; delete single messages with `postsuper -d ID` inside the container",
+            )
+        result: dict[str, Any] = {"incident_id": incident_id, "steps": []}
+        journal = Journal.open(view.path)
+        try:
+            for qs in open_steps:
+                record = json.loads(json.dumps(qs.record))
+                done = []
+                for entry in record["containers"]:
+                    notes: list[str] = []
+                    ids = pending_ids(entry)
+                    item: dict[str, Any] = {"container": entry["name"], "deleted": [], "gone": [], "notes": notes}
+                    done.append(item)
+                    if not ids:
+                        notes.append("nothing left to purge")
+                        continue
+                    found = locate(entry, notes.append)
+                    if found is None:
+                        notes.append("the container no longer exists: its held messages went with it")
+                        item["gone"] = ids
+                        continue
+                    cid, name = found
+                    _not_paused(cid, name)
+                    before = read_queue(cid, name)
+                    on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
+                    released = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
+                    item["gone"] = [q for q in ids if q not in before.queue_of]
+                    if released:
+                        notes.append(
+                            f"{len(released)} recorded message(s) are no longer on hold "
+                            "(released by hand?): not deleted"
+                        )
+                    # Ids no longer in the queue count as purged too: nothing is left to release.
+                    entry["purged"] = sorted(set(entry.get("purged", [])) | set(on_hold) | set(item["gone"]))
+                    entry["purged_at"] = utcnow()
+                    journal.append(
+                        "intent-update",
+                        step=qs.step,
+                        action=ACTION,
+                        undo=record,
+                        reason="queue purge",
+                        operator=operator or current_operator(),
+                        container=name,
+                        deleting=on_hold,
+                    )
+                    if on_hold:
+                        postsuper(cid, name, "-d", on_hold, queue="hold")
+                    after = read_queue(cid, name)
+                    left = [q for q in on_hold if q in after.queue_of]
+                    if left:
+                        raise ActionError(f"{name}: {len(left)} message(s) survived postsuper -d: {left[:5]}")
+                    item["deleted"] = on_hold
+                    item["container"] = name
+                result["steps"].append({"step": qs.step, "containers": done})
+        finally:
+            journal.close()
+        return result

@@ -1,0 +1,99 @@
+"""``audit`` (is this host an open relay?) and ``report`` (what happened in an incident)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
+from lockdown.cli.output import Output
+from lockdown.errors import BadInput
+
+
+def report(
+    incident: Annotated[str | None, typer.Argument(help="Incident id (its collected Postfix logs are read).")] = None,
+    log: Annotated[
+        list[Path] | None,
+        typer.Option("--log", help="Analyse these mail log files instead (plain, .gz or .tar; repeatable)."),
+    ] = None,
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option("--gateway", help="A Docker gateway address or network (repeatable)."),
+    ] = None,
+    local_domain: Annotated[
+        list[str] | None,
+        typer.Option("--local-domain", help="A domain this server delivers locally (repeatable)."),
+    ] = None,
+    year: Annotated[
+        int | None, typer.Option("--year", help="Year of timestamps without one (default: the incident's).")
+    ] = None,
+    last: Annotated[bool, typer.Option("--last", help="Report on the most recent incident.")] = False,
+    html_file: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+    json_out: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Explain a relay incident: who relayed what, through which path, and when it stopped."""
+    from lockdown.mail import report as rp
+
+    out = Output(json_out)
+    domains = {d.lower() for d in local_domain} if local_domain else None
+    if year is not None and not 1970 <= year <= 9999:
+        raise BadInput(f"--year {year}: out of range")
+    if log:
+        if incident or last:
+            raise BadInput("give an INCIDENT or --log FILE..., not both")
+        sources = rp.sources_from_paths(log)
+        gws, gw_source = rp.choose_gateways(gateway)
+        result = rp.analyse(sources, gateways=gws, gateway_source=gw_source, local_domains=domains, year=year)
+    else:
+        if not incident and not last:
+            raise BadInput("what should I report on? give an INCIDENT, --last, or --log FILE...")
+        base = root(state_dir)
+        incident_id = pick_incident(base, incident, last)
+        result = rp.incident_report(base, incident_id, gateways=gateway, local_domains=domains, year=year)
+        if not result.sources:
+            out.info(f"lockdown: note: incident {incident_id} holds no log files (logs.container / logs.files)")
+    if html_file is not None:
+        rp.write_html(result, html_file)
+        out.info(f"lockdown: HTML report written to {html_file}")
+    if json_out:
+        out.json(result.as_dict())
+        return
+    _print_report(out, result)
+
+
+def _print_report(out: Output, r: object) -> None:
+    from lockdown.mail.report import Report
+
+    assert isinstance(r, Report)
+    d = r.as_dict()
+    if r.incident:
+        out.line(f"incident {r.incident['incident_id']}")
+    out.line(f"read {d['lines']} lines from {len(d['sources'])} source(s)")
+    more = " ..." if len(d["gateways"]) > 6 else ""
+    out.line(f"gateways ({d['gateway_source']}): {', '.join(d['gateways'][:6])}{more}")
+    out.line()
+    out.line(f"messages:            {d['messages']}")
+    out.line(f"outside messages:    {d['outside_messages']} ({d['outside_recipients']} recipients)")
+    out.line(f"signature messages:  {d['signature_messages']}  (client is a Docker gateway, no SASL)")
+    if d["signature_messages"]:
+        out.line(f"first abuse:         {d['first_abuse']}")
+        out.line(f"last abuse:          {d['last_abuse']}")
+    if d["containment_time"]:
+        out.line(f"containment:         {d['containment_time']}")
+        out.line(f"abusive before/after containment: {d['before_containment']} / {d['after_containment']}")
+    out.line(f"rejects:             {d['rejects']['total']} ({d['rejects']['from_gateway']} from a gateway)")
+    for title, counter in (
+        ("by client", r.by_client),
+        ("by sender domain", r.by_sender_domain),
+        ("by recipient domain", r.by_recipient_domain),
+    ):
+        if counter:
+            out.line()
+            out.table([[k, str(v)] for k, v in counter.most_common(10)], [title, "messages"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(report)

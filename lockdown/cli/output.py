@@ -1,0 +1,84 @@
+"""All printing: human lines on the terminal, or one JSON document with --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+OK, FAIL, HELD, DOT = "✓", "✗", "⏸", "·"
+
+
+def _fmt_seconds(s: float | None) -> str:
+    return "" if s is None else f"{s:.2f}s"
+
+
+class Output:
+    """Human or JSON output. Diagnostics always go to stderr."""
+
+    def __init__(self, json_mode: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.json_mode = json_mode
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.tty = self.out.isatty() and not json_mode
+        self._current: str | None = None
+        self._t0 = 0.0
+
+    # ----------------------------------------------------------- basics
+    def line(self, text: str = "") -> None:
+        if not self.json_mode:
+            print(text, file=self.out, flush=True)
+
+    def info(self, text: str) -> None:
+        """Side information on stderr, shown in both modes."""
+        print(text, file=self.err, flush=True)
+
+    def json(self, doc: Any) -> None:
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str), file=self.out, flush=True)
+
+    def table(self, rows: Iterable[Iterable[str]], headers: list[str]) -> None:
+        rows = [list(map(str, r)) for r in rows]
+        widths = [len(h) for h in headers]
+        for r in rows:
+            widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        self.line(fmt.format(*headers).rstrip())
+        for r in rows:
+            self.line(fmt.format(*r).rstrip())
+
+    # ----------------------------------------------------------- run events
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        """Render runner events as a live list of steps."""
+        if self.json_mode:
+            return
+        if kind == "start":
+            self.line(f"incident {data['incident_id']}: {len(data['plan'])} steps")
+        elif kind == "step-start":
+            self._current = data["id"]
+            self._t0 = time.monotonic()
+            if self.tty:
+                print(f"  … {data['id']:<22} {data['describe']}", end="\r", file=self.out, flush=True)
+        elif kind == "note":
+            if self.tty:
+                print("\x1b[2K", end="", file=self.out)
+            self.line(f"      {DOT} [{data['step']}] {data['message']}")
+        elif kind == "step-end":
+            mark = {"ok": OK, "undone": OK, "held": HELD}.get(data["state"], FAIL)
+            if self.tty:
+                print("\x1b[2K", end="", file=self.out)
+            label = data["state"] if data["state"] not in ("ok",) else ""
+            seconds = _fmt_seconds(data.get("seconds"))
+            self.line(f"  {mark} {data['id']:<22} {data['action']:<20} {seconds:>7} {label}".rstrip())
+            if data.get("error"):
+                self.line(f"      {data['error']}")
+        elif kind == "interrupted":
+            self.line(f"  stopped before step {data['before']}: the incident is journaled and restorable")
+
+
+def error_line(message: str, hint: str | None) -> str:
+    text = f"lockdown: error: {message}"
+    if hint:
+        text += f"\n  -> {hint}"
+    return text

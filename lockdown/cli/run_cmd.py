@@ -1,0 +1,221 @@
+"""``run``, ``restore``, ``status`` and ``incidents``."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
+from lockdown.cli.output import FAIL, HELD, OK, Output
+from lockdown.engine import incident as inc
+from lockdown.engine import runner
+from lockdown.engine.playbook import load_playbook, parse_var_overrides
+from lockdown.errors import ExitCode, PartialRestore
+
+RUN_EXIT = {
+    "contained": ExitCode.OK,
+    "dry-run": ExitCode.OK,
+    "partial": ExitCode.FAILED,
+    "failed": ExitCode.FAILED,
+    "interrupted": ExitCode.INTERRUPTED,
+}
+
+
+def run(
+    playbook: Annotated[str, typer.Argument(help="Playbook name (see `lockdown playbooks list`) or path.")],
+    var: Annotated[list[str] | None, typer.Option("--var", help="Override a var: KEY=VALUE (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; change nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Override safety guards such as the SSH lockout guard.")
+    ] = False,
+    json_out: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Run a playbook: journal each change with its undo, then make it."""
+    out = Output(json_out)
+    pb = load_playbook(playbook, parse_var_overrides(var or []))
+    if dry_run:
+        result = runner.dry_run(pb)
+        if json_out:
+            out.json(result.as_dict())
+        else:
+            out.line(f"plan for {pb.display} ({len(pb.steps)} steps, nothing will change):")
+            for item in result.plan:
+                out.line(f"  {item['number']:>2}. {item['id']:<22} {item['action']:<20} {item['describe']}")
+                for k, v in item["params"].items():
+                    out.line(f"        {k} = {v!r}")
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            out.info(f"lockdown: {signal.Signals(signum).name}: stopping after the current step")
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = runner.run_playbook(
+            pb,
+            root(state_dir),
+            force=force,
+            trigger={"kind": "cli", "argv": sys.argv, "command": shlex.join(sys.argv)},
+            on_event=out.event,
+            stop=stop,
+        )
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if json_out:
+        out.json(result.as_dict())
+    else:
+        _summary(out, result)
+    raise typer.Exit(int(RUN_EXIT[result.status]))
+
+
+def _summary(out: Output, result: runner.RunResult) -> None:
+    failed = [s for s in result.steps if s.state == "failed"]
+    out.line()
+    words = {
+        "contained": "contained",
+        "partial": f"contained with {len(failed)} failed step(s)",
+        "failed": "FAILED",
+        "interrupted": "interrupted",
+    }
+    out.line(f"{words[result.status]}: incident {result.incident_id}")
+    out.line(f"  evidence: {result.incident_dir}")
+    out.line(f"  undo everything: lockdown restore {result.incident_id}")
+    if failed:
+        out.line(f"  see what failed: lockdown status {result.incident_id}")
+
+
+def restore(
+    incident: Annotated[str | None, typer.Argument(help="Incident id.")] = None,
+    last: Annotated[bool, typer.Option("--last", help="Restore the most recent incident.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be undone.")] = False,
+    release_queue: Annotated[
+        bool, typer.Option("--release-queue", help="Also release the mail queue that the run held.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Restore even if the journal chain is broken.")] = False,
+    json_out: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Undo every journaled change of an incident, newest first."""
+    out = Output(json_out)
+    base = root(state_dir)
+    incident_id = pick_incident(base, incident, last)
+    decisions = frozenset({"release-queue"} if release_queue else set())
+    result = runner.restore(
+        base, incident_id, dry_run=dry_run, decisions=decisions, force=force, on_event=out.event
+    )
+    if json_out:
+        out.json(result.as_dict())
+    else:
+        if result.journal_problem:
+            out.info(f"lockdown: warning: {result.journal_problem}")
+        if result.status == "dry-run":
+            out.line(f"restore of {incident_id} would, newest first:")
+            for s in result.steps:
+                out.line(f"  {s.state:<11} {s.id:<22} {s.action}")
+        elif result.status == "nothing-to-do":
+            out.line(f"incident {incident_id}: nothing to undo")
+        else:
+            mark = OK if result.status == "restored" else FAIL
+            out.line(f"{mark} restore of {incident_id}: {result.status}")
+        for h in result.held:
+            out.line(f"  {HELD} {h['id']} ({h['action']}) is held: {h['summary']}")
+    if result.status == "partial":
+        failed = ", ".join(s.id for s in result.steps if s.state == "undo-failed")
+        raise PartialRestore(
+            f"restore of {incident_id} is partial: undo failed for {failed}",
+            f"see `lockdown status {incident_id}`, fix the cause, then run `lockdown restore {incident_id}` again",
+        )
+
+
+def status(
+    incident: Annotated[str | None, typer.Argument(help="Incident id (default: the latest).")] = None,
+    json_out: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Show each step's state, whether containment is active and whether the journal is intact."""
+    out = Output(json_out)
+    base = root(state_dir)
+    incident_id = pick_incident(base, incident, last=incident is None)
+    view = inc.read_incident(base, incident_id)
+    if json_out:
+        out.json(view.as_dict())
+        return
+    _print_view(out, view)
+
+
+def _print_view(out: Output, view: inc.IncidentView) -> None:
+    d = view.as_dict()
+    out.line(f"incident {view.id}  ({d['playbook']}, trigger {d['trigger']}, created {d['created']})")
+    out.line(f"  run: {view.run_status or '-'}   restore: {view.restore_status or '-'}")
+    out.line(f"  containment active: {'YES' if view.containment_active else 'no'}")
+    chain = "intact" if view.chain.intact else f"BROKEN: {view.chain.problem}"
+    if view.chain.intact and view.chain.problem:
+        chain += f" ({view.chain.problem})"
+    out.line(f"  journal: {chain}")
+    rows = []
+    for s in view.steps:
+        state = s.state + (f" (held: {s.held})" if s.held else "")
+        rows.append([str(s.number), s.id, s.action, state, "" if s.seconds is None else f"{s.seconds:.2f}s"])
+    out.line()
+    out.table(rows, ["#", "step", "action", "state", "time"])
+    for s in view.steps:
+        if s.error:
+            out.line(f"  {s.id}: {s.error}")
+        if s.undo_error:
+            out.line(f"  {s.id} undo: {s.undo_error}")
+
+
+def incidents(json_out: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
+    """List incidents, newest last."""
+    out = Output(json_out)
+    base = root(state_dir)
+    views: list[dict[str, Any]] = []
+    for incident_id in inc.list_incident_ids(base):
+        v = inc.read_incident(base, incident_id)
+        views.append(
+            {
+                "incident_id": v.id,
+                "playbook": v.meta.get("playbook", {}).get("name"),
+                "run_status": v.run_status,
+                "restore_status": v.restore_status,
+                "containment_active": v.containment_active,
+                "journal_intact": v.chain.intact,
+                "held": len(v.held),
+            }
+        )
+    if json_out:
+        out.json({"state_dir": str(base), "incidents": views})
+        return
+    if not views:
+        out.line(f"no incidents in {base}")
+        return
+    out.table(
+        [
+            [
+                v["incident_id"],
+                v["run_status"] or "-",
+                v["restore_status"] or "-",
+                "ACTIVE" if v["containment_active"] else "-",
+                "ok" if v["journal_intact"] else "BROKEN",
+            ]
+            for v in views
+        ],
+        ["incident", "run", "restore", "containment", "journal"],
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+    app.command()(restore)
+    app.command()(status)
+    app.command()(incidents)

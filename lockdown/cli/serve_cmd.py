@@ -1,0 +1,188 @@
+"""``serve`` (the alert webhook) and ``watch`` (the outbound-mail alarm)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from lockdown.cli.common import StateDirOpt
+from lockdown.cli.output import Output
+from lockdown.errors import BadInput, ExitCode
+from lockdown.paths import DEFAULT_STATE_DIR, state_dir
+from lockdown.triggers.config import DEFAULT_CONFIG, Config, Route, load_config
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        envvar="LOCKDOWN_CONFIG",
+        help="The lockdown.toml to use (routes, authentication, watch settings).",
+    ),
+]
+
+
+def _root(explicit: Path | None, config: Config) -> Path:
+    """--state-dir / LOCKDOWN_STATE_DIR, then the config's state_dir, then /var/lib/lockdown."""
+    if explicit is not None:
+        return state_dir(explicit)
+    return config.state_dir or DEFAULT_STATE_DIR
+
+
+def _stop_on_signals(out: Output, what: str) -> tuple[threading.Event, dict[signal.Signals, Any]]:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            out.info(f"lockdown: {signal.Signals(signum).name}: {what}")
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    return stop, old
+
+
+def serve(config: ConfigOpt = DEFAULT_CONFIG, state_dir_opt: StateDirOpt = None) -> None:
+    """Run the alert webhook: Alertmanager, Grafana and generic alerts start playbooks.
+
+    Listens on 127.0.0.1:9595 unless server.listen says otherwise. Every
+    route's playbook is validated before it listens; authentication (a token
+    file and/or an HMAC secret file) is required.
+    """
+    from lockdown.triggers.server import WebhookServer
+    from lockdown.triggers.server import serve as run_server
+
+    out = Output()
+    cfg = load_config(config)
+    for warning in cfg.warnings:
+        out.info(f"lockdown: warning: {warning}")
+    root = _root(state_dir_opt, cfg)
+    stop, old = _stop_on_signals(out, "stopping; a running step finishes and is journaled first")
+
+    def ready(server: WebhookServer) -> None:
+        host = server.host
+        shown = f"[{host}]" if ":" in host else host
+        routes = ", ".join(f"{r.alert} -> {r.playbook}" for r in cfg.routes) or "none (every alert is ignored)"
+        out.line(f"lockdown: listening on http://{shown}:{server.port} (state dir {root})")
+        out.line(f"lockdown: routes: {routes}")
+
+    try:
+        clean = run_server(cfg, root, stop=stop, on_ready=ready)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if not clean:
+        out.info("lockdown: a run was still going when serve stopped; check it with `lockdown status`")
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    out.info("lockdown: stopped")
+
+
+def _pick_route(cfg: Config, name: str | None) -> Route:
+    chosen = name or cfg.watch.route
+    if chosen is not None:
+        route = cfg.route_for(chosen)
+        if route is None:
+            known = ", ".join(r.alert for r in cfg.routes) or "none"
+            raise BadInput(f"--route {chosen!r}: {cfg.path} has no [[routes]] entry with that alert (routes: {known})")
+        return route
+    if len(cfg.routes) == 1:
+        return cfg.routes[0]
+    raise BadInput(
+        f"{cfg.path}: watch.route: which route should the watch trigger? "
+        f"({len(cfg.routes)} routes are configured)",
+        "set watch.route = \"ALERT\" in lockdown.toml or pass --route ALERT",
+    )
+
+
+def watch(
+    container: Annotated[
+        str | None,
+        typer.Option("--container", help='The mail container: "auto" (the one publishing port 25), a name or id.'),
+    ] = None,
+    max_per_minute: Annotated[
+        int | None,
+        typer.Option("--max-per-minute", min=1, help="Trigger when this many outside messages arrive within 60 s."),
+    ] = None,
+    on_signature: Annotated[
+        bool,
+        typer.Option(
+            "--on-signature", help="Also trigger on one outside message from a Docker gateway without SASL login."
+        ),
+    ] = False,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", help="Follow this mail log file instead of the container's log.")
+    ] = None,
+    local_domain: Annotated[
+        list[str] | None,
+        typer.Option("--local-domain", help="A domain this server delivers locally (repeatable)."),
+    ] = None,
+    gateway: Annotated[
+        list[str] | None,
+        typer.Option("--gateway", help="A Docker gateway address or network (repeatable; default: ask Docker)."),
+    ] = None,
+    route: Annotated[
+        str | None, typer.Option("--route", help="The [[routes]] alert whose playbook to run (default: watch.route).")
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    state_dir_opt: StateDirOpt = None,
+) -> None:
+    """Watch the mail log and run a playbook when outside mail exceeds a rate.
+
+    Counts messages to non-local domains over a sliding minute and triggers
+    the route's playbook once when the count reaches --max-per-minute (or
+    on the postmortem's signature with --on-signature). Flags override the
+    [watch] table of lockdown.toml.
+    """
+    from lockdown.triggers.dedup import EventLog
+    from lockdown.triggers.dispatch import Dispatcher
+    from lockdown.triggers.watch import Watcher, WatchSettings
+
+    out = Output()
+    cfg = load_config(config, read_secrets=False)
+    root = _root(state_dir_opt, cfg)
+    w = cfg.watch
+    chosen = _pick_route(cfg, route)
+    settings = WatchSettings(
+        route=chosen,
+        max_per_minute=max_per_minute if max_per_minute is not None else w.max_per_minute,
+        on_signature=on_signature or w.on_signature,
+        container=container or w.container,
+        log_file=log_file or w.log_file,
+        local_domains=set(local_domain or w.local_domains) or None,
+        gateways=list(gateway or w.gateways) or None,
+    )
+    settings.check()
+    stop, old = _stop_on_signals(out, "stopping the watch; a running step finishes and is journaled first")
+    log = EventLog(root, "watch.log")
+    dispatcher = Dispatcher(cfg, root, log=log, stop=stop)
+    try:
+        dispatcher.prepare(only=chosen.alert)
+        watcher = Watcher(settings, dispatcher, stop=stop, log=log, say=lambda t: out.info(f"lockdown: watch: {t}"))
+        what = []
+        if settings.max_per_minute is not None:
+            what.append(f"{settings.max_per_minute} outside messages per minute")
+        if settings.on_signature:
+            what.append("the open-relay signature")
+        source = settings.log_file or f"container {settings.container}"
+        out.info(
+            f"lockdown: watch: watching {source} for {' or '.join(what)}; "
+            f"then {chosen.alert} -> {chosen.playbook} (state dir {root})"
+        )
+        watcher.run()
+    finally:
+        stop.set()
+        clean = dispatcher.wait(80.0)
+        for s, h in old.items():
+            signal.signal(s, h)
+    if not clean:
+        out.info("lockdown: a run was still going when the watch stopped; check it with `lockdown status`")
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    out.info("lockdown: watch: stopped")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="serve")(serve)
+    app.command(name="watch")(watch)

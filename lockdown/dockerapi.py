@@ -1,0 +1,615 @@
+"""The one place that talks to the Docker daemon.
+
+Every call goes through ``docker_call`` so that ``docker.errors.DockerException``
+and ``requests.ConnectionError`` (a daemon that dies mid-session raises the
+latter, which is not a DockerException) become lockdown errors once, here:
+
+=====================================  ==================  ====
+cause                                  error               exit
+=====================================  ==================  ====
+daemon unreachable (down, bad socket)  Unavailable         5
+socket permission denied               PrivilegeError      4
+container not found while resolving    BadInput            2
+container gone after it was resolved   ActionError         1
+any other answer from the daemon       ActionError         1
+=====================================  ==================  ====
+
+Functions that work on a container take the container's id (or name) and a
+``name`` used in messages; they are only called after ``resolve_containers``,
+so a "no such container" there means it vanished mid-run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lockdown.errors import ActionError, BadInput, PrivilegeError, Unavailable
+
+if TYPE_CHECKING:
+    import docker
+
+T = TypeVar("T")
+_client: docker.DockerClient | None = None
+_client_lock = threading.Lock()
+
+#: Label Docker Compose puts on every container: the service name (Mailu: front, smtp, ...).
+COMPOSE_SERVICE = "com.docker.compose.service"
+#: Bytes read from the daemon per chunk when streaming logs and archives.
+CHUNK = 1 << 20
+
+
+def client() -> docker.DockerClient:
+    """A shared client from the environment (DOCKER_HOST or the local socket).
+
+    Raises Unavailable when the daemon cannot be reached and PrivilegeError
+    when the socket refuses us.
+    """
+    global _client
+    with _client_lock:
+        if _client is None:
+            import docker
+
+            try:
+                _client = docker.from_env(timeout=30)
+            except docker.errors.DockerException as exc:
+                raise _translate(exc, "connect to the Docker daemon") from None
+        return _client
+
+
+def reset_client() -> None:
+    global _client
+    with _client_lock:
+        if _client is not None:
+            try:
+                _client.close()
+            except Exception:  # noqa: BLE001 - closing a broken client
+                pass
+        _client = None
+
+
+def _translate(exc: BaseException, doing: str, vanished: str | None = None) -> Exception:
+    """The lockdown error for a docker/requests exception.
+
+    ``vanished`` names a container that was resolved earlier: "not found" for
+    it means it disappeared during the run (ActionError), not bad input.
+    """
+    import docker
+    import requests
+
+    text = str(exc)
+    if isinstance(exc, docker.errors.NotFound):
+        if vanished is not None:
+            return ActionError(
+                f"cannot {doing}: container {vanished} disappeared during the run (removed?)",
+                "everything journaled so far stays restorable: `lockdown restore INCIDENT`",
+            )
+        return BadInput(f"cannot {doing}: not found ({exc.explanation or text})")
+    if isinstance(exc, docker.errors.APIError):
+        explanation = str(exc.explanation or text)
+        if exc.status_code == 409 and "paused" in explanation:
+            return ActionError(
+                f"cannot {doing}: the container is paused and Docker refuses exec in a paused "
+                "container (HTTP 409 Conflict)",
+                "hold the queue before pausing (put postfix.hold_queue before docker.pause), "
+                "or unpause the container first",
+            )
+        return ActionError(f"cannot {doing}: Docker said {explanation}")
+    perm = "Permission denied" in text or f"Errno {errno.EACCES}" in text
+    if perm:
+        return PrivilegeError(
+            f"cannot {doing}: permission denied on the Docker socket {daemon_address()}",
+            "run as root or as a member of the docker group",
+        )
+    if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        return Unavailable(
+            f"cannot {doing}: the Docker daemon at {daemon_address()} is unreachable ({first})",
+            "start it (systemctl start docker), or point DOCKER_HOST at the right socket",
+        )
+    return exc if isinstance(exc, Exception) else RuntimeError(text)
+
+
+def daemon_address() -> str:
+    """Where the client looks for the daemon: DOCKER_HOST, or the default socket."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def docker_call(doing: str, fn: Callable[[], T], *, vanished: str | None = None) -> T:
+    """Run ``fn`` and translate Docker and connection errors into lockdown errors.
+
+    ``vanished``: the name of an already-resolved container (see ``_translate``).
+    """
+    import docker
+    import requests
+
+    try:
+        return fn()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise _translate(exc, doing, vanished) from None
+
+
+def _guard_stream(doing: str, chunks: Iterator[bytes], vanished: str | None) -> Iterator[bytes]:
+    """Translate errors raised while a stream is being read (the daemon may die mid-stream)."""
+    import docker
+    import requests
+    import urllib3
+
+    try:
+        yield from chunks
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise _translate(exc, doing, vanished) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise Unavailable(
+            f"cannot {doing}: the connection to the Docker daemon broke ({exc})",
+            "check that dockerd is running, then run the step again",
+        ) from None
+
+
+def ping(who: str = "lockdown") -> None:
+    """Raise Unavailable/PrivilegeError unless the daemon answers."""
+    c = client()
+    docker_call(f"reach the Docker daemon for {who}", c.ping)
+
+
+def api() -> Any:
+    """The low-level APIClient of the shared client."""
+    return client().api
+
+
+# ------------------------------------------------------------------ targets
+
+
+@dataclass(frozen=True)
+class ContainerRef:
+    """A container as resolved before the run: what the journal records."""
+
+    id: str
+    name: str
+    status: str  # running | paused | exited | created | restarting | dead
+    image: str
+    service: str | None
+    ports: tuple[str, ...]  # "0.0.0.0:2525->25/tcp", ...
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "image": self.image,
+            "service": self.service,
+            "ports": list(self.ports),
+        }
+
+    def show(self) -> str:
+        extra = [self.status]
+        if self.service:
+            extra.append(f"service {self.service}")
+        if self.ports:
+            extra.append(", ".join(self.ports))
+        return f"{self.name} ({'; '.join(extra)})"
+
+
+def _ref_from_list(item: dict[str, Any]) -> ContainerRef:
+    names = item.get("Names") or [item["Id"][:12]]
+    ports = []
+    for p in item.get("Ports") or []:
+        if p.get("PublicPort"):
+            ip = p.get("IP", "")
+            host = f"[{ip}]" if ":" in ip else ip
+            ports.append(f"{host}:{p['PublicPort']}->{p['PrivatePort']}/{p.get('Type', 'tcp')}")
+    return ContainerRef(
+        id=item["Id"],
+        name=names[0].lstrip("/"),
+        status=item.get("State", "unknown"),
+        image=item.get("Image", ""),
+        service=(item.get("Labels") or {}).get(COMPOSE_SERVICE),
+        ports=tuple(sorted(set(ports))),
+    )
+
+
+def ref_from_inspect(data: dict[str, Any]) -> ContainerRef:
+    ports = []
+    for cport, bindings in (data.get("NetworkSettings", {}).get("Ports") or {}).items():
+        for b in bindings or []:
+            ip = b.get("HostIp", "")
+            host = f"[{ip}]" if ":" in ip else ip
+            ports.append(f"{host}:{b.get('HostPort')}->{cport}")
+    return ContainerRef(
+        id=data["Id"],
+        name=data.get("Name", data["Id"][:12]).lstrip("/"),
+        status=data.get("State", {}).get("Status", "unknown"),
+        image=data.get("Config", {}).get("Image", ""),
+        service=(data.get("Config", {}).get("Labels") or {}).get(COMPOSE_SERVICE),
+        ports=tuple(sorted(set(ports))),
+    )
+
+
+def publishes(item: dict[str, Any], port: int) -> bool:
+    """True when a container (an item of ``GET /containers/json``) publishes container port ``port``/tcp."""
+    return any(
+        p.get("PrivatePort") == port and p.get("PublicPort") and p.get("Type", "tcp") == "tcp"
+        for p in item.get("Ports") or []
+    )
+
+
+def list_containers(label: str = "", *, include_stopped: bool = False) -> list[dict[str, Any]]:
+    """``GET /containers/json``: running and paused containers (all with ``include_stopped``)."""
+    filters = {"label": label} if label else None
+    items: list[dict[str, Any]] = docker_call(
+        "list containers", lambda: api().containers(all=include_stopped, filters=filters)
+    )
+    return sorted(items, key=lambda i: (i.get("Names") or [""])[0])
+
+
+def _listing(refs: list[ContainerRef], empty: str = "none") -> str:
+    if not refs:
+        return empty
+    shown = [r.show() for r in refs[:20]]
+    if len(refs) > 20:
+        shown.append(f"and {len(refs) - 20} more")
+    return "; ".join(shown)
+
+
+def resolve_containers(spec: str, *, label: str = "", port: int = 25) -> list[ContainerRef]:
+    """The containers a ``container`` parameter names. Runs in preflight; changes nothing.
+
+    ``spec`` is one of:
+
+    * a container name or id (any state);
+    * ``auto``: the one running (or paused) container that publishes container
+      port ``port``/tcp on the host; none or several raise BadInput listing the
+      candidates;
+    * ``all``: every running (or paused) container publishing ``port``/tcp
+      (at least one);
+    * ``service:NAME``: the one running (or paused) container whose
+      ``com.docker.compose.service`` label is NAME (Mailu: ``service:smtp``).
+
+    ``label`` (``key`` or ``key=value``) narrows ``auto``, ``all`` and
+    ``service:`` to containers carrying that label, e.g.
+    ``com.docker.compose.project=mailu``.
+
+    Raises BadInput (exit 2), Unavailable (5) or PrivilegeError (4).
+    """
+    spec = spec.strip()
+    where = f" with label {label}" if label else ""
+    if spec in ("auto", "all"):
+        items = list_containers(label)
+        running = [_ref_from_list(i) for i in items]
+        found = [_ref_from_list(i) for i in items if publishes(i, port)]
+        if not found:
+            raise BadInput(
+                f'container = "{spec}": no running container{where} publishes port {port}/tcp; '
+                f"running containers: {_listing(running)}",
+                'name the container: container = "NAME" (or "service:NAME" for Compose services)',
+            )
+        if spec == "auto" and len(found) > 1:
+            raise BadInput(
+                f'container = "auto": {len(found)} running containers{where} publish port {port}/tcp, '
+                f"choose one: {_listing(found)}",
+                'set container = "NAME", or container = "all" to act on every one of them',
+            )
+        return found
+    if spec.startswith("service:"):
+        service = spec.removeprefix("service:").strip()
+        if not service:
+            raise BadInput('container = "service:": a Compose service name is needed, e.g. "service:smtp"')
+        items = list_containers(label)
+        running = [_ref_from_list(i) for i in items]
+        found = [r for r in running if r.service == service]
+        if not found:
+            services = sorted({r.service for r in running if r.service})
+            raise BadInput(
+                f'container = "{spec}": no running container{where} has label {COMPOSE_SERVICE}={service}; '
+                f"Compose services running: {', '.join(services) or 'none'}",
+                "check the service name in docker-compose.yml (Mailu: front, smtp, imap, ...)",
+            )
+        if len(found) > 1:
+            raise BadInput(
+                f'container = "{spec}": {len(found)} running containers are service {service}, '
+                f"choose one: {_listing(found)}",
+                'set container = "NAME", or narrow with label = "com.docker.compose.project=PROJECT"',
+            )
+        return found
+    if not spec:
+        raise BadInput('container: empty; give a name or id, "auto", "all" or "service:NAME"')
+    data = inspect_or_none(spec)
+    if data is None:
+        raise BadInput(
+            f"no such container {spec!r}",
+            'check the name with `docker ps -a`, or use container = "auto" or "service:NAME"',
+        )
+    return [ref_from_inspect(data)]
+
+
+# ------------------------------------------------------------------ one container
+
+
+def inspect(cid: str, name: str) -> dict[str, Any]:
+    """``docker inspect``. ActionError if the container vanished."""
+    data: dict[str, Any] = docker_call(f"inspect {name}", lambda: api().inspect_container(cid), vanished=name)
+    return data
+
+
+def inspect_or_none(cid: str) -> dict[str, Any] | None:
+    """``docker inspect``, or None when no such container exists (any other failure raises)."""
+    try:
+        data: dict[str, Any] = docker_call("inspect container", lambda: api().inspect_container(cid))
+    except BadInput:
+        return None
+    return data
+
+
+def exists(cid: str) -> bool:
+    """Whether a container with this id (or name) exists."""
+    return inspect_or_none(cid) is not None
+
+
+def pause(cid: str, name: str) -> None:
+    docker_call(f"pause {name}", lambda: api().pause(cid), vanished=name)
+
+
+def unpause(cid: str, name: str) -> None:
+    docker_call(f"unpause {name}", lambda: api().unpause(cid), vanished=name)
+
+
+def stop(cid: str, name: str, timeout: int) -> None:
+    """``docker stop``: SIGTERM (or the image's stop signal), SIGKILL after ``timeout`` seconds."""
+    docker_call(f"stop {name}", lambda: api().stop(cid, timeout=timeout), vanished=name)
+
+
+def start(cid: str, name: str) -> None:
+    docker_call(f"start {name}", lambda: api().start(cid), vanished=name)
+
+
+def top(cid: str, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = docker_call(f"list processes of {name}", lambda: api().top(cid), vanished=name)
+    return data
+
+
+def diff(cid: str, name: str) -> list[dict[str, Any]]:
+    data = docker_call(f"read the filesystem diff of {name}", lambda: api().diff(cid), vanished=name)
+    return list(data or [])
+
+
+def daemon_info() -> dict[str, Any]:
+    data: dict[str, Any] = docker_call("read the daemon info", lambda: api().info())
+    return data
+
+
+def daemon_version() -> dict[str, Any]:
+    data: dict[str, Any] = docker_call("read the daemon version", lambda: api().version())
+    return data
+
+
+# ------------------------------------------------------------------ exec
+
+
+class ExecStream:
+    """The merged stdout+stderr of a command run with ``docker exec``.
+
+    Iterate for the output chunks (not aligned to lines), then read
+    ``exit_code``. Nothing is held in memory beyond one chunk.
+    """
+
+    def __init__(self, cid: str, name: str, cmd: list[str], *, user: str = "") -> None:
+        self.name = name
+        self.cmd = cmd
+        self.doing = f"run {cmd[0]} in {name}"
+        created = docker_call(
+            self.doing,
+            lambda: api().exec_create(cid, cmd, stdout=True, stderr=True, tty=False, user=user),
+            vanished=name,
+        )
+        self._exec_id: str = created["Id"]
+        self._exit: int | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = docker_call(self.doing, lambda: api().exec_start(self._exec_id, stream=True), vanished=self.name)
+        for chunk in _guard_stream(self.doing, iter(chunks), self.name):
+            if chunk:
+                yield chunk
+
+    @property
+    def exit_code(self) -> int:
+        if self._exit is None:
+            data = docker_call(self.doing, lambda: api().exec_inspect(self._exec_id), vanished=self.name)
+            code = data.get("ExitCode")
+            self._exit = -1 if code is None else int(code)
+        return self._exit
+
+
+def exec_output(cid: str, name: str, cmd: list[str], *, limit: int = 64 << 20) -> tuple[int, bytes]:
+    """Run ``cmd`` and return (exit code, merged output). ActionError past ``limit`` bytes."""
+    stream = ExecStream(cid, name, cmd)
+    parts: list[bytes] = []
+    size = 0
+    for chunk in stream:
+        size += len(chunk)
+        if size > limit:
+            raise ActionError(f"{cmd[0]} in {name} printed more than {limit >> 20} MiB")
+        parts.append(chunk)
+    return stream.exit_code, b"".join(parts)
+
+
+# ------------------------------------------------------------------ logs
+
+
+class _Demux:
+    """Strip Docker's 8-byte stream headers from a non-TTY attach/logs stream.
+
+    Each frame is ``[stream, 0, 0, 0, size (4 bytes, big endian)]`` followed
+    by ``size`` bytes. Frames may be split anywhere across chunks; only the
+    header bytes seen so far and the bytes left of the current frame are kept.
+    """
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._left = 0
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        view = memoryview(data)
+        i, n = 0, len(view)
+        unpack = struct.Struct(">BxxxL").unpack_from
+        while i < n:
+            if self._left:
+                take = min(self._left, n - i)
+                out.append(view[i : i + take].tobytes())
+                i += take
+                self._left -= take
+            elif not self._header and i + 8 <= n:
+                _, self._left = unpack(view, i)
+                i += 8
+            else:
+                need = 8 - len(self._header)
+                self._header += view[i : i + need].tobytes()
+                i += min(need, n - i)
+                if len(self._header) == 8:
+                    _, self._left = unpack(self._header)
+                    self._header = b""
+        return b"".join(out)
+
+    @property
+    def complete(self) -> bool:
+        return not self._header and not self._left
+
+
+def logs_stream(
+    cid: str, name: str, *, since: float | None = None, timestamps: bool = True, tty: bool = False
+) -> Iterator[bytes]:
+    """``docker logs`` of a container (stdout and stderr merged), as byte chunks.
+
+    Reads the daemon's answer in chunks of up to ``CHUNK`` bytes and strips
+    the stream headers itself (docker-py's generator makes two reads per log
+    line, which is several times slower on big logs). Chunks are not aligned
+    to lines. Works on running, paused and stopped containers whose log
+    driver can be read back (json-file, local, journald, or any driver with
+    the daemon's dual-logging cache).
+    """
+    import docker
+    import requests
+
+    client_api = api()
+    params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": int(timestamps), "follow": 0, "tail": "all"}
+    if since is not None and since > 0:
+        params["since"] = f"{since:.9f}".rstrip("0").rstrip(".")
+    url = f"{client_api.base_url}/v{client_api.api_version}/containers/{urllib.parse.quote(cid, safe='')}/logs"
+    doing = f"read the logs of {name}"
+
+    def open_stream() -> Any:
+        response = client_api.get(url, params=params, stream=True, timeout=(30, 600))
+        try:
+            response.raise_for_status()
+        except requests.exceptions.HTTPError as exc:
+            response.close()
+            raise docker.errors.create_api_error_from_http_exception(exc) from None
+        return response
+
+    response = docker_call(doing, open_stream, vanished=name)
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            demux = None if tty else _Demux()
+            raw = response.raw
+            while True:
+                data = raw.read(CHUNK, decode_content=False)
+                if not data:
+                    break
+                out = data if demux is None else demux.feed(data)
+                if out:
+                    yield out
+            if demux is not None and not demux.complete:
+                raise Unavailable(
+                    f"cannot {doing}: the log stream ended in the middle of a record",
+                    "check that dockerd is still running, then run the step again",
+                )
+        finally:
+            response.close()
+
+    return _guard_stream(doing, chunks(), name)
+
+
+# ------------------------------------------------------------------ archive
+
+
+def get_archive(cid: str, name: str, path: str) -> tuple[Iterator[bytes], dict[str, Any]] | None:
+    """A tar stream of ``path`` in the container and its stat, or None if the path does not exist.
+
+    Uses the archive API, which works on running, paused and stopped
+    containers. ActionError if the container itself is gone.
+    """
+    import docker
+
+    doing = f"copy {path} from {name}"
+
+    def call() -> tuple[Iterator[bytes], dict[str, Any]] | None:
+        try:
+            bits, stat = api().get_archive(cid, path, chunk_size=CHUNK, encode_stream=False)
+        except docker.errors.NotFound:
+            return None
+        return bits, dict(stat or {})
+
+    result = docker_call(doing, call, vanished=name)
+    if result is None:
+        if exists(cid):
+            return None  # the container is there: the path is what is missing
+        raise _translate(docker.errors.NotFound("no such container"), doing, name)
+    bits, stat = result
+    return _guard_stream(doing, iter(bits), name), stat
+
+
+# ------------------------------------------------------------------ follow (lockdown watch)
+
+
+class LogFollower:
+    """``docker logs --follow --timestamps`` of one container, as byte chunks not aligned to lines.
+
+    Iterating blocks until the container writes; it ends when the container
+    stops or the daemon goes away. ``close()`` from another thread ends it
+    early. Opening raises BadInput (no such container), Unavailable or
+    PrivilegeError; reading raises Unavailable when the connection breaks.
+    """
+
+    def __init__(self, cid: str, name: str, *, since: float | None = None) -> None:
+        self.doing = f"follow the logs of {name}"
+        kwargs: dict[str, Any] = {"stream": True, "follow": True, "timestamps": True, "stdout": True, "stderr": True}
+        if since:
+            kwargs["since"] = since
+        self._stream: Any = docker_call(self.doing, lambda: api().logs(cid, **kwargs))
+
+    def __iter__(self) -> Iterator[bytes]:
+        import docker
+        import requests
+        import urllib3
+
+        try:
+            yield from self._stream
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _translate(exc, self.doing) from None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise Unavailable(f"cannot {self.doing}: the connection to the Docker daemon broke ({exc})") from None
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:  # noqa: BLE001 - closing a stream that may already be broken
+            pass
+
+
+def network_gateways() -> list[str]:
+    """The gateway address of every Docker network (from its IPAM config), e.g. ``["172.17.0.1"]``."""
+    networks = docker_call("list Docker networks", lambda: api().networks())
+    out: set[str] = set()
+    for net in networks or []:
+        for cfg in (net.get("IPAM") or {}).get("Config") or []:
+            gateway = (cfg or {}).get("Gateway")
+            if gateway:
+                out.add(str(gateway))
+    return sorted(out)

@@ -1,0 +1,1 @@
+"""The core: playbook -> runner -> journal. Never prints, never exits."""

@@ -1,0 +1,235 @@
+"""Write-ahead, hash-chained journal (``journal.jsonl``).
+
+Each line is one JSON object. ``prev`` is the SHA-256 of the previous line's
+bytes (without the newline), so an edited or removed line breaks the chain.
+``journal.head`` holds the hash of the last line and is updated after each
+append, so removing lines from the end is detected too. A crash between the
+append and the head update leaves the head exactly one line behind, which is
+accepted.
+
+Every append is flushed and fsync'ed before the caller goes on: a change is
+made only after its ``intent`` line (with the full undo record) is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lockdown.errors import IntegrityError
+from lockdown.paths import atomic_write, create_file, fsync_dir
+
+GENESIS = "0" * 64
+JOURNAL = "journal.jsonl"
+HEAD = "journal.head"
+
+# Test hook for crash-safety tests: SIGKILL this process right after the
+# journal line with this seq is durable. Real crashes, deterministic points.
+_CRASH_AFTER_ENV = "LOCKDOWN_TEST_CRASH_AFTER_SEQ"
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def line_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def encode(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass
+class ChainReport:
+    """The outcome of checking a journal's hash chain."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    intact: bool = True
+    problem: str | None = None
+    torn_tail: bytes = b""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"intact": self.intact, "problem": self.problem, "lines": len(self.entries)}
+
+
+def check_chain(data: bytes, head: str | None) -> ChainReport:
+    """Check ``data`` (a whole journal) against its chain and ``head`` hash.
+
+    A last line without a newline is a torn write from a crash; it is
+    reported in ``torn_tail`` and, on its own, does not break the chain.
+    """
+    report = ChainReport()
+    lines = data.split(b"\n")
+    if lines and lines[-1] != b"":
+        report.torn_tail = lines[-1]
+    lines = lines[:-1]
+    prev = GENESIS
+    hashes: list[str] = []
+
+    def broken(problem: str) -> None:
+        if report.intact:
+            report.intact = False
+            report.problem = problem
+
+    # After the first problem, keep reading: status shows, and ``restore
+    # --force`` uses, every line that is still readable.
+    for number, raw in enumerate(lines, start=1):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            broken(f"journal line {number} is not valid JSON")
+            prev = line_hash(raw)
+            continue
+        if not isinstance(entry, dict):
+            broken(f"journal line {number} is not an object")
+            prev = line_hash(raw)
+            continue
+        if entry.get("prev") != prev:
+            broken(
+                f"journal line {number} (seq {entry.get('seq')}) does not chain to the line "
+                "before it: a line was edited, inserted or removed"
+            )
+        elif entry.get("seq") != number:
+            broken(f"journal line {number} has seq {entry.get('seq')}, expected {number}")
+        prev = line_hash(raw)
+        hashes.append(prev)
+        report.entries.append(entry)
+    if not report.intact:
+        return report
+    if head is not None:
+        head = head.strip()
+        if hashes and head == hashes[-1]:
+            pass
+        elif len(hashes) >= 2 and head == hashes[-2]:
+            pass  # crash between append and head update
+        elif not hashes and head == GENESIS:
+            pass
+        elif head in hashes:
+            report.intact = False
+            report.problem = (
+                f"journal has {len(hashes) - hashes.index(head) - 1} line(s) after its recorded head: "
+                "lines were appended without the journal"
+            )
+        else:
+            report.intact = False
+            report.problem = "journal head does not match any line: the journal was truncated or rewritten"
+    if report.torn_tail and report.intact:
+        report.problem = "journal ends with an incomplete line (a crash while writing); it is ignored"
+    return report
+
+
+class Journal:
+    """Appends entries to one incident's journal. Not thread-safe; the runner owns it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / JOURNAL
+        self.head_path = directory / HEAD
+        self._prev = GENESIS
+        self._seq = 0
+        self._fd: int | None = None
+
+    @classmethod
+    def create(cls, directory: Path) -> Journal:
+        journal = cls(directory)
+        fd = create_file(journal.path)
+        os.close(fd)
+        atomic_write(journal.head_path, GENESIS.encode())
+        fsync_dir(directory)
+        journal._open()
+        return journal
+
+    @classmethod
+    def open(cls, directory: Path, *, allow_broken: bool = False) -> Journal:
+        """Open for appending. A torn last line is moved into a ``repair`` entry.
+
+        ``allow_broken`` appends after a broken chain (``restore --force``); the
+        new lines chain to the last line as it is now.
+        """
+        journal = cls(directory)
+        report = journal.read()
+        if not report.intact and not allow_broken:
+            raise IntegrityError(
+                f"{journal.path}: {report.problem}",
+                hint="the incident's journal is damaged; inspect it before restoring by hand",
+            )
+        data = journal.path.read_bytes()
+        journal._seq = len(report.entries)
+        if not report.intact:
+            complete = data.split(b"\n")[:-1]
+            last_seq = json.loads(complete[-1]).get("seq", len(complete)) if complete else 0
+            journal._seq = last_seq if isinstance(last_seq, int) else len(complete)
+        if report.torn_tail:
+            keep = len(data) - len(report.torn_tail)
+            with open(journal.path, "r+b") as fh:
+                fh.truncate(keep)
+                os.fsync(fh.fileno())
+            data = data[:keep]
+        lines = data.split(b"\n")[:-1]
+        journal._prev = line_hash(lines[-1]) if lines else GENESIS
+        journal._open()
+        if report.torn_tail:
+            journal.append(
+                "repair",
+                discarded_bytes=len(report.torn_tail),
+                discarded_sha256=line_hash(report.torn_tail),
+                discarded_text=report.torn_tail.decode("utf-8", "replace"),
+                reason="incomplete last line from a crash while writing",
+            )
+        return journal
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self) -> ChainReport:
+        return read_journal(self.directory)
+
+    def append(self, phase: str, **fields: Any) -> dict[str, Any]:
+        """Write one entry durably and return it."""
+        if self._fd is None:
+            raise RuntimeError("journal is not open")
+        self._seq += 1
+        entry: dict[str, Any] = {"seq": self._seq, "time": utcnow(), "phase": phase, "prev": self._prev}
+        entry.update(fields)
+        raw = encode(entry)
+        os.write(self._fd, raw + b"\n")
+        os.fsync(self._fd)
+        self._prev = line_hash(raw)
+        atomic_write(self.head_path, self._prev.encode())
+        crash_at = os.environ.get(_CRASH_AFTER_ENV)
+        if crash_at and crash_at.isdigit() and int(crash_at) == self._seq:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return entry
+
+
+def read_journal(directory: Path) -> ChainReport:
+    path = directory / JOURNAL
+    head_path = directory / HEAD
+    data = path.read_bytes() if path.exists() else b""
+    head = head_path.read_text() if head_path.exists() else None
+    if not path.exists():
+        return ChainReport(intact=False, problem=f"{path} is missing")
+    if head is None:
+        report = check_chain(data, None)
+        report.intact = False
+        report.problem = report.problem or f"{head_path} is missing"
+        return report
+    return check_chain(data, head)
+
+
+def iter_phase(entries: list[dict[str, Any]], phase: str) -> Iterator[dict[str, Any]]:
+    return (e for e in entries if e.get("phase") == phase)

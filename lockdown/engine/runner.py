@@ -1,0 +1,435 @@
+"""Apply a playbook, undo an incident. Journal first, then act.
+
+The runner reports progress through an ``on_event`` callback and never
+prints. Signals are the caller's business: it passes a ``stop`` event that
+the runner checks between steps, so the current step always finishes and is
+journaled (the CLI sets it from SIGINT/SIGTERM, the webhook server on shutdown).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lockdown import __version__
+from lockdown.actions import get_action
+from lockdown.actions.base import StepContext, UndoRecord
+from lockdown.engine import incident as inc
+from lockdown.engine.journal import Journal, utcnow
+from lockdown.engine.lock import StateLock
+from lockdown.engine.playbook import Playbook, Step
+from lockdown.engine.privileges import check_all
+from lockdown.errors import (
+    ActionError,
+    IntegrityError,
+    LockdownError,
+)
+from lockdown.evidence.store import EvidenceStore
+from lockdown.paths import atomic_write
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(kind: str, data: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class StepResult:
+    id: str
+    action: str
+    state: str  # ok | failed | skipped | undone | undo-failed | held
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "action": self.action,
+            "state": self.state,
+            "seconds": round(self.seconds, 3),
+            "notes": self.notes,
+            "error": self.error,
+        }
+
+
+@dataclass
+class RunResult:
+    incident_id: str | None
+    status: str  # contained | partial | failed | interrupted | dry-run
+    steps: list[StepResult]
+    incident_dir: Path | None = None
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "incident_id": self.incident_id,
+            "status": self.status,
+            "steps": [s.as_dict() for s in self.steps],
+        }
+        if self.incident_dir:
+            out["incident_dir"] = str(self.incident_dir)
+            out["restore_command"] = f"lockdown restore {self.incident_id}"
+        if self.plan:
+            out["plan"] = self.plan
+        return out
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, LockdownError):
+        return exc.message + (f" ({exc.hint})" if exc.hint else "")
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def check_privileges(playbook: Playbook) -> None:
+    """Root, CAP_NET_ADMIN, Docker socket: checked before the lock is even taken."""
+    needs = [
+        (req, f"{playbook.display} {step.where} ({step.action_name})")
+        for step in playbook.steps
+        for req in step.action.requires
+    ]
+    check_all(needs)
+
+
+def preflight(playbook: Playbook) -> None:
+    """Each action's own live checks (targets exist, tools present). Changes nothing."""
+    for step in playbook.steps:
+        try:
+            step.action.preflight()
+        except LockdownError as exc:
+            exc.message = f"{playbook.display} {step.where}: {exc.message}"
+            raise
+
+
+def dry_run(playbook: Playbook) -> RunResult:
+    return RunResult(incident_id=None, status="dry-run", steps=[], plan=playbook.plan())
+
+
+class Run:
+    """One run of a playbook: ``start()`` records it durably, ``execute()`` runs it.
+
+    The webhook server answers its caller between the two; the CLI calls
+    ``run_playbook`` which does both.
+    """
+
+    def __init__(
+        self,
+        playbook: Playbook,
+        root: Path,
+        *,
+        force: bool = False,
+        trigger: dict[str, Any] | None = None,
+        on_event: EventHandler | None = None,
+        stop: threading.Event | None = None,
+        skip_preflight: bool = False,
+    ) -> None:
+        self.playbook = playbook
+        self.root = root
+        self.force = force
+        self.trigger = trigger or {"kind": "api"}
+        self.emit = on_event or _noop
+        self.stop = stop or threading.Event()
+        self.skip_preflight = skip_preflight
+        self.lock = StateLock(root, "run")
+        self.incident_id: str | None = None
+        self.incident_dir: Path | None = None
+        self.journal: Journal | None = None
+        self.evidence: EvidenceStore | None = None
+
+    def start(self) -> str:
+        """Check privileges, lock, preflight, create the incident, journal ``run-start``."""
+        if not self.skip_preflight:
+            check_privileges(self.playbook)
+        self.lock.acquire()
+        try:
+            for step in self.playbook.steps:
+                step.action.force = self.force
+            if not self.skip_preflight:
+                preflight(self.playbook)
+            self.incident_id = inc.new_incident_id(self.playbook.name)
+            self.lock.update(self.incident_id)
+            self.incident_dir = inc.create_incident_dir(self.root, self.incident_id)
+            atomic_write(self.incident_dir / inc.PLAYBOOK_COPY, self.playbook.text.encode())
+            meta = {
+                "incident_id": self.incident_id,
+                "created": utcnow(),
+                "playbook": {
+                    "name": self.playbook.name,
+                    "path": str(self.playbook.path),
+                    "sha256": self.playbook.sha256,
+                },
+                "vars": self.playbook.vars,
+                "trigger": self.trigger,
+                "operator": inc.operator(),
+                "host": socket.gethostname(),
+                "kernel": platform.release(),
+                "lockdown_version": __version__,
+            }
+            atomic_write(
+                self.incident_dir / inc.INCIDENT_JSON,
+                json.dumps(meta, indent=1, sort_keys=True, default=str).encode() + b"\n",
+            )
+            self.journal = Journal.create(self.incident_dir)
+            self.evidence = EvidenceStore(self.incident_dir)
+            self.journal.append(
+                "run-start",
+                incident=self.incident_id,
+                playbook=meta["playbook"],
+                vars=self.playbook.vars,
+                trigger=self.trigger,
+                operator=meta["operator"],
+                lockdown_version=__version__,
+                plan=self.playbook.plan(),
+            )
+        except BaseException:
+            self.lock.release()
+            raise
+        self.emit("start", {"incident_id": self.incident_id, "plan": self.playbook.plan()})
+        return self.incident_id
+
+    def execute(self) -> RunResult:
+        assert self.journal is not None and self.incident_id is not None
+        results: list[StepResult] = []
+        status = "contained"
+        try:
+            for step in self.playbook.steps:
+                if self.stop.is_set():
+                    status = "interrupted"
+                    self.journal.append("interrupted", reason="stop requested", before=step.id)
+                    self.emit("interrupted", {"before": step.id})
+                    break
+                result = self._run_step(step)
+                results.append(result)
+                if result.state == "failed":
+                    if step.on_error == "abort":
+                        status = "failed"
+                        break
+                    status = "partial"
+            self.journal.append(
+                "run-end",
+                status=status,
+                steps={r.id: r.state for r in results},
+            )
+        finally:
+            self.journal.close()
+            self.lock.release()
+        outcome = RunResult(
+            incident_id=self.incident_id,
+            status=status,
+            steps=results,
+            incident_dir=self.incident_dir,
+        )
+        self.emit("end", outcome.as_dict())
+        return outcome
+
+    def _run_step(self, step: Step) -> StepResult:
+        assert self.journal is not None and self.evidence is not None
+        assert self.incident_id is not None and self.incident_dir is not None
+        journal = self.journal
+
+        def on_note(message: str) -> None:
+            self.emit("note", {"step": step.id, "message": message})
+
+        def amend(record: UndoRecord) -> None:
+            journal.append("intent-update", step=step.id, action=step.action_name, undo=record)
+
+        ctx = StepContext(
+            incident_id=self.incident_id,
+            incident_dir=self.incident_dir,
+            step_id=step.id,
+            action=step.action_name,
+            evidence=self.evidence,
+            force=self.force,
+            on_note=on_note,
+        )
+        self.emit("step-start", {"id": step.id, "action": step.action_name, "describe": step.action.describe()})
+        t0 = time.monotonic()
+        intent_written = False
+        try:
+            undo = step.action.prepare(ctx)
+            journal.append(
+                "intent",
+                step=step.id,
+                action=step.action_name,
+                params=step.params,
+                resolved=step.action.resolved(),
+                undo=undo,
+            )
+            intent_written = True
+            ctx.amend = amend
+            step.action.apply(ctx, undo)
+        except Exception as exc:  # noqa: BLE001 - every failure is journaled, then on_error decides
+            seconds = time.monotonic() - t0
+            error = _error_text(exc)
+            entry: dict[str, Any] = {"error": error, "notes": ctx.notes, "seconds": round(seconds, 3)}
+            if not isinstance(exc, LockdownError):
+                entry["traceback"] = traceback.format_exc()
+            if not intent_written:
+                entry["before_intent"] = True
+            journal.append("failed", step=step.id, action=step.action_name, **entry)
+            res = StepResult(step.id, step.action_name, "failed", seconds, ctx.notes, error)
+            self.emit("step-end", res.as_dict())
+            return res
+        seconds = time.monotonic() - t0
+        journal.append(
+            "applied",
+            step=step.id,
+            action=step.action_name,
+            notes=ctx.notes,
+            result=ctx.result,
+            seconds=round(seconds, 3),
+        )
+        res = StepResult(step.id, step.action_name, "ok", seconds, ctx.notes)
+        self.emit("step-end", res.as_dict())
+        return res
+
+
+def run_playbook(
+    playbook: Playbook,
+    root: Path,
+    *,
+    force: bool = False,
+    trigger: dict[str, Any] | None = None,
+    on_event: EventHandler | None = None,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    run = Run(playbook, root, force=force, trigger=trigger, on_event=on_event, stop=stop)
+    run.start()
+    return run.execute()
+
+
+# ------------------------------------------------------------------ restore
+
+
+@dataclass
+class RestoreResult:
+    incident_id: str
+    status: str  # restored | partial | nothing-to-do | dry-run
+    steps: list[StepResult]
+    held: list[dict[str, Any]]
+    journal_problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "status": self.status,
+            "steps": [s.as_dict() for s in self.steps],
+            "held": self.held,
+            "journal_problem": self.journal_problem,
+        }
+
+
+def restore(
+    root: Path,
+    incident_id: str,
+    *,
+    dry_run: bool = False,
+    decisions: frozenset[str] = frozenset(),
+    force: bool = False,
+    on_event: EventHandler | None = None,
+) -> RestoreResult:
+    """Undo, in reverse order, every step whose intent was journaled.
+
+    One failed undo is journaled and the others still run (fail2ban's
+    stopActions). Steps whose undo needs an operator decision are listed
+    and left alone unless ``decisions`` names it.
+    """
+    emit = on_event or _noop
+    with StateLock(root, "restore") as lock:
+        lock.update(incident_id)
+        view = inc.read_incident(root, incident_id)
+        problem = view.chain.problem
+        if not view.chain.intact and not force:
+            raise IntegrityError(
+                f"incident {incident_id}: {problem}; refusing to restore from a journal that may have been altered",
+                hint="check it with `lockdown status`; `lockdown restore --force` undoes what the readable lines say",
+            )
+        todo = [s for s in reversed(view.steps) if s.needs_undo]
+        held_out = []
+        for s in todo:
+            if s.held and s.held not in decisions:
+                cls = get_action(s.action)
+                assert s.undo is not None
+                held_out.append(
+                    {"id": s.id, "action": s.action, "decision": s.held, "summary": cls.held_summary(s.undo)}
+                )
+        if dry_run:
+            steps = [
+                StepResult(s.id, s.action, "would-hold" if s.held and s.held not in decisions else "would-undo")
+                for s in todo
+            ]
+            return RestoreResult(incident_id, "dry-run", steps, held_out, problem)
+        if not todo:
+            return RestoreResult(incident_id, "nothing-to-do", [], held_out, problem)
+        journal = Journal.open(view.path, allow_broken=force)
+        evidence = EvidenceStore(view.path)
+        results: list[StepResult] = []
+        try:
+            for s in todo:
+                if s.held and s.held not in decisions:
+                    results.append(StepResult(s.id, s.action, "held"))
+                    emit("step-end", results[-1].as_dict())
+                    continue
+                results.append(_undo_step(journal, evidence, view, s, emit))
+            failed = [r for r in results if r.state == "undo-failed"]
+            status = "partial" if failed else "restored"
+            journal.append(
+                "restore-end",
+                status=status,
+                steps={r.id: r.state for r in results},
+                decisions=sorted(decisions),
+            )
+        finally:
+            journal.close()
+        return RestoreResult(incident_id, status, results, held_out, problem)
+
+
+def _undo_step(
+    journal: Journal,
+    evidence: EvidenceStore,
+    view: inc.IncidentView,
+    s: inc.StepState,
+    emit: EventHandler,
+) -> StepResult:
+    assert s.undo is not None
+    cls = get_action(s.action)
+    ctx = StepContext(
+        incident_id=view.id,
+        incident_dir=view.path,
+        step_id=s.id,
+        action=s.action,
+        evidence=evidence,
+        on_note=lambda m: emit("note", {"step": s.id, "message": m}),
+    )
+    emit("step-start", {"id": s.id, "action": s.action, "describe": f"undo {s.describe}"})
+    t0 = time.monotonic()
+    journal.append("undo-intent", step=s.id, action=s.action)
+    try:
+        cls.undo(ctx, s.undo)
+    except Exception as exc:  # noqa: BLE001 - record it and go on with the rest
+        seconds = time.monotonic() - t0
+        error = _error_text(exc)
+        extra: dict[str, Any] = {}
+        if not isinstance(exc, (LockdownError, ActionError)):
+            extra["traceback"] = traceback.format_exc()
+        journal.append(
+            "undo-failed", step=s.id, action=s.action, error=error, notes=ctx.notes,
+            seconds=round(seconds, 3), **extra,
+        )
+        res = StepResult(s.id, s.action, "undo-failed", seconds, ctx.notes, error)
+        emit("step-end", res.as_dict())
+        return res
+    seconds = time.monotonic() - t0
+    journal.append("undone", step=s.id, action=s.action, notes=ctx.notes, seconds=round(seconds, 3))
+    res = StepResult(s.id, s.action, "undone", seconds, ctx.notes)
+    emit("step-end", res.as_dict())
+    return res

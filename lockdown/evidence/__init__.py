@@ -1,0 +1,1 @@
+"""Evidence: files hashed while written, a manifest, export and verify."""

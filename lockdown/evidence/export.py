@@ -1,0 +1,669 @@
+"""``lockdown export``: one incident directory -> one ``.tar.gz`` bundle + ``.sha256`` sidecar.
+
+Streaming with bounded memory: every file goes into the archive through
+``tarfile.addfile(info, fileobj)`` in 1 MiB chunks, and the compressed output
+is hashed as it is written, so the sidecar costs no second read.
+
+Export works while a run holds the state-dir lock (it never takes it) and
+takes a consistent snapshot of a growing incident:
+
+* ``journal.head`` is read first, then ``journal.jsonl`` is copied up to the
+  line whose hash is that head. Lines appended later are not in the bundle.
+* ``manifest.json`` is read after the journal, so every evidence file the
+  copied journal knows about is listed. Evidence files are write-once and
+  registered only after they are closed, so the listed size is final; files
+  still being written (not yet listed) are left out and named in ``case.json``.
+
+Nothing under the incident directory is opened through a symbolic link: each
+path is opened component by component with ``O_NOFOLLOW`` relative to the
+incident directory's descriptor, and only regular files are copied.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lockdown.engine.incident import operator
+from lockdown.engine.journal import GENESIS, line_hash, utcnow
+from lockdown.errors import BadInput, IntegrityError, PrivilegeError
+from lockdown.evidence import manifest as mf
+from lockdown.evidence.manifest import sidecar_path
+from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
+from lockdown.paths import fsync_dir, incident_path
+
+#: ``progress(done_bytes, total_bytes)``, called after each chunk.
+Progress = Callable[[int, int], None]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_MAX_DEPTH = 32
+
+
+def default_output(incident_id: str) -> Path:
+    return Path.cwd() / f"{incident_id}.tar.gz"
+
+
+@dataclass
+class ExportResult:
+    """What ``export_incident`` wrote, and what it had to leave out or found wrong."""
+
+    incident_id: str
+    bundle: Path
+    sidecar: Path
+    sha256: str
+    bundle_bytes: int
+    input_bytes: int
+    evidence_files: int
+    journal_lines: int
+    journal_head: str | None
+    containment_active: bool
+    seconds: float
+    not_exported: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "bundle": str(self.bundle),
+            "sidecar": str(self.sidecar),
+            "sha256": self.sha256,
+            "bundle_bytes": self.bundle_bytes,
+            "input_bytes": self.input_bytes,
+            "evidence_files": self.evidence_files,
+            "journal_lines": self.journal_lines,
+            "journal_head": self.journal_head,
+            "containment_active": self.containment_active,
+            "seconds": round(self.seconds, 3),
+            "not_exported": self.not_exported,
+            "problems": self.problems,
+            "notes": self.notes,
+        }
+
+
+class _Refused(Exception):
+    """A path inside the incident directory that cannot be exported, and why."""
+
+    def __init__(self, reason: str, *, missing: bool = False) -> None:
+        super().__init__(reason)
+        self.missing = missing
+
+
+def _no_permission(what: str) -> PrivilegeError:
+    return PrivilegeError(
+        f"cannot read {what}: permission denied",
+        hint="run as root (the state dir and incident directories are 0700)",
+    )
+
+
+def _describe_type(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _open_inside(dir_fd: int, rel: str) -> tuple[int, os.stat_result]:
+    """Open the regular file ``rel`` below ``dir_fd`` without following any symlink."""
+    parts = rel.split("/")
+    fd = dir_fd
+    opened: list[int] = []
+    try:
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            try:
+                fd = os.open(part, _FILE_FLAGS if last else _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                raise _Refused("it is missing on disk", missing=True) from None
+            except PermissionError:
+                raise _no_permission(rel) from None
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise
+                where = "it" if last else "/".join(parts[: depth + 1])
+                try:
+                    mode = os.stat(part, dir_fd=opened[-1] if opened else dir_fd, follow_symlinks=False).st_mode
+                    what = _describe_type(mode)
+                except OSError:
+                    what = "not reachable"
+                raise _Refused(f"{where} is {what}") from None
+            if not last:
+                opened.append(fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise _Refused(f"it is {_describe_type(st.st_mode)}")
+        return fd, st
+    finally:
+        for d in opened:
+            os.close(d)
+
+
+def _read_capped(dir_fd: int, rel: str, cap: int) -> bytes:
+    fd, st = _open_inside(dir_fd, rel)
+    with open(fd, "rb", buffering=0) as fh:
+        if st.st_size > cap:
+            raise _Refused(f"it is {st.st_size} bytes, more than the {cap} bytes allowed")
+        return fh.read(cap + 1)[:cap]
+
+
+class _HashingWriter(io.RawIOBase):
+    """The bundle file: every compressed byte is hashed on its way to disk."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.hash.update(view)
+        n = len(view)
+        while view:
+            done = os.write(self.fd, view)
+            view = view[done:]
+        self.size += n
+        return n
+
+
+@dataclass
+class _JournalCut:
+    head: str | None
+    cut: int
+    lines: int
+    timeline: mf.TimelineBuilder
+    problem: str | None
+
+
+def _snapshot_journal(dir_fd: int) -> tuple[_JournalCut, int | None]:
+    """Find the journal prefix that ends at ``journal.head`` (read first). Returns it and an open fd."""
+    problem: str | None = None
+    try:
+        head: str | None = _read_capped(dir_fd, mf.HEAD, mf.MAX_IN_MEMORY[mf.HEAD]).decode("ascii", "replace").strip()
+    except _Refused as exc:
+        head, problem = None, f"{mf.HEAD}: {exc}"
+    try:
+        fd, st = _open_inside(dir_fd, mf.JOURNAL)
+    except _Refused as exc:
+        return _JournalCut(head, 0, 0, mf.TimelineBuilder(), f"{mf.JOURNAL}: {exc}"), None
+    timeline = mf.TimelineBuilder()
+    prev = GENESIS
+    offset = 0
+    cut: int | None = 0 if head == GENESIS else None
+    lines = 0
+    with open(os.dup(fd), "rb") as fh:
+        while cut is None and offset < st.st_size:
+            raw = fh.readline()
+            if not raw.endswith(b"\n"):
+                break  # an incomplete line: still being written, or torn by a crash
+            offset += len(raw)
+            raw = raw[:-1]
+            lines += 1
+            (entry,) = mf.iter_journal_entries([raw])
+            if problem is None and entry.get("prev") != prev:
+                problem = f"{mf.JOURNAL}: line {lines} does not chain to the line before it"
+            timeline.add(entry)
+            prev = line_hash(raw)
+            if prev == head:
+                cut = offset
+    if cut is None:
+        # No line matches the head: the journal is damaged. Export it exactly as it is.
+        problem = problem or f"{mf.JOURNAL}: no line matches {mf.HEAD}; the journal was truncated or rewritten"
+        cut = st.st_size
+        timeline = mf.TimelineBuilder()
+        with open(os.dup(fd), "rb") as fh:
+            for entry in mf.iter_journal_entries(fh.read(cut).split(b"\n")[:-1]):
+                timeline.add(entry)
+        lines = timeline.lines
+    return _JournalCut(head, cut, lines, timeline, problem), fd
+
+
+def _walk_evidence(dir_fd: int, listed: set[str]) -> list[dict[str, str]]:
+    """Entries under evidence/ that the manifest does not list (never followed through symlinks)."""
+    found: list[dict[str, str]] = []
+
+    def walk(fd: int, prefix: str, depth: int) -> None:
+        with os.scandir(fd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel = f"{prefix}/{entry.name}"
+            if entry.is_symlink():
+                found.append({"path": rel, "reason": "a symbolic link; never followed"})
+            elif entry.is_dir(follow_symlinks=False):
+                if depth >= _MAX_DEPTH:
+                    found.append({"path": rel, "reason": "nested too deep"})
+                    continue
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    found.append({"path": rel, "reason": f"cannot open: {exc.strerror}"})
+                    continue
+                try:
+                    walk(sub, rel, depth + 1)
+                finally:
+                    os.close(sub)
+            elif not entry.is_file(follow_symlinks=False):
+                mode = entry.stat(follow_symlinks=False).st_mode
+                found.append({"path": rel, "reason": f"{_describe_type(mode)}; only regular files are exported"})
+            elif rel not in listed:
+                found.append(
+                    {"path": rel, "reason": "not listed in manifest.json (still being written, or left by a crash)"}
+                )
+
+    try:
+        ev = os.open(EVIDENCE_DIR, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return found
+    except OSError:
+        return [{"path": EVIDENCE_DIR, "reason": "not a directory (or a symbolic link); never followed"}]
+    try:
+        walk(ev, EVIDENCE_DIR, 1)
+    finally:
+        os.close(ev)
+    return found
+
+
+def _unknown_top_level(dir_fd: int) -> list[dict[str, str]]:
+    out = []
+    with os.scandir(dir_fd) as it:
+        for entry in sorted(it, key=lambda e: e.name):
+            if entry.name.startswith(".") or entry.name in mf.COPIED_TOP_FILES or entry.name == EVIDENCE_DIR:
+                continue  # dotfiles are atomic_write's temporary files
+            out.append({"path": entry.name, "reason": "not part of the incident layout"})
+    return out
+
+
+def check_output(bundle: Path) -> None:
+    """Refuse an output that exists (bundle or sidecar) or cannot be created."""
+    if str(bundle) == "-":
+        raise BadInput("export cannot write to stdout: the bundle needs a file name for its .sha256 sidecar")
+    for path in (bundle, sidecar_path(bundle)):
+        if os.path.lexists(path):
+            raise BadInput(
+                f"{path} already exists; export never overwrites a file",
+                hint="choose another name with -o, or move the existing file away",
+            )
+    parent = bundle.parent if str(bundle.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInput(f"cannot write {bundle}: {parent} is not a directory")
+
+
+def _create_exclusive(path: Path, mode: int) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        raise BadInput(
+            f"{path} already exists; export never overwrites a file",
+            hint="choose another name with -o, or move the existing file away",
+        ) from None
+    except OSError as exc:
+        raise BadInput(f"cannot create {path}: {exc.strerror}") from None
+
+
+def _tarinfo(name: str, size: int, mtime: float, *, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o700 if directory else 0o600
+    info.size = 0 if directory else size
+    info.mtime = int(mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _Exporter:
+    def __init__(self, incident_id: str, dir_fd: int, progress: Progress | None) -> None:
+        self.incident_id = incident_id
+        self.dir_fd = dir_fd
+        self.progress = progress
+        self.done = 0
+        self.total = 0
+        self.problems: list[str] = []
+        self.not_exported: list[dict[str, str]] = []
+        self.notes: list[str] = []
+        self.files: list[mf.FileRecord] = []
+        self.dirs_written: set[str] = set()
+        self.evidence_files = 0
+
+    def _advance(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def add_dir(self, tar: tarfile.TarFile, rel: str) -> None:
+        """``rel`` and its parents as directory members, each once."""
+        parts = rel.split("/") if rel else []
+        for i in range(len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub in self.dirs_written:
+                continue
+            self.dirs_written.add(sub)
+            name = f"{self.incident_id}/{sub}" if sub else self.incident_id
+            tar.addfile(_tarinfo(name, 0, time.time(), directory=True))
+
+    def add_stream(self, tar: tarfile.TarFile, rel: str, fd: int, size: int, mtime: float) -> str:
+        """Add the first ``size`` bytes of ``fd`` as ``rel``; returns their SHA-256, computed on the way."""
+        self.add_dir(tar, rel.rpartition("/")[0])
+        with open(fd, "rb", buffering=0, closefd=False) as raw:
+            raw.seek(0)
+            reader = mf.HashingReader(raw, size, self._advance)
+            try:
+                tar.addfile(_tarinfo(f"{self.incident_id}/{rel}", size, mtime), reader)
+            except OSError as exc:
+                if "unexpected end of data" not in str(exc):
+                    raise
+                raise IntegrityError(
+                    f"{rel}: became shorter while it was exported; it was changed or truncated",
+                    hint="evidence files are write-once: find out who changed it, then export again",
+                ) from None
+        sha = reader.hexdigest()
+        if rel.startswith(EVIDENCE_DIR + "/"):
+            self.evidence_files += 1
+        else:
+            self.files.append(mf.FileRecord(rel, size, sha))
+        return sha
+
+    def add_bytes(self, tar: tarfile.TarFile, rel: str, data: bytes, mtime: float, *, record: bool = True) -> str:
+        self.add_dir(tar, rel.rpartition("/")[0])
+        tar.addfile(_tarinfo(f"{self.incident_id}/{rel}", len(data), mtime), io.BytesIO(data))
+        self._advance(len(data))
+        sha = mf.sha256_hex(data)
+        if record:
+            self.files.append(mf.FileRecord(rel, len(data), sha))
+        return sha
+
+    def add_evidence(self, tar: tarfile.TarFile, rel: str, entry: ManifestEntry | None) -> int:
+        """Add one evidence file and compare it with its manifest entry. Returns its size."""
+        try:
+            fd, st = _open_inside(self.dir_fd, rel)
+        except _Refused as exc:
+            self.problems.append(f"{rel}: listed in manifest.json but {exc}; not exported")
+            self.not_exported.append({"path": rel, "reason": str(exc)})
+            return 0
+        try:
+            sha = self.add_stream(tar, rel, fd, st.st_size, st.st_mtime)
+        finally:
+            os.close(fd)
+        if entry is not None and st.st_size != entry.size:
+            self.problems.append(f"{rel}: on disk it is {st.st_size} bytes, manifest.json says {entry.size}")
+        elif entry is not None and sha != entry.sha256:
+            self.problems.append(f"{rel}: on disk its SHA-256 is {sha}, manifest.json says {entry.sha256}")
+        return st.st_size
+
+
+def _load_small(dir_fd: int, rel: str, problems: list[str], *, required: bool = True) -> tuple[bytes, float] | None:
+    try:
+        fd, st = _open_inside(dir_fd, rel)
+    except _Refused as exc:
+        if required or not exc.missing:
+            problems.append(f"{rel}: {exc}")
+        return None
+    with open(fd, "rb", buffering=0) as fh:
+        cap = mf.MAX_IN_MEMORY[rel]
+        if st.st_size > cap:
+            problems.append(f"{rel}: it is {st.st_size} bytes, more than the {cap} bytes allowed; not exported")
+            return None
+        return fh.read(cap), st.st_mtime
+
+
+def _json_or_empty(data: bytes | None) -> dict[str, Any]:
+    if not data:
+        return {}
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def export_incident(
+    root: Path,
+    incident_id: str,
+    output: Path | None = None,
+    *,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write ``output`` (default ``./<incident-id>.tar.gz``) and its ``.sha256`` sidecar.
+
+    Raises BadInput for a bad id, a missing incident or an existing output.
+    Integrity problems of the incident itself (an evidence file that no longer
+    matches the manifest, a broken journal) do not stop the export: the bundle
+    holds the incident as it is, and ``ExportResult.problems`` names them.
+    """
+    t0 = time.monotonic()
+    inc_dir = incident_path(root, incident_id)
+    bundle = output if output is not None else default_output(incident_id)
+    check_output(bundle)
+    try:
+        dir_fd = os.open(inc_dir, _DIR_FLAGS)
+    except PermissionError:
+        raise _no_permission(str(inc_dir)) from None
+    journal_fd: int | None = None
+    triggers_fd: int | None = None
+    out_fd: int | None = None
+    created: list[Path] = []
+    try:
+        ex = _Exporter(incident_id, dir_fd, progress)
+        # 1. snapshot: head, then the journal up to it, then the manifest (see the module doc)
+        jcut, journal_fd = _snapshot_journal(dir_fd)
+        if jcut.problem:
+            ex.problems.append(jcut.problem)
+        manifest_raw = _load_small(dir_fd, MANIFEST, ex.problems, required=False)
+        if manifest_raw is None and not any(p.startswith(MANIFEST) for p in ex.problems):
+            # no evidence was ever written: the store creates manifest.json with the first file
+            manifest_raw = (json.dumps({"files": [], "version": 1}, indent=1).encode() + b"\n", time.time())
+            ex.notes.append(f"{MANIFEST} did not exist (no evidence files); an empty one was generated")
+        entries: list[ManifestEntry] | None = []
+        if manifest_raw is not None:
+            try:
+                entries = mf.parse_manifest(manifest_raw[0])
+            except IntegrityError as exc:
+                ex.problems.append(f"{exc.message}; evidence files are exported without a usable manifest")
+                entries = None
+        meta_raw = _load_small(dir_fd, mf.INCIDENT_JSON, ex.problems)
+        playbook_raw = _load_small(dir_fd, mf.PLAYBOOK, ex.problems)
+        ex.not_exported = _unknown_top_level(dir_fd) + _walk_evidence(dir_fd, {e.path for e in entries or []})
+        wanted: list[tuple[str, ManifestEntry | None]] = [(e.path, e) for e in entries or []]
+        if entries is None:
+            # an unusable manifest: keep every regular evidence file rather than none
+            unlisted = [n for n in ex.not_exported if n["reason"].startswith("not listed")]
+            wanted = [(n["path"], None) for n in unlisted]
+            ex.not_exported = [n for n in ex.not_exported if n not in unlisted]
+        try:
+            triggers_fd, triggers_st = _open_inside(dir_fd, mf.TRIGGERS)
+            triggers_size = _complete_lines(triggers_fd, triggers_st.st_size)
+        except _Refused as exc:
+            triggers_size = 0
+            if not exc.missing:
+                ex.not_exported.append({"path": mf.TRIGGERS, "reason": str(exc)})
+        evidence_sizes = {rel: _size_inside(dir_fd, rel) for rel, _ in wanted}
+        ex.total = jcut.cut + triggers_size + sum(s for s in evidence_sizes.values() if s is not None)
+        ex.total += sum(len(r[0]) for r in (manifest_raw, meta_raw, playbook_raw) if r is not None)
+
+        # 2. write: bundle file -> hash -> gzip -> tar
+        out_fd = _create_exclusive(bundle, 0o600)
+        created.append(bundle)
+        writer = _HashingWriter(out_fd)
+        with (
+            gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=mf.COMPRESSLEVEL, mtime=int(time.time())) as gz,
+            tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=mf.CHUNK) as tar,
+        ):
+            ex.add_dir(tar, "")
+            for rel, raw in ((mf.INCIDENT_JSON, meta_raw), (mf.PLAYBOOK, playbook_raw)):
+                if raw is not None:
+                    ex.add_bytes(tar, rel, *raw)
+            journal_sha: str | None = None
+            if journal_fd is not None:
+                journal_sha = ex.add_stream(tar, mf.JOURNAL, journal_fd, jcut.cut, os.fstat(journal_fd).st_mtime)
+            if jcut.head is not None:
+                ex.add_bytes(tar, mf.HEAD, jcut.head.encode(), time.time())
+            if manifest_raw is not None:
+                ex.add_bytes(tar, MANIFEST, *manifest_raw)
+            if triggers_fd is not None:
+                ex.add_stream(tar, mf.TRIGGERS, triggers_fd, triggers_size, os.fstat(triggers_fd).st_mtime)
+            evidence_bytes = 0
+            for rel, entry in wanted:
+                evidence_bytes += ex.add_evidence(tar, rel, entry)
+            case = _case_doc(
+                _host_from_evidence(dir_fd, entries or []),
+                incident_id,
+                _json_or_empty(meta_raw[0] if meta_raw else None),
+                playbook_raw[0] if playbook_raw else None,
+                jcut,
+                journal_sha,
+                ex,
+                evidence_bytes,
+            )
+            case_bytes = json.dumps(case, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+            ex.add_bytes(tar, mf.CASE_JSON, case_bytes, time.time(), record=False)
+        os.fsync(out_fd)
+        os.close(out_fd)
+        out_fd = None
+        digest = writer.hash.hexdigest()
+        side = sidecar_path(bundle)
+        side_fd = _create_exclusive(side, 0o644)
+        created.append(side)
+        try:
+            os.write(side_fd, f"{digest}  {bundle.name}\n".encode())
+            os.fsync(side_fd)
+        finally:
+            os.close(side_fd)
+        fsync_dir(bundle.parent if str(bundle.parent) else Path("."))
+    except BaseException:
+        if out_fd is not None:
+            os.close(out_fd)
+        for path in created:  # only files this call created (O_EXCL)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
+    finally:
+        for fd in (journal_fd, triggers_fd, dir_fd):
+            if fd is not None:
+                os.close(fd)
+    return ExportResult(
+        incident_id=incident_id,
+        bundle=bundle,
+        sidecar=side,
+        sha256=digest,
+        bundle_bytes=writer.size,
+        input_bytes=ex.done,
+        evidence_files=ex.evidence_files,
+        journal_lines=jcut.lines,
+        journal_head=jcut.head,
+        containment_active=jcut.timeline.containment_active,
+        seconds=time.monotonic() - t0,
+        not_exported=ex.not_exported,
+        problems=ex.problems,
+        notes=ex.notes,
+    )
+
+
+def _size_inside(dir_fd: int, rel: str) -> int | None:
+    try:
+        fd, st = _open_inside(dir_fd, rel)
+    except _Refused:
+        return None
+    os.close(fd)
+    return st.st_size
+
+
+def _complete_lines(fd: int, size: int) -> int:
+    """``size`` cut back to just after the last newline (a line still being appended is left out)."""
+    if size == 0:
+        return 0
+    back = min(size, 1 << 16)
+    tail = os.pread(fd, back, size - back)
+    nl = tail.rfind(b"\n")
+    return size if nl < 0 else size - back + nl + 1
+
+
+def _host_from_evidence(dir_fd: int, entries: list[ManifestEntry]) -> dict[str, Any]:
+    """machine-id and boot id as ``snapshot.host`` recorded them during the run, if it ran."""
+    for entry in entries:
+        if entry.action != "snapshot.host" or entry.size > (1 << 20):
+            continue
+        try:
+            facts = _json_or_empty(_read_capped(dir_fd, entry.path, 1 << 20))
+        except _Refused:
+            continue
+        if facts.get("boot_id") or facts.get("machine_id"):
+            return {"machine_id": facts.get("machine_id"), "boot_id": facts.get("boot_id"), "source": entry.path}
+    return {}
+
+
+def _case_doc(
+    snapshot: dict[str, Any],
+    incident_id: str,
+    meta: dict[str, Any],
+    playbook_text: bytes | None,
+    jcut: _JournalCut,
+    journal_sha: str | None,
+    ex: _Exporter,
+    evidence_bytes: int,
+) -> dict[str, Any]:
+    run_start = jcut.timeline.run_start or {}
+    playbook_meta = meta.get("playbook") if isinstance(meta.get("playbook"), dict) else run_start.get("playbook")
+    playbook_meta = playbook_meta if isinstance(playbook_meta, dict) else {}
+    return {
+        "format": mf.CASE_FORMAT,
+        "version": mf.CASE_VERSION,
+        "incident_id": incident_id,
+        "exported_at": utcnow(),
+        "exported_by": operator(),
+        "export_host": mf.host_identity(),
+        "incident_host": {
+            "hostname": meta.get("host"),
+            "machine_id": meta.get("machine_id", snapshot.get("machine_id")),
+            "boot_id": meta.get("boot_id", snapshot.get("boot_id")),
+            "kernel": meta.get("kernel"),
+            "lockdown_version": meta.get("lockdown_version", run_start.get("lockdown_version")),
+            "ids_from": "incident.json" if "boot_id" in meta else snapshot.get("source"),
+        },
+        "operator": meta.get("operator", run_start.get("operator")),
+        "created": meta.get("created"),
+        "trigger": meta.get("trigger", run_start.get("trigger")),
+        "playbook": {
+            "name": playbook_meta.get("name"),
+            "path": playbook_meta.get("path"),
+            "sha256": mf.sha256_hex(playbook_text) if playbook_text is not None else None,
+            "text": playbook_text.decode("utf-8", "replace") if playbook_text is not None else None,
+            "vars": meta.get("vars", run_start.get("vars")),
+        },
+        "journal": {
+            "head": jcut.head,
+            "lines": jcut.lines,
+            "sha256": journal_sha,
+        },
+        "timeline": jcut.timeline.as_dict(),
+        "containment_active": jcut.timeline.containment_active,
+        "evidence": {"files": ex.evidence_files, "bytes": evidence_bytes},
+        "files": [f.as_dict() for f in ex.files],
+        "not_exported": ex.not_exported,
+        "export_problems": ex.problems,
+        "notes": ex.notes,
+    }

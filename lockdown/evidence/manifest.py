@@ -1,0 +1,341 @@
+"""What an evidence bundle holds and how its parts describe each other.
+
+Shared by ``export`` (which writes bundles) and ``verify`` (which checks
+them), so the two cannot drift apart. Nothing here prints or exits; problems
+are raised as :class:`~lockdown.errors.IntegrityError`.
+
+Layout of a bundle (``<incident-id>.tar.gz``)::
+
+    <incident-id>/                 directory
+    <incident-id>/incident.json    run metadata (playbook, vars, trigger, operator)
+    <incident-id>/playbook.toml    the playbook as it ran
+    <incident-id>/journal.jsonl    the hash-chained journal, cut at journal.head
+    <incident-id>/journal.head     SHA-256 of the journal's last line
+    <incident-id>/manifest.json    every evidence file: size, SHA-256, time, step
+    <incident-id>/triggers.jsonl   webhook repeats (only when present)
+    <incident-id>/evidence/...     the evidence files listed in manifest.json
+    <incident-id>/case.json        generated at export: chain-of-custody record
+
+``case.json`` lists every other top-level file with its size and SHA-256, so
+each byte of the bundle is covered either by ``manifest.json`` (evidence) or
+by ``case.json`` (everything else), and ``case.json`` itself is tied to the
+journal, ``incident.json`` and ``playbook.toml`` by the checks in ``verify``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lockdown import __version__
+from lockdown.errors import IntegrityError
+from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
+from lockdown.paths import SAFE_NAME_RE
+
+CASE_JSON = "case.json"
+CASE_FORMAT = "lockdown-evidence-bundle"
+CASE_VERSION = 1
+JOURNAL = "journal.jsonl"
+HEAD = "journal.head"
+INCIDENT_JSON = "incident.json"
+PLAYBOOK = "playbook.toml"
+TRIGGERS = "triggers.jsonl"
+
+#: Top-level files copied from the incident directory, in bundle order.
+COPIED_TOP_FILES: tuple[str, ...] = (INCIDENT_JSON, PLAYBOOK, JOURNAL, HEAD, MANIFEST, TRIGGERS)
+#: Top-level files that must be in every bundle.
+REQUIRED_TOP_FILES: tuple[str, ...] = (INCIDENT_JSON, PLAYBOOK, JOURNAL, HEAD, MANIFEST, CASE_JSON)
+#: Every top-level file name a bundle may hold.
+KNOWN_TOP_FILES: frozenset[str] = frozenset((*COPIED_TOP_FILES, CASE_JSON))
+
+#: Members that ``verify`` keeps in memory to parse are capped at these sizes;
+#: anything larger is reported as a huge member before a byte of it is read.
+MAX_IN_MEMORY: dict[str, int] = {
+    HEAD: 4096,
+    INCIDENT_JSON: 16 << 20,
+    PLAYBOOK: 4 << 20,
+    MANIFEST: 64 << 20,
+    CASE_JSON: 64 << 20,
+    JOURNAL: 256 << 20,
+}
+#: A bundle with more members than this is refused (each costs a little memory).
+MAX_MEMBERS = 200_000
+#: Gzip level for bundles: 6 is what ``gzip`` and ``tar -z`` use by default.
+#: tarfile's default of 9 is about twice as slow for ~3 % smaller bundles.
+COMPRESSLEVEL = 6
+#: Chunk size for streaming copies and hashing.
+CHUNK = 1 << 20
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sidecar_path(bundle: Path) -> Path:
+    """``FILE.sha256`` next to ``FILE``: one ``sha256sum``-format line."""
+    return bundle.with_name(bundle.name + ".sha256")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and bool(_HEX64.match(value))
+
+
+def safe_member_path(rel: str) -> bool:
+    """True for a relative path of safe components (``evidence/a/b.json``)."""
+    if not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return False
+    return all(part not in ("", ".", "..") and SAFE_NAME_RE.match(part) for part in rel.split("/"))
+
+
+def is_evidence_path(rel: str) -> bool:
+    return rel.startswith(EVIDENCE_DIR + "/") and safe_member_path(rel)
+
+
+# --------------------------------------------------------------- manifest.json
+
+
+def parse_manifest(data: bytes) -> list[ManifestEntry]:
+    """The entries of a ``manifest.json`` document, checked for shape.
+
+    Raises IntegrityError naming the first malformed entry.
+    """
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"{MANIFEST}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
+        raise IntegrityError(f"{MANIFEST}: expected an object with a \"files\" list")
+    entries: list[ManifestEntry] = []
+    seen: set[str] = set()
+    for number, item in enumerate(doc["files"], start=1):
+        where = f"{MANIFEST}: entry {number}"
+        if not isinstance(item, dict):
+            raise IntegrityError(f"{where}: expected an object")
+        path = item.get("path")
+        if not isinstance(path, str) or not is_evidence_path(path):
+            raise IntegrityError(f"{where}: path {path!r} is not a safe path under {EVIDENCE_DIR}/")
+        size = item.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise IntegrityError(f"{where} ({path}): size {size!r} is not a non-negative integer")
+        if not is_sha256(item.get("sha256")):
+            raise IntegrityError(f"{where} ({path}): sha256 {item.get('sha256')!r} is not 64 lowercase hex digits")
+        if path in seen:
+            raise IntegrityError(f"{where}: {path} is listed twice")
+        seen.add(path)
+        entries.append(
+            ManifestEntry(
+                path=path,
+                size=size,
+                sha256=item["sha256"],
+                collected_at=str(item.get("collected_at", "")),
+                step=str(item.get("step", "")),
+                action=str(item.get("action", "")),
+            )
+        )
+    return entries
+
+
+# --------------------------------------------------------------- the journal
+
+
+def iter_journal_entries(lines: Iterable[bytes]) -> Iterable[dict[str, Any]]:
+    """Parsed journal lines; a line that is not a JSON object yields ``{}``."""
+    for raw in lines:
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = {}
+        yield entry if isinstance(entry, dict) else {}
+
+
+class TimelineBuilder:
+    """The start and end time of the run and of each step, fed journal entries one by one.
+
+    Used by export (from the live journal, line by line) and by verify (from
+    the bundle's journal) so that ``case.json`` can be recomputed and compared.
+    """
+
+    def __init__(self) -> None:
+        self.run: dict[str, Any] = {"started": None, "ended": None, "status": None}
+        self.steps: dict[str, dict[str, Any]] = {}
+        self.restores: list[dict[str, Any]] = []
+        self.run_start: dict[str, Any] | None = None
+        self.lines = 0
+        self._undoable: set[str] = set()
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.lines += 1
+        phase = entry.get("phase")
+        when = entry.get("time")
+        if phase == "run-start":
+            self.run_start = entry
+            self.run["started"] = when
+            for item in entry.get("plan") or []:
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    self.steps[item["id"]] = {
+                        "number": item.get("number"),
+                        "id": item["id"],
+                        "action": item.get("action"),
+                        "state": "not-run",
+                        "started": None,
+                        "ended": None,
+                        "undo_started": None,
+                        "undo_ended": None,
+                    }
+            return
+        if phase == "run-end":
+            self.run["ended"] = when
+            self.run["status"] = entry.get("status")
+            return
+        if phase == "interrupted":
+            self.run["interrupted"] = when
+            return
+        if phase == "restore-end":
+            self.restores.append({"ended": when, "status": entry.get("status")})
+            return
+        sid = entry.get("step")
+        if not isinstance(sid, str) or sid not in self.steps:
+            return
+        step = self.steps[sid]
+        if phase in ("intent", "intent-update") and entry.get("undo") is not None:
+            self._undoable.add(sid)
+        if phase == "intent":
+            step["started"] = when
+            step["state"] = "running"
+        elif phase in ("applied", "failed"):
+            step["ended"] = when
+            step["state"] = phase
+        elif phase == "undo-intent":
+            step["undo_started"] = when
+            step["state"] = "undoing"
+        elif phase in ("undone", "undo-failed"):
+            step["undo_ended"] = when
+            step["state"] = phase
+
+    def as_dict(self) -> dict[str, Any]:
+        steps = sorted(self.steps.values(), key=lambda s: (s["number"] is None, s["number"] or 0))
+        return {"run": dict(self.run), "steps": [dict(s) for s in steps], "restores": list(self.restores)}
+
+    @property
+    def containment_active(self) -> bool:
+        """A step with an undo record was applied (or interrupted after its intent) and is not undone."""
+        return any(
+            s["state"] in ("applied", "failed", "running", "undoing", "undo-failed")
+            for sid, s in self.steps.items()
+            if sid in self._undoable
+        )
+
+
+def timeline_of(entries: Iterable[dict[str, Any]]) -> TimelineBuilder:
+    builder = TimelineBuilder()
+    for entry in entries:
+        builder.add(entry)
+    return builder
+
+
+# --------------------------------------------------------------- case.json
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def host_identity() -> dict[str, Any]:
+    """Host name, machine-id, boot id, kernel and lockdown version of this host, now."""
+    return {
+        "hostname": socket.gethostname(),
+        "machine_id": _read_small("/etc/machine-id"),
+        "boot_id": _read_small("/proc/sys/kernel/random/boot_id"),
+        "kernel": platform.release(),
+        "lockdown_version": __version__,
+    }
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A top-level bundle file as ``case.json`` lists it."""
+
+    path: str
+    size: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "sha256": self.sha256}
+
+
+def parse_case(data: bytes) -> dict[str, Any]:
+    """``case.json`` as a dict, checked for the fields verify relies on."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise IntegrityError(f"{CASE_JSON}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{CASE_JSON}: expected an object")
+    if doc.get("format") != CASE_FORMAT or doc.get("version") != CASE_VERSION:
+        raise IntegrityError(
+            f"{CASE_JSON}: format {doc.get('format')!r} version {doc.get('version')!r} is not "
+            f"{CASE_FORMAT!r} version {CASE_VERSION}"
+        )
+    for key, kind in (("incident_id", str), ("playbook", dict), ("journal", dict), ("files", list)):
+        if not isinstance(doc.get(key), kind):
+            raise IntegrityError(f"{CASE_JSON}: {key!r} is missing or not a {kind.__name__}")
+    return doc
+
+
+def case_files(doc: dict[str, Any]) -> list[FileRecord]:
+    out: list[FileRecord] = []
+    for number, item in enumerate(doc["files"], start=1):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("path"), str)
+            or not isinstance(item.get("size"), int)
+            or not is_sha256(item.get("sha256"))
+        ):
+            raise IntegrityError(f"{CASE_JSON}: files entry {number} is malformed")
+        out.append(FileRecord(item["path"], item["size"], item["sha256"]))
+    return out
+
+
+# --------------------------------------------------------------- streaming
+
+
+class HashingReader:
+    """Reads at most ``limit`` bytes from ``raw``, hashing them on the way.
+
+    ``tarfile.addfile`` pulls exactly ``TarInfo.size`` bytes through this, so a
+    file that grows while it is exported is cut at the size it was given.
+    """
+
+    def __init__(self, raw: BinaryIO, limit: int, progress: Callable[[int], None] | None = None) -> None:
+        self.raw = raw
+        self.remaining = limit
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.progress = progress
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        n = self.remaining if n is None or n < 0 else min(n, self.remaining)
+        data = self.raw.read(n)
+        self.remaining -= len(data)
+        self.size += len(data)
+        self.hash.update(data)
+        if self.progress is not None and data:
+            self.progress(len(data))
+        return data
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest()

@@ -1,0 +1,1 @@
+"""Mail: the Postfix log parser, the incident report and the audit checks."""

@@ -1,0 +1,702 @@
+"""``lockdown report``: who relayed what, through which path, and when it stopped.
+
+Input is any set of Postfix logs (plain, ``.gz``, or ``.tar`` archives of
+container paths, as ``logs.files`` collects them), read in one streaming pass
+through ``parser.parse_line`` and ``parser.Correlator``. The result is a
+``Report`` whose ``as_dict()`` field names are an interface (``--json``):
+messages, outside_messages, signature_messages, by_client, by_sender_domain,
+by_recipient_domain, first_abuse, last_abuse, timeline, containment_time,
+before_containment, after_containment.
+
+The *signature* of the IPv6-through-docker-proxy relay: a message for an
+outside domain whose client is a Docker gateway address and which carried no
+SASL authentication.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import ipaddress
+import json
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from lockdown.errors import BadInput
+from lockdown.mail.parser import (
+    Correlator,
+    GatewayMatcher,
+    LineSplitter,
+    Message,
+    default_gateways,
+    might_matter,
+    parse_line,
+)
+
+CHUNK = 1 << 20
+CONTAINMENT_ACTIONS = ("docker.pause", "ipv6.strip", "docker.stop")
+SAMPLE = 50
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """One stream of log text: a file, or a member of a tar archive."""
+
+    name: str
+    path: Path
+    member: str | None = None
+
+    def open(self) -> Iterator[bytes]:
+        """Yield the raw bytes in chunks (decompressing ``.gz``)."""
+        if self.member is None:
+            with open(self.path, "rb") as fh:
+                yield from _chunks(_maybe_gunzip(fh, self.path.name))
+            return
+        with tarfile.open(self.path, "r:*") as tar:
+            info = tar.getmember(self.member)
+            extracted = tar.extractfile(info)
+            if extracted is None:
+                return
+            with extracted:
+                yield from _chunks(_maybe_gunzip(extracted, self.member))
+
+
+def _maybe_gunzip(fh: IO[bytes], name: str) -> IO[bytes]:
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=fh)  # type: ignore[return-value]
+    return fh
+
+
+def _chunks(fh: IO[bytes]) -> Iterator[bytes]:
+    while True:
+        block = fh.read(CHUNK)
+        if not block:
+            return
+        yield block
+
+
+def sources_from_paths(paths: Iterable[Path]) -> list[LogSource]:
+    """Log sources for ``--log``: plain files, ``.gz`` files and ``.tar`` archives."""
+    out: list[LogSource] = []
+    for p in paths:
+        if not p.exists():
+            raise BadInput(f"no such log file: {p}")
+        if p.is_dir():
+            raise BadInput(f"{p} is a directory: give log files", "e.g. --log /var/log/mail.log")
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as exc:
+            raise BadInput(f"cannot read {p}: {exc.strerror}") from None
+        out.extend(_expand(p, str(p)))
+    return out
+
+
+def _expand(path: Path, label: str) -> list[LogSource]:
+    if path.name.endswith((".tar", ".tar.gz", ".tgz")) and tarfile.is_tarfile(path):
+        members: list[LogSource] = []
+        with tarfile.open(path, "r:*") as tar:
+            for info in tar:
+                if info.isfile():
+                    members.append(LogSource(f"{label}:{info.name}", path, info.name))
+        return members
+    return [LogSource(label, path)]
+
+
+def evidence_sources(incident_dir: Path) -> list[LogSource]:
+    """The Postfix logs an incident collected: ``evidence/logs/*`` (logs.container) and
+    ``evidence/files/**`` (logs.files; plain files or ``.tar`` archives). Symlinks are skipped."""
+    out: list[LogSource] = []
+    base = incident_dir / "evidence"
+    for sub in ("logs", "files"):
+        top = base / sub
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                p = Path(dirpath) / fn
+                if p.is_symlink() or not p.is_file():
+                    continue
+                out.extend(_expand(p, str(p.relative_to(incident_dir))))
+    return out
+
+
+# --------------------------------------------------------------------------- gateways
+
+
+def gateways_from_evidence(incident_dir: Path) -> list[str]:
+    """Gateways in ``evidence/docker/*/inspect.json`` (NetworkSettings.Networks.*.Gateway / IPv6Gateway)."""
+    found: list[str] = []
+    base = incident_dir / "evidence"
+    if not base.is_dir():
+        return found
+    for dirpath, _dirnames, filenames in os.walk(base, followlinks=False):
+        for fn in filenames:
+            if not fn.endswith("inspect.json"):
+                continue
+            p = Path(dirpath) / fn
+            if p.is_symlink():
+                continue
+            try:
+                doc = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            for item in doc if isinstance(doc, list) else [doc]:
+                found.extend(_inspect_gateways(item))
+    return sorted(set(found))
+
+
+def _inspect_gateways(doc: Any) -> list[str]:
+    if not isinstance(doc, dict):
+        return []
+    nets = (doc.get("NetworkSettings") or {}).get("Networks") or {}
+    out: list[str] = []
+    if isinstance(nets, dict):
+        for net in nets.values():
+            if isinstance(net, dict):
+                for key in ("Gateway", "IPv6Gateway"):
+                    v = net.get(key)
+                    if isinstance(v, str) and v:
+                        out.append(v)
+    # a network inspect (docker network inspect) carries IPAM instead
+    ipam = doc.get("IPAM")
+    if isinstance(ipam, dict):
+        out.extend(gateways_from_ipam(ipam))
+    return out
+
+
+def gateways_from_ipam(ipam: dict[str, Any]) -> list[str]:
+    """Gateway addresses of a network's IPAM config (first host of the subnet when unset)."""
+    out: list[str] = []
+    for cfg in ipam.get("Config") or []:
+        if not isinstance(cfg, dict):
+            continue
+        gw = cfg.get("Gateway")
+        if isinstance(gw, str) and gw:
+            out.append(gw.split("/")[0])
+            continue
+        subnet = cfg.get("Subnet")
+        if isinstance(subnet, str) and subnet:
+            try:
+                out.append(str(next(ipaddress.ip_network(subnet, strict=False).hosts())))
+            except (ValueError, StopIteration):
+                continue
+    return out
+
+
+def docker_gateways() -> list[str] | None:
+    """Gateways of the host's Docker networks, or None when Docker is not reachable."""
+    from lockdown import dockerapi
+    from lockdown.errors import LockdownError
+
+    try:
+        nets = dockerapi.docker_call("list Docker networks", lambda: dockerapi.api().networks())
+    except LockdownError:
+        return None
+    except ImportError:
+        return None
+    out: list[str] = []
+    for net in nets or []:
+        if isinstance(net, dict) and isinstance(net.get("IPAM"), dict):
+            out.extend(gateways_from_ipam(net["IPAM"]))
+    return sorted(set(out))
+
+
+def choose_gateways(explicit: list[str] | None, incident_dir: Path | None = None) -> tuple[list[str], str]:
+    """The gateway list and where it came from: option, incident, docker or default-pools."""
+    if explicit:
+        for g in explicit:
+            try:
+                ipaddress.ip_network(g.removeprefix("IPv6:"), strict=False)
+            except ValueError:
+                raise BadInput(f"--gateway {g!r}: not an IP address or network") from None
+        return list(explicit), "option"
+    if incident_dir is not None:
+        found = gateways_from_evidence(incident_dir)
+        if found:
+            return found, "incident"
+    live = docker_gateways()
+    if live:
+        return live, "docker"
+    return default_gateways(), "default-pools"
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """What the logs say. ``as_dict()`` is the ``--json`` document."""
+
+    sources: list[str]
+    gateways: list[str]
+    gateway_source: str
+    local_domains: list[str] | None
+    lines: int = 0
+    duplicate_lines: int = 0
+    cut_lines: int = 0
+    messages: int = 0
+    outside_messages: int = 0
+    outside_recipients: int = 0
+    signature_messages: int = 0
+    by_client: Counter[str] = field(default_factory=Counter)
+    by_sender_domain: Counter[str] = field(default_factory=Counter)
+    by_recipient_domain: Counter[str] = field(default_factory=Counter)
+    signature_by_recipient_domain: Counter[str] = field(default_factory=Counter)
+    first_abuse: Message | None = None
+    last_abuse: Message | None = None
+    first_outside: datetime | None = None
+    last_outside: datetime | None = None
+    containment_time: datetime | None = None
+    before_containment: int | None = None
+    after_containment: int | None = None
+    timeline: dict[datetime, list[int]] = field(default_factory=dict)
+    rejects: int = 0
+    rejects_by_code: Counter[str] = field(default_factory=Counter)
+    rejects_from_gateway: int = 0
+    connects_from_gateway: int = 0
+    sample: list[Message] = field(default_factory=list)
+    incident: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(t: datetime | None) -> str | None:
+            return t.astimezone(UTC).isoformat() if t else None
+
+        def first_time(m: Message | None) -> str | None:
+            return iso(m.first_seen) if m else None
+
+        return {
+            "sources": self.sources,
+            "gateways": self.gateways,
+            "gateway_source": self.gateway_source,
+            "local_domains": self.local_domains,
+            "lines": self.lines,
+            "duplicate_lines": self.duplicate_lines,
+            "cut_lines": self.cut_lines,
+            "messages": self.messages,
+            "outside_messages": self.outside_messages,
+            "outside_recipients": self.outside_recipients,
+            "signature_messages": self.signature_messages,
+            "by_client": dict(self.by_client),
+            "by_sender_domain": dict(self.by_sender_domain),
+            "by_recipient_domain": dict(self.by_recipient_domain),
+            "signature_by_recipient_domain": dict(self.signature_by_recipient_domain),
+            "first_abuse": first_time(self.first_abuse),
+            "last_abuse": first_time(self.last_abuse),
+            "first_abuse_message": self.first_abuse.as_dict() if self.first_abuse else None,
+            "last_abuse_message": self.last_abuse.as_dict() if self.last_abuse else None,
+            "first_outside": iso(self.first_outside),
+            "last_outside": iso(self.last_outside),
+            "containment_time": iso(self.containment_time),
+            "before_containment": self.before_containment,
+            "after_containment": self.after_containment,
+            "timeline": [
+                {"minute": iso(t), "outside": v[0], "signature": v[1], "rejects": v[2]}
+                for t, v in sorted(self.timeline.items())
+            ],
+            "rejects": {
+                "total": self.rejects,
+                "by_code": dict(self.rejects_by_code),
+                "from_gateway": self.rejects_from_gateway,
+            },
+            "connects_from_gateway": self.connects_from_gateway,
+            "signature_sample": [m.as_dict() for m in self.sample],
+            "incident": self.incident,
+        }
+
+
+def _minute(t: datetime) -> datetime:
+    return t.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _first_time(source: LogSource, year: int | None) -> datetime:
+    """Time of the first Postfix line of a source (to read rotated logs oldest first)."""
+    splitter = LineSplitter()
+    seen = 0
+    for chunk in source.open():
+        for text in splitter.feed(chunk):
+            seen += 1
+            ln = parse_line(text, year)
+            if ln is not None and ln.time is not None:
+                return ln.time
+            if seen > 2000:
+                return datetime.max.replace(tzinfo=UTC)
+        break
+    return datetime.max.replace(tzinfo=UTC)
+
+
+def analyse(
+    sources: list[LogSource],
+    *,
+    gateways: list[str],
+    gateway_source: str = "option",
+    local_domains: set[str] | None = None,
+    containment_time: datetime | None = None,
+    year: int | None = None,
+) -> Report:
+    """Read every source once and build the report.
+
+    With several sources, a line already read from another source (the same
+    log kept by ``docker logs`` and ``/var/log/mail.log``) is counted once.
+    """
+    if len(sources) > 1:
+        sources = sorted(sources, key=lambda s: _first_time(s, year))
+    report = Report(
+        sources=[s.name for s in sources],
+        gateways=list(gateways),
+        gateway_source=gateway_source,
+        local_domains=sorted(local_domains) if local_domains is not None else None,
+        containment_time=containment_time,
+    )
+    matcher = GatewayMatcher(gateways)
+    correlator = Correlator(local_domains, events=("reject", "connect"))
+    feed = correlator.feed_text
+    timeline = report.timeline
+    dedupe = len(sources) > 1
+    seen: dict[int, int] = {}
+    lines = dups = cut = 0
+    for index, source in enumerate(sources):
+        splitter = LineSplitter()
+        for chunk in [*source.open(), None]:
+            texts = splitter.feed(chunk) if chunk is not None else splitter.flush()
+            lines += len(texts)
+            if dedupe:
+                kept = [x for x in texts if might_matter(x)]
+                texts = [x for x in kept if not _duplicate(seen, x, index)]
+                dups += len(kept) - len(texts)
+            for text in texts:
+                events = feed(text, year)
+                if events:
+                    _on_events(report, events, matcher, timeline)
+        cut += splitter.cut_lines
+    report.lines, report.duplicate_lines, report.cut_lines = lines, dups, cut
+    _summarise(report, correlator.finish(), matcher)
+    return report
+
+
+def _duplicate(seen: dict[int, int], text: str, index: int) -> bool:
+    """True when another source already had this line (Docker's timestamp prefix ignored)."""
+    if len(text) > 31 and text[10:11] == "T" and text[4:5] == "-":
+        sp = text.find(" ")
+        rest = text[sp + 1 :]
+        if rest[3:4] == " " or rest[10:11] == "T":  # a syslog timestamp follows: that was Docker's
+            text = rest
+    first = seen.setdefault(hash(text), index)
+    return first != index
+
+
+def _on_events(report: Report, events: list[Any], matcher: GatewayMatcher, timeline: dict[datetime, list[int]]) -> None:
+    for ev in events:
+        if ev.kind == "reject":
+            report.rejects += 1
+            report.rejects_by_code[ev.code or "?"] += 1
+            if matcher(ev.message.client_addr):
+                report.rejects_from_gateway += 1
+            if ev.time is not None:
+                timeline.setdefault(_minute(ev.time), [0, 0, 0])[2] += 1
+        elif ev.kind == "connect" and matcher(ev.message.client_addr):
+            report.connects_from_gateway += 1
+
+
+def _summarise(report: Report, messages: list[Message], matcher: GatewayMatcher) -> None:
+    report.messages = len(messages)
+    cont = report.containment_time
+    before = after = 0
+    timeline = report.timeline
+    for m in messages:
+        outside = [r for r in m.recipients if r.outside]
+        if not outside:
+            continue
+        report.outside_messages += 1
+        report.outside_recipients += len(outside)
+        report.by_client[m.client_addr or "unknown"] += 1
+        report.by_sender_domain[m.sender_domain or ("<>" if m.sender == "" else "unknown")] += 1
+        domains = {r.domain for r in outside}
+        for d in domains:
+            report.by_recipient_domain[d] += 1
+        t = m.first_seen
+        if t is not None:
+            if report.first_outside is None or t < report.first_outside:
+                report.first_outside = t
+            if report.last_outside is None or t > report.last_outside:
+                report.last_outside = t
+        signature = m.sasl_username is None and matcher(m.client_addr)
+        if t is not None:
+            slot = timeline.setdefault(_minute(t), [0, 0, 0])
+            slot[0] += 1
+            if signature:
+                slot[1] += 1
+        if not signature:
+            continue
+        report.signature_messages += 1
+        for d in domains:
+            report.signature_by_recipient_domain[d] += 1
+        if len(report.sample) < SAMPLE:
+            report.sample.append(m)
+        if t is not None:
+            first, last = report.first_abuse, report.last_abuse
+            if first is None or first.first_seen is None or t < first.first_seen:
+                report.first_abuse = m
+            if last is None or last.first_seen is None or t >= last.first_seen:
+                report.last_abuse = m
+            if cont is not None:
+                if t < cont:
+                    before += 1
+                else:
+                    after += 1
+    if cont is not None:
+        report.before_containment, report.after_containment = before, after
+
+
+# --------------------------------------------------------------------------- incidents
+
+
+def containment_time(steps: Iterable[Any]) -> datetime | None:
+    """The ``applied`` time of the first containment step (docker.pause, ipv6.strip, docker.stop)."""
+    times: list[datetime] = []
+    for s in steps:
+        if s.action in CONTAINMENT_ACTIONS and s.ended and s.state in ("applied", "undone", "undoing", "undo-failed"):
+            try:
+                t = datetime.fromisoformat(s.ended)
+            except ValueError:
+                continue
+            times.append(t if t.tzinfo else t.replace(tzinfo=UTC))
+    return min(times) if times else None
+
+
+def incident_report(
+    root: Path,
+    incident_id: str,
+    *,
+    gateways: list[str] | None = None,
+    local_domains: set[str] | None = None,
+    year: int | None = None,
+) -> Report:
+    """The report for an incident: its logs, its gateways, its containment time and its steps."""
+    from lockdown.engine.incident import read_incident
+
+    view = read_incident(root, incident_id)
+    gw, gw_source = choose_gateways(gateways, view.path)
+    cont = containment_time(view.steps)
+    if year is None:
+        created = view.meta.get("created")
+        if isinstance(created, str) and len(created) >= 4 and created[:4].isdigit():
+            year = int(created[:4])
+    report = analyse(
+        evidence_sources(view.path),
+        gateways=gw,
+        gateway_source=gw_source,
+        local_domains=local_domains,
+        containment_time=cont,
+        year=year,
+    )
+    report.incident = {
+        "incident_id": view.id,
+        "playbook": view.meta.get("playbook", {}).get("name"),
+        "created": view.meta.get("created"),
+        "run_status": view.run_status,
+        "containment_active": view.containment_active,
+        "steps": [
+            {
+                "number": s.number,
+                "id": s.id,
+                "action": s.action,
+                "state": s.state,
+                "started": s.started,
+                "ended": s.ended,
+                "describe": s.describe,
+            }
+            for s in view.steps
+        ],
+    }
+    return report
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _top(counter: Counter[str], n: int = 25) -> list[tuple[str, int]]:
+    return counter.most_common(n)
+
+
+def timeline_svg(report: Report, width: int = 900, height: int = 220) -> str:
+    """A per-minute bar chart of outside (grey) and signature (red) messages, inline SVG."""
+    items = sorted(report.timeline.items())
+    if not items:
+        return '<p class="muted">no outside messages or rejects to chart</p>'
+    start, end = items[0][0], items[-1][0]
+    minutes = int((end - start).total_seconds() // 60) + 1
+    peak = max(max(v[0], v[2]) for _, v in items) or 1
+    pad_l, pad_b, pad_t = 40, 30, 10
+    plot_w, plot_h = width - pad_l - 10, height - pad_b - pad_t
+    bar = plot_w / max(minutes, 1)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="messages per minute">',
+        f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - 10}" y2="{pad_t + plot_h}" stroke="#888"/>',
+        f'<text x="2" y="{pad_t + 10}" font-size="10">{peak}</text>',
+        f'<text x="2" y="{pad_t + plot_h}" font-size="10">0</text>',
+    ]
+    for t, (outside, signature, rejects) in items:
+        i = int((t - start).total_seconds() // 60)
+        x = pad_l + i * bar
+        w = max(bar * 0.9, 0.5)
+        for value, colour in ((outside, "#999"), (signature, "#c0392b")):
+            if value:
+                h = plot_h * value / peak
+                parts.append(
+                    f'<rect x="{x:.2f}" y="{pad_t + plot_h - h:.2f}" width="{w:.2f}" height="{h:.2f}" '
+                    f'fill="{colour}"><title>{_e(t.isoformat())}: {value}</title></rect>'
+                )
+        if rejects:
+            y = pad_t + plot_h - plot_h * rejects / peak
+            parts.append(f'<circle cx="{x + w / 2:.2f}" cy="{y:.2f}" r="2" fill="#2c7be5"/>')
+    if report.containment_time is not None:
+        off = (_minute(report.containment_time) - start).total_seconds() / 60
+        if 0 <= off <= minutes:
+            x = pad_l + off * bar
+            parts.append(
+                f'<line x1="{x:.2f}" y1="{pad_t}" x2="{x:.2f}" y2="{pad_t + plot_h}" '
+                'stroke="#27ae60" stroke-width="2" stroke-dasharray="4 3"/>'
+                f'<text x="{x + 3:.2f}" y="{pad_t + 10}" font-size="10" fill="#27ae60">containment</text>'
+            )
+    parts.append(f'<text x="{pad_l}" y="{height - 8}" font-size="10">{_e(start.strftime("%Y-%m-%d %H:%M"))} UTC</text>')
+    parts.append(
+        f'<text x="{width - 10}" y="{height - 8}" font-size="10" text-anchor="end">'
+        f"{_e(end.strftime('%Y-%m-%d %H:%M'))} UTC</text>"
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
+h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
+vertical-align:top;font-size:13px}th{background:#f4f4f4}.muted{color:#777}.bad{color:#c0392b;font-weight:bold}
+code{font-family:ui-monospace,monospace;word-break:break-all}
+"""
+
+
+def render_html(report: Report) -> str:
+    """One self-contained HTML page: no scripts, no external assets; every value escaped."""
+    d = report.as_dict()
+    inc = report.incident or {}
+    title = f"lockdown report {inc.get('incident_id') or ''}".strip()
+    summary = [
+        ("messages", d["messages"]),
+        ("outside messages (accepted for outside domains)", d["outside_messages"]),
+        ("outside recipients", d["outside_recipients"]),
+        ("signature messages (gateway client, no SASL)", d["signature_messages"]),
+        ("first abuse", d["first_abuse"] or "-"),
+        ("last abuse", d["last_abuse"] or "-"),
+        ("containment time", d["containment_time"] or "-"),
+        ("abusive before containment", "-" if d["before_containment"] is None else d["before_containment"]),
+        ("abusive after containment", "-" if d["after_containment"] is None else d["after_containment"]),
+        ("rejects", d["rejects"]["total"]),
+        ("rejects from a gateway", d["rejects"]["from_gateway"]),
+        ("connections from a gateway", d["connects_from_gateway"]),
+        ("gateways", f"{', '.join(d['gateways'])} ({d['gateway_source']})"),
+        ("log lines read", d["lines"]),
+    ]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
+    if inc:
+        out.append(
+            f"<p>playbook <code>{_e(inc.get('playbook'))}</code>, created {_e(inc.get('created'))}, "
+            f"run {_e(inc.get('run_status'))}, containment active: {_e(inc.get('containment_active'))}</p>"
+        )
+    verdict = (
+        f'<p class="bad">{d["signature_messages"]} message(s) relayed to outside domains from a Docker gateway '
+        "without authentication: the IPv6-through-docker-proxy open relay signature.</p>"
+        if d["signature_messages"]
+        else '<p class="muted">No message matches the gateway-without-SASL signature.</p>'
+    )
+    out.append(verdict)
+    out.append("<h2>Summary</h2>" + _table(["", ""], summary))
+    out.append("<h2>Timeline (per minute)</h2>" + timeline_svg(report))
+    out.append('<p class="muted">grey: outside messages; red: signature messages; blue dots: rejects; '
+               "green dashed line: containment.</p>")  # fmt: skip
+    out.append("<h2>Outside messages by client address</h2>" + _table(["client", "messages"], _top(report.by_client)))
+    out.append("<h2>By sender domain</h2>" + _table(["sender domain", "messages"], _top(report.by_sender_domain)))
+    out.append(
+        "<h2>By recipient domain</h2>"
+        + _table(
+            ["recipient domain", "messages", "signature messages"],
+            [(k, v, report.signature_by_recipient_domain.get(k, 0)) for k, v in _top(report.by_recipient_domain)],
+        )
+    )
+    out.append(
+        "<h2>Rejects by code</h2>" + _table(["code", "count"], sorted(report.rejects_by_code.items()))
+    )
+    rows = []
+    for m in report.sample:
+        rcpts = ", ".join(f"{r.address} ({r.status or '?'})" for r in m.recipients if r.outside)
+        rows.append(
+            (
+                m.first_seen.astimezone(UTC).isoformat() if m.first_seen else "",
+                m.queue_id + (" → " + " → ".join(m.queued_as) if m.queued_as else ""),
+                f"{m.client_host or ''}[{m.client_addr or ''}]",
+                m.sender,
+                rcpts,
+            )
+        )
+    out.append(
+        f"<h2>Signature messages (first {SAMPLE})</h2>"
+        + _table(["first seen (UTC)", "queue id", "client", "from", "outside recipients"], rows)
+    )
+    steps = inc.get("steps") or []
+    if steps:
+        out.append(
+            "<h2>Incident steps</h2>"
+            + _table(
+                ["#", "step", "action", "state", "started", "ended", "what"],
+                [
+                    (s["number"], s["id"], s["action"], s["state"], s["started"], s["ended"], s["describe"])
+                    for s in steps
+                ],
+            )
+        )
+    out.append("<h2>Sources</h2>" + _table(["log"], [(s,) for s in report.sources]))
+    out.append(f'<p class="muted">generated by lockdown at {_e(datetime.now(UTC).isoformat())}</p>')
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_html(report: Report, path: Path) -> None:
+    """Write the HTML report 0600 (it holds addresses), replacing the file atomically."""
+    from lockdown.paths import atomic_write
+
+    if path.is_dir():
+        raise BadInput(f"--html {path}: is a directory")
+    if not path.parent.is_dir():
+        raise BadInput(f"--html {path}: directory {path.parent} does not exist")
+    try:
+        atomic_write(path, render_html(report).encode("utf-8"))
+    except OSError as exc:
+        raise BadInput(f"cannot write {path}: {exc.strerror}") from None

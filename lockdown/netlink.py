@@ -1,0 +1,543 @@
+"""The one place that talks rtnetlink (pyroute2).
+
+Everything here works in the caller's network namespace, so lockdown run
+through ``ip netns exec`` sees and changes only that namespace. pyroute2 is
+imported on first use: it costs ~0.3 s, which playbook validation and the
+snapshot actions should not pay.
+
+``NetlinkError`` never escapes this module: EPERM becomes PrivilegeError,
+ENODEV becomes NoSuchInterface, anything else ActionError. Functions that
+add or delete report "already so" as a False return instead of an error,
+because the callers' undo must be idempotent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lockdown.errors import ActionError, PrivilegeError, Unavailable
+
+#: Lifetime value meaning "forever" in IFA_CACHEINFO.
+INFINITE = 0xFFFFFFFF
+
+AF_INET = socket.AF_INET
+AF_INET6 = socket.AF_INET6
+
+SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+SCOPE_GLOBAL = 0
+
+# IFA_F_* (linux/if_addr.h). Flags above 0xff exist only in the u32 IFA_FLAGS
+# attribute; ifaddrmsg.ifa_flags is a u8 and loses them.
+ADDR_FLAGS = {
+    0x01: "temporary",  # "secondary" for IPv4
+    0x02: "nodad",
+    0x04: "optimistic",
+    0x08: "dadfailed",
+    0x10: "home",
+    0x20: "deprecated",
+    0x40: "tentative",
+    0x80: "permanent",
+    0x100: "mngtmpaddr",
+    0x200: "noprefixroute",
+    0x400: "mcautojoin",
+    0x800: "stable-privacy",
+}
+IFA_F_TEMPORARY = 0x01
+#: The flags inet6_rtm_newaddr() accepts; the kernel derives the rest
+#: (permanent, tentative, deprecated, ...) from lifetimes and DAD.
+SETTABLE_ADDR_FLAGS = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400
+
+RT_TABLE_LOCAL = 255
+RT_TABLE_MAIN = 254
+ROUTE_TYPES = {
+    1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
+    6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat",
+}
+ROUTE_PROTOS = {
+    0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra",
+    10: "mrt", 11: "zebra", 12: "bird", 16: "dhcp", 42: "babel", 186: "bgp", 187: "isis",
+    188: "ospf", 189: "rip", 192: "eigrp",
+}
+ROUTE_PREFS = {0: "medium", 1: "high", 3: "low"}
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+
+
+class NoSuchInterface(ActionError):
+    """The interface named in a request does not exist (any more)."""
+
+    def __init__(self, ifname: str) -> None:
+        super().__init__(f"interface {ifname} does not exist")
+        self.ifname = ifname
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    flags: int
+    kind: str | None
+    mac: str | None
+    mtu: int | None
+    operstate: str | None
+
+    @property
+    def loopback(self) -> bool:
+        return bool(self.flags & IFF_LOOPBACK)
+
+    @property
+    def up(self) -> bool:
+        return bool(self.flags & IFF_UP)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "loopback": self.loopback, "up": self.up}
+
+
+@dataclass(frozen=True)
+class Address:
+    """One interface address with every attribute needed to re-add it identically.
+
+    ``preferred`` and ``valid`` are the *remaining* lifetimes in seconds at
+    the moment of the dump (``INFINITE`` for none).
+    """
+
+    ifname: str
+    ifindex: int
+    family: int
+    address: str
+    prefixlen: int
+    scope: int
+    flags: int
+    preferred: int = INFINITE
+    valid: int = INFINITE
+    label: str | None = None
+    proto: int | None = None
+    peer: str | None = None  # IPv4 point-to-point: IFA_ADDRESS when it differs from IFA_LOCAL
+    broadcast: str | None = None
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+    @property
+    def flag_names(self) -> list[str]:
+        return [name for bit, name in ADDR_FLAGS.items() if self.flags & bit]
+
+    @property
+    def scope_name(self) -> str:
+        return SCOPES.get(self.scope, str(self.scope))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form, for undo records and evidence (``from_dict`` reads it back)."""
+        return {**asdict(self), "flag_names": self.flag_names, "scope_name": self.scope_name}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Address:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route as the kernel dumps it; ``expires`` is remaining seconds or None."""
+
+    family: int
+    dst: str  # "default" or "prefix/len"
+    dst_len: int
+    table: int
+    metric: int
+    proto: int
+    type: int
+    scope: int
+    flags: int
+    dev: str | None = None
+    oif: int | None = None
+    gateway: str | None = None
+    prefsrc: str | None = None
+    src: str | None = None
+    pref: int | None = None
+    expires: int | None = None
+    metrics: dict[str, int] = field(default_factory=dict)
+    multipath: list[dict[str, Any]] = field(default_factory=list)  # {"dev", "gateway", "hops", "flags"}
+
+    @property
+    def devices(self) -> set[str]:
+        devs = {self.dev} if self.dev else set()
+        devs.update(h["dev"] for h in self.multipath if h.get("dev"))
+        return devs
+
+    def key(self) -> tuple[Any, ...]:
+        """What makes two routes "the same" for the kernel and for restore."""
+        hops = tuple(sorted((h.get("dev") or "", h.get("gateway") or "") for h in self.multipath))
+        return (self.family, self.table, self.dst, self.metric, self.type, self.dev, self.gateway, hops)
+
+    def describe(self) -> str:
+        parts = [self.dst]
+        if self.gateway:
+            parts.append(f"via {self.gateway}")
+        if self.dev:
+            parts.append(f"dev {self.dev}")
+        for h in self.multipath:
+            parts.append(f"nexthop via {h.get('gateway')} dev {h.get('dev')}")
+        if self.table != RT_TABLE_MAIN:
+            parts.append(f"table {self.table}")
+        parts.append(f"metric {self.metric}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "type_name": ROUTE_TYPES.get(self.type, str(self.type)),
+            "proto_name": ROUTE_PROTOS.get(self.proto, str(self.proto)),
+            "pref_name": None if self.pref is None else ROUTE_PREFS.get(self.pref, str(self.pref)),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Route:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------- plumbing
+
+
+@contextmanager
+def _ipr(doing: str) -> Iterator[Any]:
+    """An IPRoute socket in the current netns; netlink errors become lockdown errors."""
+    try:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError as exc:  # pragma: no cover - a packaging problem
+        raise Unavailable(f"cannot {doing}: pyroute2 is not installed ({exc})", "pip install pyroute2") from None
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise _translate(exc.code, doing) from None
+    except PermissionError:
+        raise _translate(errno.EPERM, doing) from None
+
+
+def _translate(code: int, doing: str) -> ActionError | PrivilegeError:
+    if code in (errno.EPERM, errno.EACCES):
+        return PrivilegeError(f"cannot {doing}: permission denied", "run as root (needs CAP_NET_ADMIN)")
+    return ActionError(f"cannot {doing}: {os.strerror(code)}")
+
+
+def _code(exc: BaseException) -> int | None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return exc.code if isinstance(exc, NetlinkError) else None
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _names(ipr: Any) -> dict[int, str]:
+    return {int(m["index"]): str(_attr(m, "IFLA_IFNAME")) for m in ipr.link("dump")}
+
+
+def _index(ipr: Any, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise NoSuchInterface(ifname)
+    return int(found[0])
+
+
+# ------------------------------------------------------------------ links
+
+
+def list_links() -> list[Link]:
+    """Every interface in this netns, by index. Raises PrivilegeError/ActionError."""
+    out = []
+    with _ipr("list interfaces") as ipr:
+        for m in ipr.link("dump"):
+            info = _attr(m, "IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+            out.append(
+                Link(
+                    index=int(m["index"]),
+                    name=str(_attr(m, "IFLA_IFNAME")),
+                    flags=int(m["flags"]),
+                    kind=kind,
+                    mac=_attr(m, "IFLA_ADDRESS"),
+                    mtu=_attr(m, "IFLA_MTU"),
+                    operstate=_attr(m, "IFLA_OPERSTATE"),
+                )
+            )
+    return sorted(out, key=lambda link: link.index)
+
+
+def link_index(ifname: str) -> int | None:
+    """The interface's index, or None when there is no such interface."""
+    with _ipr(f"look up interface {ifname}") as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+# -------------------------------------------------------------- addresses
+
+
+def dump_addresses(family: int | None = AF_INET6, ifname: str | None = None) -> list[Address]:
+    """Addresses in kernel dump order (per interface: newest first within a scope).
+
+    ``family`` None means IPv4 and IPv6. Flags come from IFA_FLAGS (u32) when
+    present, lifetimes from IFA_CACHEINFO (remaining seconds). Raises
+    NoSuchInterface when ``ifname`` is given and does not exist.
+    """
+    with _ipr("dump addresses") as ipr:
+        names = _names(ipr)
+        kwargs: dict[str, Any] = {}
+        if family is not None:
+            kwargs["family"] = family
+        if ifname is not None:
+            kwargs["index"] = _index(ipr, ifname)
+        msgs = list(ipr.addr("dump", **kwargs))
+    out = []
+    for m in msgs:
+        fam = int(m["family"])
+        if family is not None and fam != family:
+            continue
+        index = int(m["index"])
+        if ifname is not None and names.get(index) != ifname:
+            continue
+        flags = _attr(m, "IFA_FLAGS")
+        cache = _attr(m, "IFA_CACHEINFO") or {}
+        local = _attr(m, "IFA_LOCAL")
+        address = _attr(m, "IFA_ADDRESS")
+        main = local or address
+        out.append(
+            Address(
+                ifname=names.get(index, str(index)),
+                ifindex=index,
+                family=fam,
+                address=str(main),
+                prefixlen=int(m["prefixlen"]),
+                scope=int(m["scope"]),
+                flags=int(flags if flags is not None else m["flags"]),
+                preferred=int(cache.get("ifa_preferred", INFINITE)),
+                valid=int(cache.get("ifa_valid", INFINITE)),
+                label=_attr(m, "IFA_LABEL"),
+                proto=_attr(m, "IFA_PROTO"),
+                peer=address if local and address and address != local else None,
+                broadcast=_attr(m, "IFA_BROADCAST"),
+            )
+        )
+    return out
+
+
+def add_address(
+    ifname: str,
+    address: str,
+    prefixlen: int,
+    *,
+    flags: int = 0,
+    preferred: int = INFINITE,
+    valid: int = INFINITE,
+    label: str | None = None,
+    proto: int | None = None,
+) -> bool:
+    """Add an address; True if added, False if it was already there (EEXIST).
+
+    ``flags`` is masked to what the kernel accepts and sent in IFA_FLAGS, so
+    noprefixroute and mngtmpaddr (> 0xff) survive. Lifetimes are sent only
+    when finite: an address added without them never expires and is
+    "permanent", exactly like one added with ``ip addr add``.
+    Raises NoSuchInterface, PrivilegeError or ActionError.
+    """
+    doing = f"add {address}/{prefixlen} to {ifname}"
+    kwargs: dict[str, Any] = {"address": address, "prefixlen": prefixlen, "flags": flags & SETTABLE_ADDR_FLAGS}
+    if preferred != INFINITE or valid != INFINITE:
+        kwargs["preferred_lft"] = min(preferred, valid)
+        kwargs["valid_lft"] = valid
+    if label:
+        kwargs["label"] = label
+    if proto:
+        kwargs["proto"] = proto
+    with _ipr(doing) as ipr:
+        kwargs["index"] = _index(ipr, ifname)
+        try:
+            ipr.addr("add", **kwargs)
+        except Exception as exc:
+            if _code(exc) == errno.EEXIST:
+                return False
+            raise
+    return True
+
+
+def delete_address(ifname: str, address: str, prefixlen: int) -> bool:
+    """Delete an address; True if deleted, False if it was not there.
+
+    Raises NoSuchInterface, PrivilegeError or ActionError.
+    """
+    with _ipr(f"delete {address}/{prefixlen} from {ifname}") as ipr:
+        index = _index(ipr, ifname)
+        try:
+            ipr.addr("del", index=index, address=address, prefixlen=prefixlen)
+        except Exception as exc:
+            if _code(exc) in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                return False
+            raise
+    return True
+
+
+# ----------------------------------------------------------------- routes
+
+
+def _clk_tck() -> int:
+    try:
+        return os.sysconf("SC_CLK_TCK") or 100
+    except (ValueError, OSError):  # pragma: no cover
+        return 100
+
+
+def dump_routes(family: int | None = AF_INET6, *, include_local: bool = False) -> list[Route]:
+    """Routes of every table, in kernel dump order.
+
+    The local table (255) is left out unless ``include_local``: the kernel
+    owns it and rebuilds it from the addresses. ``expires`` is taken from
+    RTA_CACHEINFO, which the kernel reports in clock ticks.
+    """
+    hz = _clk_tck()
+    with _ipr("dump routes") as ipr:
+        names = _names(ipr)
+        kwargs: dict[str, Any] = {}
+        if family is not None:
+            kwargs["family"] = family
+        msgs = list(ipr.route("dump", **kwargs))
+    out = []
+    for m in msgs:
+        fam = int(m["family"])
+        if fam not in (AF_INET, AF_INET6) or (family is not None and fam != family):
+            continue
+        table = _attr(m, "RTA_TABLE")
+        table = int(table if table is not None else m["table"])
+        if table == RT_TABLE_LOCAL and not include_local:
+            continue
+        dst_len = int(m["dst_len"])
+        dst = _attr(m, "RTA_DST")
+        dst_text = f"{dst}/{dst_len}" if dst else "default"
+        src = _attr(m, "RTA_SRC")
+        oif = _attr(m, "RTA_OIF")
+        cache = _attr(m, "RTA_CACHEINFO") or {}
+        ticks = int(cache.get("rta_expires", 0) or 0)
+        metrics_nla = _attr(m, "RTA_METRICS")
+        metrics: dict[str, int] = {}
+        if metrics_nla is not None:
+            for name, value in metrics_nla.get("attrs", []):
+                metrics[str(name).removeprefix("RTAX_").lower()] = int(value)
+        hops = []
+        for nh in _attr(m, "RTA_MULTIPATH") or []:
+            hop_oif = nh.get("oif")
+            hops.append(
+                {
+                    "dev": names.get(int(hop_oif)) if hop_oif else None,
+                    "gateway": nh.get_attr("RTA_GATEWAY"),
+                    "hops": int(nh.get("hops", 0)),
+                    "flags": int(nh.get("flags", 0)),
+                }
+            )
+        out.append(
+            Route(
+                family=fam,
+                dst=dst_text,
+                dst_len=dst_len,
+                table=table,
+                metric=int(_attr(m, "RTA_PRIORITY") or 0),
+                proto=int(m["proto"]),
+                type=int(m["type"]),
+                scope=int(m["scope"]),
+                flags=int(m["flags"]),
+                dev=names.get(int(oif)) if oif else None,
+                oif=int(oif) if oif else None,
+                gateway=_attr(m, "RTA_GATEWAY"),
+                prefsrc=_attr(m, "RTA_PREFSRC"),
+                src=f"{src}/{m['src_len']}" if src else None,
+                pref=_attr(m, "RTA_PREF"),
+                expires=-(-ticks // hz) if ticks > 0 else None,
+                metrics=metrics,
+                multipath=hops,
+            )
+        )
+    return out
+
+
+def add_route(route: Route, *, expires: int | None = None, replace: bool = False) -> bool:
+    """Add ``route``; True if added, False if it already exists (EEXIST).
+
+    Interfaces are looked up by name, so a route goes back onto a re-created
+    interface of the same name. ``expires`` (seconds) overrides the record's
+    remaining lifetime. ``replace`` overwrites the existing route with the
+    same destination, table and metric (the kernel strips ``src`` from
+    routes when that address is deleted). Raises NoSuchInterface,
+    PrivilegeError or ActionError.
+    """
+    doing = f"{'replace' if replace else 'add'} route {route.describe()}"
+    kwargs: dict[str, Any] = {
+        "family": route.family,
+        "dst_len": route.dst_len,
+        "table": route.table,
+        "priority": route.metric,
+        "proto": route.proto,
+        "type": route.type,
+        "scope": route.scope,
+    }
+    if route.dst != "default":
+        kwargs["dst"] = route.dst.split("/")[0]
+    if route.gateway:
+        kwargs["gateway"] = route.gateway
+    if route.prefsrc:
+        kwargs["prefsrc"] = route.prefsrc
+    if route.src:
+        addr, _, plen = route.src.partition("/")
+        kwargs["src"] = addr
+        kwargs["src_len"] = int(plen or 0)
+    if route.pref is not None and route.family == AF_INET6:
+        kwargs["pref"] = route.pref
+    lifetime = route.expires if expires is None else expires
+    if lifetime:
+        kwargs["expires"] = struct.pack("=I", lifetime)
+    if route.metrics:
+        kwargs["metrics"] = dict(route.metrics)
+    with _ipr(doing) as ipr:
+        if route.dev:
+            kwargs["oif"] = _index(ipr, route.dev)
+        if route.multipath:
+            hops = []
+            for h in route.multipath:
+                hop: dict[str, Any] = {"hops": h.get("hops", 0)}
+                if h.get("dev"):
+                    hop["oif"] = _index(ipr, h["dev"])
+                if h.get("gateway"):
+                    hop["gateway"] = h["gateway"]
+                hops.append(hop)
+            kwargs["multipath"] = hops
+        try:
+            ipr.route("replace" if replace else "add", **kwargs)
+        except Exception as exc:
+            if _code(exc) == errno.EEXIST:
+                return False
+            raise
+    return True
+
+
+def route_source(dst: str) -> str | None:
+    """The source address the kernel would pick to reach ``dst``, or None if unroutable."""
+    try:
+        with _ipr(f"look up the route to {dst}") as ipr:
+            msgs = list(ipr.route("get", dst=dst))
+    except ActionError:
+        return None
+    for m in msgs:
+        src = _attr(m, "RTA_PREFSRC")
+        if src:
+            return str(src)
+    return None

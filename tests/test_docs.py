@@ -1,0 +1,107 @@
+"""Docs that cannot rot: every action and every command documents itself, and the examples run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import typer
+
+from lockdown.actions import REGISTRY, get_action
+from lockdown.cli import app
+from lockdown.engine.playbook import parse_playbook
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def example_of(doc: str) -> str:
+    match = re.search(r"Example::\n\n(.*)", doc, re.S)
+    assert match, "docstring has no 'Example::' block"
+    return textwrap.dedent(match.group(1)).strip() + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_action_is_documented_and_its_example_validates(name: str) -> None:
+    cls = get_action(name)
+    assert cls.name == name
+    doc = cls.__doc__ or ""
+    lines = doc.strip().splitlines()
+    assert lines and lines[0].strip().endswith("."), f"{name}: the first docstring line must be a one-line summary"
+    assert "Parameters:" in doc, f"{name}: no Parameters section"
+    import dataclasses
+
+    for f in dataclasses.fields(cls.Params):
+        assert re.search(rf"^\s+{f.name}:", doc, re.M), f"{name}: parameter {f.name!r} is not documented"
+    example = example_of(doc)
+    pb = parse_playbook(example, Path(f"{name}-example.toml"), f"{name} example", {})
+    assert [s.action_name for s in pb.steps] == [name]
+
+
+def _commands(group: typer.Typer, prefix: str = "") -> list[tuple[str, str | None]]:
+    out = []
+    for info in group.registered_commands:
+        cb = info.callback
+        assert cb is not None
+        out.append((prefix + (info.name or cb.__name__.replace("_", "-")), info.help or cb.__doc__))
+    for sub in group.registered_groups:
+        assert sub.typer_instance is not None
+        out.extend(_commands(sub.typer_instance, prefix + f"{sub.name} "))
+    return out
+
+
+def test_every_cli_command_has_help() -> None:
+    commands = _commands(app)
+    assert {"run", "restore", "status", "incidents", "playbooks list"} <= {c for c, _ in commands}
+    for name, doc in commands:
+        assert doc and doc.strip(), f"`lockdown {name}` has no help text"
+
+
+def test_readme_documents_every_exit_code() -> None:
+    from lockdown.errors import ExitCode
+
+    readme = (REPO / "README.md").read_text()
+    for code in ExitCode:
+        assert re.search(rf"^\|\s*{int(code)}\s*\|", readme, re.M), f"exit code {int(code)} ({code.name}) not in README"
+
+
+def test_shipped_playbooks_validate() -> None:
+    for path in sorted((REPO / "playbooks").glob("*.toml")):
+        r = subprocess.run(
+            [sys.executable, "-m", "lockdown", "playbooks", "validate", str(path)], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+
+
+def test_wheel_ships_the_playbooks_and_finds_them_by_name(tmp_path: Path) -> None:
+    """After a normal `pip install .`, playbooks are found by name, not only from a checkout."""
+    wheels = tmp_path / "wheels"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(REPO)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    (wheel,) = wheels.glob("lockdown-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(p.name for p in (REPO / "playbooks").glob("*.toml"))
+    assert sorted(Path(n).name for n in names if n.startswith("lockdown/playbooks/")) == shipped
+    target = tmp_path / "site"
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "lockdown", "playbooks", "list", "--json"],
+        capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    found = {p["name"]: p["path"] for p in json.loads(r.stdout)["playbooks"]}
+    assert sorted(found) == sorted(Path(n).stem for n in shipped)
+    assert all(path.startswith(str(target)) for path in found.values()), found

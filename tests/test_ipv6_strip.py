@@ -1,0 +1,355 @@
+"""ipv6.strip on a real kernel: strip, restore, compare ``ip -j`` before and after.
+
+Every test works on veth pairs inside its own namespace (the ``netns``
+fixture deletes it, and everything in it, even when the test fails) with
+2001:db8::/32 addresses. lockdown runs as the real CLI inside the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import netlab
+from tests.conftest import REPO, run_cli
+from tests.netlab import get_sysctl, ipn, lockdown, set_sysctl, state, veth
+
+pytestmark = pytest.mark.netns
+
+
+def _setup(ns: str) -> tuple[str, str]:
+    """One veth pair with a bit of everything the strip must give back.
+
+    a0 gets: a nodad+noprefixroute address (plus the on-link route it then
+    needs), an address with finite lifetimes, a plain one that goes through
+    DAD with home+mngtmpaddr, and one that is the source of a route; routes
+    via gateways in the main table (default included) and in table 100;
+    accept_ra=2 as on a forwarding Docker host.
+    """
+    a0, a1 = veth(ns)
+    ipn(ns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad", "noprefixroute")
+    ipn(ns, "-6", "route", "add", "2001:db8:1::/64", "dev", a0, "metric", "512", "proto", "static")
+    ipn(ns, "addr", "add", "2001:db8:2::1/64", "dev", a0, "nodad", "valid_lft", "600", "preferred_lft", "400")
+    ipn(ns, "addr", "add", "2001:db8:3::1/64", "dev", a0, "home", "mngtmpaddr")
+    ipn(ns, "addr", "add", "2001:db8:4::1/64", "dev", a0, "nodad")
+    ipn(ns, "-6", "route", "add", "default", "via", "2001:db8:2::fe", "dev", a0)
+    ipn(ns, "-6", "route", "add", "2001:db8:99::/48", "via", "2001:db8:1::fe", "dev", a0, "metric", "50")
+    ipn(ns, "-6", "route", "add", "2001:db8:55::/48", "via", "2001:db8:4::fe", "dev", a0, "src", "2001:db8:4::1")
+    ipn(ns, "-6", "route", "add", "2001:db8:77::/48", "via", "2001:db8:2::fe", "dev", a0, "table", "100")
+    set_sysctl(ns, a0, "accept_ra", "2")
+    return a0, a1
+
+
+STRIP = """
+[[steps]]
+id = "strip"
+action = "ipv6.strip"
+interfaces = ["{dev}"]
+"""
+
+
+def test_strip_and_restore_gives_back_identical_state(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+    pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
+
+    run = lockdown(netns, state_dir, "run", str(pb), "--json")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["status"] == "contained"
+    assert netlab.global_addresses(netns, a0) == []
+    link_local = [a for link in netlab.addresses(netns) if link["ifname"] == a0 for a in link["addr_info"]]
+    assert [a["scope"] for a in link_local] == ["link"], "link-local must stay"
+    assert get_sysctl(netns, a0, "accept_ra") == "0"
+    assert get_sysctl(netns, a0, "autoconf") == "0"
+    assert get_sysctl(netns, a1, "accept_ra") == before["sysctls"][f"{a1}/accept_ra"], "untargeted interface touched"
+    notes = json.loads(run.stdout)["steps"][0]["notes"]
+    assert any(
+        n.startswith(f"{a0}: removed 4 address(es): 2001:db8:4::1/64 (nodad), 2001:db8:3::1/64 (home mngtmpaddr), "
+                     "2001:db8:2::1/64 (nodad; valid ")
+        for n in notes
+    ), notes
+    assert f"{a0}: SLAAC blocked (accept_ra 2 -> 0, autoconf 1 -> 0)" in notes
+    # The kernel may drop the default route with the address; prove restore puts it back.
+    ipn(netns, "-6", "route", "del", "default", "via", "2001:db8:2::fe", "dev", a0)
+
+    restore = lockdown(netns, state_dir, "restore", "--last")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert "re-added 1 route(s): default via 2001:db8:2::fe" in restore.stdout
+    assert "put back the source address of 1 route(s): 2001:db8:55::/48" in restore.stdout
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+    again = lockdown(netns, state_dir, "restore", "--last")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to undo" in again.stdout
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_default_targets_only_interfaces_with_global_addresses(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, a1 = veth(netns)
+    b0, b1 = veth(netns)
+    ipn(netns, "addr", "add", "2001:db8:a::1/64", "dev", a0, "nodad")
+    ipn(netns, "addr", "add", "2001:db8:b::1/64", "dev", b0, "nodad")
+    ipn(netns, "addr", "add", "2001:db8:ffff::1/128", "dev", "lo")
+    before = state(netns, [a0, a1, b0, b1])
+    pb = netlab.playbook(tmp_path, '[[steps]]\nid = "strip"\naction = "ipv6.strip"\nkeep = ["2001:db8:b::/64"]\n')
+
+    run = lockdown(netns, state_dir, "run", str(pb))
+    assert run.returncode == 0, run.stderr
+    intent = next(e for e in netlab.journal(state_dir) if e["phase"] == "intent")
+    assert intent["resolved"] == {"interfaces": [a0], "strip": ["2001:db8:a::1/64"]}
+    assert netlab.global_addresses(netns, a0) == []
+    assert netlab.global_addresses(netns, b0) == ["2001:db8:b::1/64"], "kept address stripped"
+    assert netlab.global_addresses(netns, "lo") == ["2001:db8:ffff::1/128"], "loopback stripped"
+    assert get_sysctl(netns, b0, "accept_ra") == before["sysctls"][f"{b0}/accept_ra"], "kept interface touched"
+
+    assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+    netlab.assert_same_state(before, state(netns, [a0, a1, b0, b1]))
+
+
+@pytest.mark.parametrize("crash_after", [2, 3])
+def test_crash_at_journal_points_then_restore(
+    netns: str, tmp_path: Path, state_dir: Path, crash_after: int
+) -> None:
+    """seq 2 is the intent (nothing changed yet), seq 3 is ``applied`` (all changed, run never ended)."""
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+    pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
+
+    run = lockdown(netns, state_dir, "run", str(pb), env={"LOCKDOWN_TEST_CRASH_AFTER_SEQ": str(crash_after)})
+    assert run.returncode == -signal.SIGKILL
+    phases = [e["phase"] for e in netlab.journal(state_dir)]
+    assert phases == ["run-start", "intent", "applied"][:crash_after]
+    if crash_after == 3:
+        assert netlab.global_addresses(netns, a0) == []
+
+    restore = lockdown(netns, state_dir, "restore", "--last")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_sigkill_in_the_middle_of_apply_then_restore(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    """A real SIGKILL while the step waits for its re-check: addresses and sysctls already changed."""
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+    pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
+    env = dict(os.environ, LOCKDOWN_STATE_DIR=str(state_dir), SSH_CONNECTION="", SSH_CLIENT="")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "lockdown", "run", str(pb)],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while netlab.global_addresses(netns, a0) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert netlab.global_addresses(netns, a0) == []
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    phases = [e["phase"] for e in netlab.journal(state_dir)]
+    assert phases == ["run-start", "intent"], "killed after the step finished"
+
+    status = lockdown(netns, state_dir, "status", "--json")
+    assert json.loads(status.stdout)["containment_active"] is True
+    restore = lockdown(netns, state_dir, "restore", "--last")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_restore_after_an_address_was_readded_by_hand(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+    pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
+    assert lockdown(netns, state_dir, "run", str(pb)).returncode == 0
+    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad", "noprefixroute")
+
+    restore = lockdown(netns, state_dir, "restore", "--last")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    assert f"{a0}: already present: 2001:db8:1::1/64" in restore.stdout
+    assert f"{a0}: re-added 3 address(es)" in restore.stdout
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_address_that_comes_back_is_stripped_again(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    """Something re-adds an old and a new address half a second after the strip."""
+    a0, a1 = veth(netns)
+    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    before = state(netns, [a0, a1])
+    script = (
+        f"while ip -6 addr show dev {a0} | grep -q 2001:db8:1::1; do sleep 0.02; done; sleep 0.4; "
+        f"ip addr add 2001:db8:1::1/64 dev {a0} nodad; ip addr add 2001:db8:7::1/64 dev {a0} nodad"
+    )
+    manager = subprocess.Popen(["ip", "netns", "exec", netns, "sh", "-c", script])
+    try:
+        pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
+        run = lockdown(netns, state_dir, "run", str(pb), "--json")
+    finally:
+        manager.kill()
+        manager.wait()
+    assert run.returncode == 0, run.stdout + run.stderr
+    notes = json.loads(run.stdout)["steps"][0]["notes"]
+    assert f"{a0}: 2001:db8:1::1/64 (nodad) appeared 1 s later (re-added): removing it" in notes
+    assert f"{a0}: 2001:db8:7::1/64 (nodad) appeared 1 s later: removing it" in notes
+    assert any(n.startswith("something re-adds addresses; suspect: ") for n in notes), notes
+    assert netlab.global_addresses(netns, a0) == []
+    phases = [e["phase"] for e in netlab.journal(state_dir)]
+    assert phases.count("intent-update") == 1, "the new address was not journaled before it was removed"
+
+    assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+    # What the step removed comes back, including the address that appeared during the run.
+    assert netlab.global_addresses(netns, a0) == ["2001:db8:7::1/64", "2001:db8:1::1/64"]
+    ipn(netns, "addr", "del", "2001:db8:7::1/64", "dev", a0)
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def _guard_playbook(tmp_path: Path, dev: str, extra: str = "") -> Path:
+    return netlab.playbook(
+        tmp_path,
+        f'[vars]\nkeep = []\n\n[[steps]]\nid = "strip"\naction = "ipv6.strip"\ninterfaces = ["{dev}"]\n'
+        f'keep = "{{keep}}"\n{extra}',
+        name="guard",
+    )
+
+
+def test_lockout_guard_refuses_to_cut_the_operators_session(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+    pb = _guard_playbook(tmp_path, a0)
+    ssh = {"SSH_CONNECTION": "2001:db8:ffff::9 53422 2001:db8:3::1 22"}
+
+    refused = lockdown(netns, state_dir, "run", str(pb), env=ssh)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"lockdown: error: {pb} step 1 (strip): 2001:db8:3::1/64 on {a0} carries the operator's SSH session "
+        "(SSH_CONNECTION, from 2001:db8:ffff::9 port 53422); stripping it would cut this connection\n"
+        '  -> keep it with keep = ["2001:db8:3::1/128"] in the step (or through --var), '
+        "or rerun with --force to strip it anyway"
+    )
+    assert not (state_dir / "incidents").exists() or not any((state_dir / "incidents").iterdir())
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+    # SSH_CLIENT has no server address: the kernel's source address towards the client is used.
+    ipn(netns, "-6", "route", "add", "2001:db8:ffff::/64", "via", "2001:db8:4::fe", "dev", a0,
+        "src", "2001:db8:4::1", "metric", "10")
+    before = state(netns, [a0, a1])
+    refused = lockdown(netns, state_dir, "run", str(pb), env={"SSH_CLIENT": "2001:db8:ffff::9 53422 22"})
+    assert refused.returncode == 2
+    assert f"2001:db8:4::1/64 on {a0} carries the operator's SSH session (SSH_CLIENT," in refused.stderr
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+    # Way out 1: keep the session's address (through --var here).
+    kept = lockdown(netns, state_dir, "run", str(pb), "--var", "keep=2001:db8:3::1/128", env=ssh)
+    assert kept.returncode == 0, kept.stderr
+    assert netlab.global_addresses(netns, a0) == ["2001:db8:3::1/64"]
+    assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+    netlab.assert_same_state(netlab.unordered(before), netlab.unordered(state(netns, [a0, a1])))
+    # Start the next check from the order the kernel has now.
+    before = state(netns, [a0, a1])
+
+    # Way out 2: --force, which the step reports.
+    forced = lockdown(netns, state_dir, "run", str(pb), "--force", env=ssh)
+    assert forced.returncode == 0, forced.stderr
+    assert (
+        f"--force: stripping 2001:db8:3::1/64 from {a0} although the operator's SSH session "
+        "(SSH_CONNECTION, from 2001:db8:ffff::9 port 53422) runs over it"
+    ) in forced.stdout
+    assert netlab.global_addresses(netns, a0) == []
+    assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+    # keep_operator_session = false switches the guard off.
+    off = _guard_playbook(tmp_path, a0, "keep_operator_session = false\n")
+    unguarded = lockdown(netns, state_dir, "run", str(off), env=ssh)
+    assert unguarded.returncode == 0, unguarded.stderr
+    assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_interface_deleted_before_restore(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+    b0, _ = veth(netns)
+    ipn(netns, "addr", "add", "2001:db8:b::1/64", "dev", b0, "nodad")
+    pb = netlab.playbook(tmp_path, f'[[steps]]\nid = "strip"\naction = "ipv6.strip"\ninterfaces = ["{a0}", "{b0}"]\n')
+    assert lockdown(netns, state_dir, "run", str(pb)).returncode == 0
+    ipn(netns, "link", "del", b0)
+
+    restore = lockdown(netns, state_dir, "restore", "--last")
+    assert restore.returncode == 6, restore.stdout + restore.stderr
+    gone = f"interface {b0} is gone: cannot restore 2001:db8:b::1/64 or its sysctls"
+    assert f"could not restore everything: {gone}" in restore.stdout
+    assert "restore of " in restore.stderr and "is partial: undo failed for strip" in restore.stderr
+    after = state(netns, [a0, a1])
+    netlab.assert_same_state(before, after)  # b0/b1 were created after `before` was read
+
+    # Running restore again restores nothing more and still says what is missing.
+    again = lockdown(netns, state_dir, "restore", "--last")
+    assert again.returncode == 6
+    assert gone in again.stdout
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_bad_parameters_are_named(tmp_path: Path, state_dir: Path) -> None:
+    pb = netlab.playbook(tmp_path, '[[steps]]\nid = "strip"\naction = "ipv6.strip"\nkeep = ["nope"]\n')
+    res = run_cli("run", str(pb), state_dir=state_dir)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"lockdown: error: {pb}: step 1 (strip): keep[0]: "
+        "expected an address or CIDR like 2001:db8::1/128, got 'nope'"
+    )
+
+
+def test_unknown_interface_is_refused_before_anything_changes(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    veth(netns)
+    pb = netlab.playbook(tmp_path, STRIP.format(dev="lkd-nonesuch"))
+    res = lockdown(netns, state_dir, "run", str(pb))
+    assert res.returncode == 2
+    assert res.stderr.startswith(
+        f"lockdown: error: {pb} step 1 (strip): interfaces: no interface named 'lkd-nonesuch' (have: lo, "
+    )
+
+
+NETLINK_PROBE = """
+import json
+from lockdown import netlink
+print(json.dumps({
+    "addresses": [a.as_dict() for a in netlink.dump_addresses(netlink.AF_INET6)],
+    "routes": [r.as_dict() for r in netlink.dump_routes(netlink.AF_INET6, include_local=True)],
+}))
+"""
+
+
+def test_netlink_dumps_agree_with_ip_json(netns: str) -> None:
+    """lockdown.netlink reads what ``ip -j`` reads (flags above 0xff, lifetimes, tables)."""
+    _setup(netns)
+    netlab.wait_settled(netns)
+    out = netlab.nsexec(netns, sys.executable, "-c", NETLINK_PROBE).stdout
+    ours = json.loads(out)
+    theirs = {
+        (link["ifname"], a["local"], a["prefixlen"]): a for link in netlab.addresses(netns) for a in link["addr_info"]
+    }
+    assert len(ours["addresses"]) == len(theirs)
+    for a in ours["addresses"]:
+        ip = theirs[(a["ifname"], a["address"], a["prefixlen"])]
+        assert a["scope_name"] == ip["scope"]
+        for flag in ("nodad", "noprefixroute", "mngtmpaddr", "home", "tentative"):
+            assert (flag in a["flag_names"]) == bool(ip.get(flag)), (flag, a, ip)
+        assert abs(a["valid"] - ip["valid_life_time"]) <= 2
+        assert abs(a["preferred"] - ip["preferred_life_time"]) <= 2
+    theirs_routes = {
+        (r["dst"], r.get("gateway"), r.get("dev"), r.get("table", "main"), r["metric"])
+        for r in netlab.routes(netns)
+    }
+    table_names = {254: "main", 255: "local"}
+    ours_routes = {
+        (r["dst"].removesuffix("/128") if r["dst_len"] == 128 else r["dst"], r["gateway"], r["dev"],
+         table_names.get(r["table"], str(r["table"])), r["metric"])
+        for r in ours["routes"]
+    }
+    assert ours_routes == theirs_routes

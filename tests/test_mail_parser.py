@@ -1,0 +1,474 @@
+"""The Postfix log parser on real line formats (Postfix 3.7, docker-mailserver, Mailu)."""
+
+# Real log lines are long; they stay verbatim.
+# ruff: noqa: E501
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lockdown.mail.parser import (
+    MAX_LINE,
+    Correlator,
+    LineSplitter,
+    LogLine,
+    default_gateways,
+    is_gateway,
+    is_queue_id,
+    parse_line,
+)
+
+
+def P(line: str, year: int | None = 2026) -> LogLine:
+    parsed = parse_line(line, year)
+    assert parsed is not None, line
+    return parsed
+
+
+def feed_all(lines: list[str], local: set[str] | None = None) -> tuple[Correlator, list]:  # type: ignore[type-arg]
+    c = Correlator(local)
+    events = []
+    for raw in lines:
+        parsed = parse_line(raw, 2026)
+        if parsed is not None:
+            events.extend(c.feed(parsed))
+    return c, events
+
+
+# ----------------------------------------------------------------- timestamps
+
+
+def test_rfc3164_line() -> None:
+    ln = P("Nov 22 23:43:37 mail postfix/smtpd[123]: 4F8A21C3D2: client=unknown[172.17.0.1]")
+    assert ln.time == datetime(2026, 11, 22, 23, 43, 37, tzinfo=UTC)
+    assert (ln.host, ln.service, ln.pid, ln.queue_id) == ("mail", "postfix/smtpd", 123, "4F8A21C3D2")
+    assert ln.message == "client=unknown[172.17.0.1]"
+    assert ln.docker_time is None
+
+
+def test_rfc3164_single_digit_day_is_space_padded() -> None:
+    ln = P("Dec  2 03:04:05 mx1 postfix/qmgr[9]: 4F8A21C3D2: removed")
+    assert ln.time == datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)
+    assert ln.message == "removed"
+
+
+def test_rfc3164_without_year_uses_current_year_and_never_the_future() -> None:
+    now = datetime.now(UTC)
+    past = now - timedelta(days=3)
+    ln = P(past.strftime("%b %d %H:%M:%S") + " mail postfix/qmgr[9]: 4F8A21C3D2: removed", year=None)
+    assert ln.time is not None
+    assert ln.time.year == past.year
+    future = now + timedelta(days=40)
+    ln = P(future.strftime("%b %d %H:%M:%S") + " mail postfix/qmgr[9]: 4F8A21C3D2: removed", year=None)
+    assert ln.time is not None and ln.time < now  # last year's line, not next month's
+
+
+def test_rfc3164_with_explicit_tz() -> None:
+    cet = timezone(timedelta(hours=1))
+    ln = parse_line("Nov 22 23:43:37 mail postfix/qmgr[9]: 4F8A21C3D2: removed", 2026, tz=cet)
+    assert ln is not None and ln.time == datetime(2026, 11, 22, 22, 43, 37, tzinfo=UTC)
+
+
+def test_rfc3339_docker_mailserver() -> None:
+    ln = P(
+        "2026-11-22T23:43:37.123456+00:00 mail postfix/submission/smtpd[4711]: "
+        "4Q5x7h2Zk3z9abc: client=mail.example.org[203.0.113.9], sasl_method=PLAIN, sasl_username=alice@example.org"
+    )
+    assert ln.time == datetime(2026, 11, 22, 23, 43, 37, 123456, tzinfo=UTC)
+    assert ln.service == "postfix/submission/smtpd"
+    assert ln.queue_id == "4Q5x7h2Zk3z9abc"
+
+
+def test_rfc3339_with_offset() -> None:
+    ln = P("2026-11-23T00:43:37.5+01:00 mail postfix/qmgr[9]: 4F8A21C3D2: removed")
+    assert ln.time == datetime(2026, 11, 22, 23, 43, 37, 500000, tzinfo=UTC)
+
+
+def test_docker_prefix_before_rfc3164_prefers_syslog_time_and_takes_docker_year() -> None:
+    ln = P(
+        "2025-11-22T23:43:38.987654321Z Nov 22 23:43:37 mail postfix/smtpd[123]: connect from unknown[172.17.0.1]",
+        year=None,
+    )
+    assert ln.time == datetime(2025, 11, 22, 23, 43, 37, tzinfo=UTC)
+    assert ln.docker_time == datetime(2025, 11, 22, 23, 43, 38, 987654, tzinfo=UTC)
+    assert ln.message == "connect from unknown[172.17.0.1]"
+
+
+def test_docker_prefix_across_new_year() -> None:
+    ln = P("2027-01-01T00:00:01.000000001Z Dec 31 23:59:59 mail postfix/qmgr[1]: 4F8A21C3D2: removed", year=None)
+    assert ln.time == datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def test_docker_prefix_implies_the_container_offset() -> None:
+    # container logs local time (UTC+2); Docker stamps UTC
+    ln = P("2026-11-22T21:43:37.100000000Z Nov 22 23:43:37 mail postfix/qmgr[1]: 4F8A21C3D2: removed", year=None)
+    assert ln.time == datetime(2026, 11, 22, 21, 43, 37, tzinfo=UTC)
+
+
+def test_docker_prefix_before_rfc3339() -> None:
+    ln = P(
+        "2026-11-22T23:43:38.000000001Z 2026-11-22T23:43:37.123456+00:00 mail postfix/smtp[88]: "
+        "4F8A21C3D2: to=<a@qq.com>, relay=mx1.qq.com[203.205.219.57]:25, delay=1.2, "
+        "delays=0.1/0/0.6/0.5, dsn=2.0.0, status=sent (250 OK: queued as 7E3F)"
+    )
+    assert ln.time == datetime(2026, 11, 22, 23, 43, 37, 123456, tzinfo=UTC)
+    assert ln.docker_time == datetime(2026, 11, 22, 23, 43, 38, tzinfo=UTC)
+    assert ln.service == "postfix/smtp"
+
+
+def test_docker_prefix_alone_is_the_time() -> None:
+    ln = P("2026-11-22T23:43:38.5Z mail postfix/qmgr[7]: 4F8A21C3D2: removed")
+    assert ln.time == datetime(2026, 11, 22, 23, 43, 38, 500000, tzinfo=UTC)
+    assert ln.host == "mail"
+
+
+def test_no_host_and_syslog_priority() -> None:
+    ln = P("<22>Nov 22 23:43:37 postfix/pickup[55]: 4F8A21C3D2: uid=0 from=<root>")
+    assert ln.host is None and ln.service == "postfix/pickup" and ln.pid == 55
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "garbage",
+        "Nov 22 23:43:37 mail sshd[1]: Accepted publickey for root",
+        "Nov 22 23:43:37 mail dovecot: imap-login: Login: user=<a@b>",
+        "2026-11-22T23:43:37.123456+00:00 mail CRON[12]: (root) CMD (run-parts)",
+        "2026-11-22T23:43:38.0Z supervisord: INFO success: postfix entered RUNNING state",
+        "Nov 22 23:43:37",
+    ],
+)
+def test_non_postfix_lines_are_none(line: str) -> None:
+    assert parse_line(line) is None
+
+
+# ----------------------------------------------------------------- services and ids
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        "postfix/smtpd",
+        "postfix/submission/smtpd",
+        "postfix/smtps/smtpd",
+        "postfix/postscreen",
+        "postfix/smtp",
+        "postfix/error",
+        "postfix/lmtp",
+        "postfix/local",
+        "postfix/virtual",
+        "postfix/cleanup",
+        "postfix/qmgr",
+        "postfix/bounce",
+        "postfix/anvil",
+        "postfix/dnsblog",
+        "postfix-out/smtp",
+    ],
+)
+def test_service_names(service: str) -> None:
+    ln = P(f"Nov 22 23:43:37 mail {service}[42]: warning: something")
+    assert ln.service == service and ln.pid == 42 and ln.queue_id is None
+    assert ln.message == "warning: something"
+
+
+def test_service_without_pid() -> None:
+    ln = P("Nov 22 23:43:37 mail postfix/postfix-script: starting the Postfix mail system")
+    assert ln.service == "postfix/postfix-script" and ln.pid is None
+
+
+@pytest.mark.parametrize(
+    ("qid", "ok"),
+    [
+        ("4F8A21C3D2", True),
+        ("A1B2C", True),
+        ("4Q5x7h2Zk3z9abc", True),
+        ("4cQFtR0Hhvz1gWb", True),
+        ("NOQUEUE", False),  # handled separately
+        ("warning", False),
+        ("statistics", False),
+        ("fatal", False),
+        ("deadbeef", False),  # lower-case hex is not a short id
+    ],
+)
+def test_queue_ids(qid: str, ok: bool) -> None:
+    assert is_queue_id(qid) is ok
+
+
+def test_statistics_line_has_no_queue_id() -> None:
+    ln = P("Nov 22 23:43:37 mail postfix/anvil[3]: statistics: max connection rate 1/60s for (smtp:172.17.0.1)")
+    assert ln.queue_id is None and ln.message.startswith("statistics: ")
+
+
+# ----------------------------------------------------------------- our lab's exact lines
+
+LAB = """\
+Nov 22 23:43:37 mail postfix/postscreen[301]: CONNECT from [172.17.0.1]:51234 to [172.17.0.2]:25
+Nov 22 23:43:37 mail postfix/postscreen[301]: PASS OLD [172.17.0.1]:51234
+Nov 22 23:43:37 mail postfix/smtpd[302]: connect from unknown[172.17.0.1]
+Nov 22 23:43:38 mail postfix/smtpd[302]: 4F8A21C3D2: client=unknown[172.17.0.1]
+Nov 22 23:43:38 mail postfix/cleanup[303]: 4F8A21C3D2: message-id=<20261122234338.4F8A21C3D2@mail.example.org>
+Nov 22 23:43:38 mail postfix/qmgr[290]: 4F8A21C3D2: from=<admin@example.org>, size=1893, nrcpt=2 (queue active)
+Nov 22 23:43:38 mail postfix/smtpd[302]: disconnect from unknown[172.17.0.1] ehlo=1 mail=1 rcpt=2 data=1 quit=1 commands=6
+Nov 22 23:43:40 mail postfix/smtp[304]: 4F8A21C3D2: to=<1234567@qq.com>, relay=mx3.qq.com[203.205.219.57]:25, delay=2.1, delays=0.05/0.01/1.2/0.84, dsn=2.0.0, status=sent (250 OK: queued as)
+Nov 22 23:43:41 mail postfix/smtp[305]: 4F8A21C3D2: to=<7654321@qq.com>, relay=mx3.qq.com[203.205.219.57]:25, delay=3.0, delays=0.05/0.01/2/0.9, dsn=4.7.0, status=deferred (host mx3.qq.com[203.205.219.57] said: 451 4.7.0 Temporary rejected (in reply to RCPT TO command))
+Nov 22 23:43:41 mail postfix/qmgr[290]: 4F8A21C3D2: removed
+Nov 22 23:44:02 mail postfix/smtpd[302]: NOQUEUE: reject: RCPT from unknown[172.17.0.1]: 454 4.7.1 <x@gmail.com>: Relay access denied; from=<spam@example.net> to=<x@gmail.com> proto=ESMTP helo=<WIN-7Q2>
+Nov 22 23:44:03 mail postfix/smtpd[306]: NOQUEUE: reject: RCPT from unknown[198.51.100.23]: 554 5.7.1 <y@163.com>: Relay access denied; from=<a@b.example> to=<y@163.com> proto=ESMTP helo=<ylmf-pc>
+"""
+
+
+def test_lab_relay_through_the_gateway() -> None:
+    c, events = feed_all(LAB.splitlines(), local={"example.org"})
+    [m] = c.finish()
+    assert m.queue_id == "4F8A21C3D2"
+    assert (m.client_host, m.client_addr, m.sasl_username) == ("unknown", "172.17.0.1", None)
+    assert m.sender == "admin@example.org" and m.size == 1893 and m.nrcpt == 2
+    assert m.message_id == "20261122234338.4F8A21C3D2@mail.example.org"
+    assert m.service == "postfix/smtpd" and m.removed
+    assert m.first_seen == datetime(2026, 11, 22, 23, 43, 38, tzinfo=UTC)
+    assert m.last_seen == datetime(2026, 11, 22, 23, 43, 41, tzinfo=UTC)
+    assert [(r.address, r.status, r.dsn, r.delay) for r in m.recipients] == [
+        ("1234567@qq.com", "sent", "2.0.0", 2.1),
+        ("7654321@qq.com", "deferred", "4.7.0", 3.0),
+    ]
+    assert m.recipients[0].relay == "mx3.qq.com[203.205.219.57]:25"
+    kinds = [e.kind for e in events]
+    assert kinds == ["connect", "connect", "outside-recipient", "outside-recipient", "reject", "reject"]
+    assert events[0].message.client_addr == "172.17.0.1" and events[0].message.service == "postfix/postscreen"
+    assert events[1].message.client_host == "unknown"
+    assert is_gateway(m.client_addr or "", default_gateways())
+
+
+def test_reject_454_and_554() -> None:
+    _, events = feed_all(LAB.splitlines()[-2:])
+    r454, r554 = events
+    assert (r454.kind, r454.code, r454.message.client_addr) == ("reject", "454", "172.17.0.1")
+    assert r454.message.sender == "spam@example.net"
+    assert r454.recipient is not None and r454.recipient.address == "x@gmail.com"
+    assert r454.recipient.dsn == "4.7.1" and r454.detail == "454 4.7.1 <x@gmail.com>: Relay access denied"
+    assert (r554.code, r554.message.client_addr, r554.message.client_host) == ("554", "198.51.100.23", "unknown")
+    assert r554.recipient is not None and r554.recipient.address == "y@163.com"
+    assert r554.message.queue_id == "NOQUEUE"
+
+
+def test_postscreen_reject_uses_commas() -> None:
+    _, [ev] = feed_all(
+        [
+            "Nov 22 23:44:05 mail postfix/postscreen[301]: NOQUEUE: reject: RCPT from [198.51.100.7]:40112: "
+            "550 5.7.1 Service unavailable; client [198.51.100.7] blocked using zen.spamhaus.org; "
+            "from=<a@spam.example>, to=<b@qq.com>, proto=ESMTP, helo=<x>"
+        ]
+    )
+    assert (ev.code, ev.message.client_addr, ev.message.sender) == ("550", "198.51.100.7", "a@spam.example")
+    assert ev.recipient is not None and ev.recipient.address == "b@qq.com"
+
+
+def test_cleanup_header_reject() -> None:
+    _, events = feed_all(
+        [
+            "Nov 22 23:44:05 mail postfix/smtpd[3]: 5A1B2C3D4E: client=unknown[198.51.100.7]",
+            "Nov 22 23:44:06 mail postfix/cleanup[4]: 5A1B2C3D4E: reject: header Subject: buy now from "
+            "unknown[198.51.100.7]; from=<a@spam.example> to=<b@example.org> proto=ESMTP helo=<x>: "
+            "5.7.1 message content rejected",
+        ]
+    )
+    [ev] = events
+    assert ev.kind == "reject" and ev.code == "550" and ev.recipient is not None
+    assert ev.recipient.dsn == "5.7.1" and ev.message.queue_id == "5A1B2C3D4E"
+
+
+def test_ipv6_client_and_sasl() -> None:
+    c, events = feed_all(
+        [
+            "2026-11-22T10:00:00.000001+00:00 mx postfix/submission/smtpd[10]: connect from unknown[2001:db8::7]",
+            "2026-11-22T10:00:01.000001+00:00 mx postfix/submission/smtpd[10]: 4Q5x7h2Zk3z9abc: "
+            "client=unknown[2001:db8::7]:41234, sasl_method=LOGIN, sasl_username=bob@example.org",
+            "2026-11-22T10:00:01.100000+00:00 mx postfix/qmgr[2]: 4Q5x7h2Zk3z9abc: "
+            "from=<bob@example.org>, size=512, nrcpt=1 (queue active)",
+            "2026-11-22T10:00:02.000000+00:00 mx postfix/lmtp[11]: 4Q5x7h2Zk3z9abc: to=<carol@example.org>, "
+            "relay=dovecot[private/dovecot-lmtp], delay=1, delays=0.1/0/0/0.9, dsn=2.0.0, status=sent (250 2.0.0 Saved)",
+        ]
+    )
+    [m] = c.finish()
+    assert m.client_addr == "2001:db8::7" and m.sasl_username == "bob@example.org" and m.sasl_method == "LOGIN"
+    assert m.service == "postfix/submission/smtpd"
+    assert not m.outside
+    assert [e.kind for e in events] == ["connect"]
+
+
+def test_local_delivery_teaches_local_domains_without_a_list() -> None:
+    c, events = feed_all(
+        [
+            "Nov 22 10:00:00 mx postfix/smtpd[1]: 1A2B3C4D5E: client=a[198.51.100.1]",
+            "Nov 22 10:00:01 mx postfix/virtual[2]: 1A2B3C4D5E: to=<u@example.org>, relay=virtual, delay=1, "
+            "delays=0/0/0/0, dsn=2.0.0, status=sent (delivered to maildir)",
+            "Nov 22 10:00:02 mx postfix/smtpd[1]: 2A2B3C4D5E: client=unknown[172.17.0.1]",
+            "Nov 22 10:00:03 mx postfix/error[3]: 2A2B3C4D5E: to=<u@example.org>, relay=none, delay=1, "
+            "delays=0/0/0/0, dsn=4.4.1, status=deferred (delivery temporarily suspended)",
+            "Nov 22 10:00:04 mx postfix/error[3]: 2A2B3C4D5E: to=<v@qq.com>, relay=none, delay=1, "
+            "delays=0/0/0/0, dsn=4.4.1, status=deferred (delivery temporarily suspended: connect timed out)",
+        ],
+        local=None,
+    )
+    first, second = c.finish()
+    assert not first.outside
+    assert [r.outside for r in second.recipients] == [False, True]
+    assert [(e.kind, e.recipient.address) for e in events if e.recipient] == [("outside-recipient", "v@qq.com")]
+
+
+# ----------------------------------------------------------------- amavis: a second queue id
+
+AMAVIS = """\
+Nov 22 23:50:00 mail postfix/smtpd[401]: 3C4D5E6F7A: client=unknown[172.17.0.1]
+Nov 22 23:50:00 mail postfix/cleanup[402]: 3C4D5E6F7A: message-id=<abc@spam.example>
+Nov 22 23:50:00 mail postfix/qmgr[290]: 3C4D5E6F7A: from=<x@spam.example>, size=2200, nrcpt=1 (queue active)
+Nov 22 23:50:01 mail postfix/smtpd[410]: 9D8E7F6A5B: client=localhost[127.0.0.1]
+Nov 22 23:50:01 mail postfix/cleanup[402]: 9D8E7F6A5B: message-id=<abc@spam.example>
+Nov 22 23:50:01 mail postfix/qmgr[290]: 9D8E7F6A5B: from=<x@spam.example>, size=2800, nrcpt=1 (queue active)
+Nov 22 23:50:01 mail amavis[399]: (00399-01) Passed CLEAN {RelayedOutbound}, LOCAL [172.17.0.1]:40000 <x@spam.example> -> <5551234@qq.com>, Queue-ID: 3C4D5E6F7A, Message-ID: <abc@spam.example>, mail_id: q1w2e3, Hits: -0.1, size: 2200, queued_as: 9D8E7F6A5B, 412 ms
+Nov 22 23:50:01 mail postfix/smtp[403]: 3C4D5E6F7A: to=<5551234@qq.com>, relay=127.0.0.1[127.0.0.1]:10024, delay=1.3, delays=0.1/0/0/1.2, dsn=2.0.0, status=sent (250 2.0.0 from MTA(smtp:[127.0.0.1]:10025): 250 2.0.0 Ok: queued as 9D8E7F6A5B)
+Nov 22 23:50:01 mail postfix/qmgr[290]: 3C4D5E6F7A: removed
+Nov 22 23:50:03 mail postfix/smtp[404]: 9D8E7F6A5B: to=<5551234@qq.com>, relay=mx3.qq.com[203.205.219.57]:25, delay=2, delays=0/0/1/1, dsn=2.0.0, status=sent (250 OK)
+Nov 22 23:50:03 mail postfix/qmgr[290]: 9D8E7F6A5B: removed
+"""
+
+
+@pytest.mark.parametrize("with_amavis_line", [True, False])
+def test_amavis_second_queue_id_maps_back(with_amavis_line: bool) -> None:
+    lines = [ln for ln in AMAVIS.splitlines() if with_amavis_line or "amavis[" not in ln]
+    c, events = feed_all(lines, local=None)
+    [m] = c.finish()
+    assert m.queue_id == "3C4D5E6F7A" and m.queued_as == ["9D8E7F6A5B"]
+    assert m.client_addr == "172.17.0.1" and m.sasl_username is None
+    [r] = m.recipients
+    assert (r.address, r.relay, r.status, r.outside) == (
+        "5551234@qq.com",
+        "mx3.qq.com[203.205.219.57]:25",
+        "sent",
+        True,
+    )
+    assert m.last_seen == datetime(2026, 11, 22, 23, 50, 3, tzinfo=UTC)
+    outside = [e for e in events if e.kind == "outside-recipient"]
+    assert len(outside) == 1 and outside[0].message is m
+
+
+def test_amavis_with_local_domains_flags_the_filter_hop() -> None:
+    c, events = feed_all(AMAVIS.splitlines(), local={"example.org"})
+    [m] = c.finish()
+    outside = [e for e in events if e.kind == "outside-recipient"]
+    assert len(outside) == 1 and outside[0].message.queue_id == "3C4D5E6F7A"
+    assert outside[0].time == datetime(2026, 11, 22, 23, 50, 1, tzinfo=UTC)
+    assert m.recipients[0].relay == "mx3.qq.com[203.205.219.57]:25"
+
+
+def test_remote_queued_as_does_not_link() -> None:
+    remote = (
+        "Nov 22 23:45:00 mail postfix/smtp[1]: 4F8A21C3D2: to=<z@gmail.com>, relay=gmail-smtp-in.l.google.com"
+        "[142.250.1.27]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 OK: queued as 7E3F2A1B0C)"
+    )
+    c, _ = feed_all([*LAB.splitlines()[:8], remote])
+    [m] = c.finish()
+    assert m.queued_as == []
+
+
+def test_queue_id_reused_after_removal_starts_a_new_message() -> None:
+    c, _ = feed_all(
+        [
+            "Nov 22 10:00:00 mx postfix/smtpd[1]: 1A2B3C4D5E: client=a[198.51.100.1]",
+            "Nov 22 10:00:01 mx postfix/qmgr[2]: 1A2B3C4D5E: removed",
+            "Nov 22 11:00:00 mx postfix/smtpd[1]: 1A2B3C4D5E: client=b[198.51.100.2]",
+        ]
+    )
+    assert [m.client_host for m in c.finish()] == ["a", "b"]
+
+
+def test_max_open_bounds_memory() -> None:
+    c = Correlator(max_open=10)
+    for i in range(100):
+        ln = P(f"Nov 22 10:00:00 mx postfix/smtpd[1]: {i + 0x10000:X}: client=a[198.51.100.1]")
+        c.feed(ln)
+    assert len(c.messages) == 10 and c.dropped == 90
+
+
+def test_hostile_text_does_not_break_the_parser() -> None:
+    hostile = (
+        "Nov 22 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[172.17.0.1]: 554 5.7.1 "
+        '<"<script>alert(1)</script>"@qq.com>: Relay access denied; from=<a, b=c> to=<x@qq.com> proto=ESMTP '
+        "helo=<; from=<evil>"
+    )
+    _, [ev] = feed_all([hostile, "Nov 22 10:00:00 mx postfix/smtpd[1]: " + "[" * 10000 + ": " + "]" * 10000])
+    assert ev.kind == "reject" and ev.message.client_addr == "172.17.0.1"
+
+
+# ----------------------------------------------------------------- gateways
+
+
+def test_default_gateways() -> None:
+    gw = default_gateways()
+    assert "172.17.0.1" in gw and "172.31.0.1" in gw and "192.168.0.1" in gw and "192.168.16.1" in gw
+    assert "172.32.0.1" not in gw and "10.0.0.1" not in gw
+
+
+def test_is_gateway() -> None:
+    assert is_gateway("172.17.0.1", ["172.17.0.1"])
+    assert is_gateway("::ffff:172.17.0.1", ["172.17.0.1"])
+    assert is_gateway("IPv6:2001:DB8::1", ["2001:db8::1"])
+    assert is_gateway("172.20.0.1", ["172.16.0.0/12"])
+    assert not is_gateway("172.17.0.2", ["172.17.0.1"])
+    assert not is_gateway("unknown", ["172.17.0.1"])
+
+
+# ----------------------------------------------------------------- chunks
+
+
+def test_splitter_basic_and_crlf() -> None:
+    s = LineSplitter()
+    assert s.feed(b"a\r\nb") == ["a"]
+    assert s.feed(b"c\nd\n\ne") == ["bc", "d", ""]
+    assert s.flush() == ["e"]
+    assert s.flush() == []
+
+
+def test_splitter_utf8_split_inside_a_character() -> None:
+    data = "é€😀\n".encode()
+    s = LineSplitter()
+    out = [*s.feed(data[:1]), *s.feed(data[1:5]), *s.feed(data[5:])]
+    assert out == ["é€😀"]
+
+
+def test_splitter_cuts_long_lines() -> None:
+    s = LineSplitter()
+    out: list[str] = []
+    for _ in range(300):
+        out += s.feed(b"x" * 1000)
+    out += s.feed(b"tail\nnext\n")
+    assert [len(x) for x in out] == [MAX_LINE, 4] and out[1] == "next"
+    assert s.cut_lines == 1
+    s2 = LineSplitter(max_line=10)
+    assert s2.feed(b"short\n" + b"y" * 50 + b"\nok\n") == ["short", "y" * 10, "ok"]
+
+
+LOG = (LAB + AMAVIS + "Nov 22 23:59:59 mail postfix/smtpd[1]: héllo wörld\r\n").encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(LOG)), max_size=40))
+def test_random_chunking_gives_the_same_lines(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [LOG[a:b] for a, b in zip([0, *points], [*points, len(LOG)], strict=True)]
+    s = LineSplitter()
+    got: list[str] = []
+    for ch in chunks:
+        got += s.feed(ch)
+    got += s.flush()
+    expected = [ln.rstrip("\r") for ln in LOG.decode().split("\n")]
+    if expected[-1] == "":
+        expected.pop()
+    assert got == expected
+    parsed_whole = [parse_line(x, 2026) for x in expected]
+    assert [parse_line(x, 2026) for x in got] == parsed_whole

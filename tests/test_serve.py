@@ -1,0 +1,732 @@
+"""``lockdown serve``: real HTTP on loopback against the real CLI in a subprocess.
+
+The server runs inside a fresh network namespace (``ip netns exec``) so the
+playbook's ``sysctl.set`` changes only that namespace. The test talks to it
+through sockets created inside the namespace (``setns`` on the calling
+thread), so nothing on the host's network is touched.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockdown.engine.incident import list_incident_ids, read_incident
+from lockdown.engine.lock import StateLock
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.netns
+
+TOKEN = "t0k3n-for-tests-only"
+HMAC_SECRET = "hmac-secret-for-tests"
+SYSCTL = "net.ipv4.icmp_echo_ignore_all"  # per network namespace, 0 in a fresh one
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+RELAY_PLAYBOOK = f"""
+name = "relay-test"
+description = "harmless: a host snapshot and one namespaced sysctl"
+[vars]
+value = "0"
+[[steps]]
+action = "snapshot.host"
+[[steps]]
+id = "icmp"
+action = "sysctl.set"
+values = {{ "{SYSCTL}" = "{{value}}" }}
+"""
+
+SLOW_PLAYBOOK = f"""
+name = "slow-test"
+[[steps]]
+id = "pause"
+action = "wait"
+seconds = 2.5
+[[steps]]
+id = "icmp"
+action = "sysctl.set"
+values = {{ "{SYSCTL}" = "1" }}
+"""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Move the calling thread (only) into ``name`` and back. Sockets made inside stay there."""
+    if name is None:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def ns_socket(netns: str | None) -> socket.socket:
+    with in_netns(netns):
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+
+def sysctl_in(netns: str) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/sys/" + SYSCTL.replace(".", "/")],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Server:
+    """``python -m lockdown serve`` in a subprocess, optionally inside a netns."""
+
+    def __init__(self, config: Path, state: Path, netns: str | None) -> None:
+        self.config = config
+        self.state = state
+        self.netns = netns
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.stdout: list[str] = []
+
+    def start(self, timeout: float = 30) -> Server:
+        cmd = [sys.executable, "-m", "lockdown", "serve", "--config", str(self.config)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        env = {k: v for k, v in os.environ.items() if k not in ("LOCKDOWN_STATE_DIR", "LOCKDOWN_CONFIG")}
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent.parent
+        )
+        assert self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not sel.select(timeout=end - time.monotonic()):
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.stdout.append(line)
+            if "listening on http://" in line:
+                self.port = int(line.split("http://", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
+                return self
+        self.proc.kill()
+        _, err = self.proc.communicate()
+        raise AssertionError(f"serve did not start: {''.join(self.stdout)}{err}")
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+    def connect(self, timeout: float = 30) -> socket.socket:
+        sock = ns_socket(self.netns)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", self.port))
+        return sock
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        sock: socket.socket | None = None,
+        timeout: float = 30,
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn.sock = sock or self.connect(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def post(self, path: str, doc: Any, headers: dict[str, str] | None = None, **kw: Any) -> Response:
+        body = json.dumps(doc).encode()
+        base = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        return self.request("POST", path, body, {**base, **(headers or {})}, **kw)
+
+
+def am_payload(alertname: str, status: str = "firing", fingerprint: str = "f00dfeed", starts: str | None = None) -> Any:
+    """An Alertmanager webhook_config payload (version 4) with one alert."""
+    starts = starts or "2026-11-22T23:45:00.000Z"
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="' + alertname + '"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "lockdown",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": {"alertname": alertname, "severity": "critical"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": alertname, "severity": "critical", "instance": "mail:9154"},
+                "annotations": {"summary": "more mail than this server ever sends"},
+                "startsAt": starts,
+                "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-11-23T00:15:00.000Z",
+                "generatorURL": "http://prometheus.example:9090/graph",
+                "fingerprint": fingerprint,
+            }
+        ],
+    }
+
+
+def wait_for(predicate: Any, timeout: float = 20, what: str = "condition") -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_finished(state: Path, incident_id: str) -> bool:
+    view = read_incident(state, incident_id)
+    return view.run_status not in (None, "running")
+
+
+def write_config(tmp_path: Path, *, extra_server: str = "", routes: str | None = None) -> tuple[Path, Path]:
+    """A config with both secrets and two routes; returns (config path, state dir)."""
+    (tmp_path / "relay.toml").write_text(RELAY_PLAYBOOK)
+    (tmp_path / "slow.toml").write_text(SLOW_PLAYBOOK)
+    for name, value in (("webhook.token", TOKEN), ("webhook.hmac", HMAC_SECRET)):
+        path = tmp_path / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+    state = tmp_path / "state"
+    if routes is None:
+        routes = """
+[[routes]]
+alert = "MailRelaySurge"
+playbook = "relay.toml"
+vars = { value = "1" }
+[[routes]]
+alert = "SlowAlert"
+playbook = "slow.toml"
+"""
+    config = tmp_path / "lockdown.toml"
+    config.write_text(
+        f"""
+state_dir = "{state}"
+written_by = "a tool that adds its own keys"
+[server]
+listen = "127.0.0.1:0"
+token_file = "webhook.token"
+hmac_secret_file = "webhook.hmac"
+token_header = "X-Lockdown-Token"
+request_timeout = 2
+{extra_server}
+{routes}
+"""
+    )
+    return config, state
+
+
+@pytest.fixture
+def server(tmp_path: Path, netns: str) -> Iterator[Server]:
+    config, state = write_config(tmp_path, extra_server="workers = 16\nqueue = 1024")
+    srv = Server(config, state, netns).start()
+    yield srv
+    srv.stop()
+
+
+def sign(body: bytes, stamp: int, secret: str = HMAC_SECRET) -> str:
+    return hmac.new(secret.encode(), str(stamp).encode() + b":" + body, hashlib.sha256).hexdigest()
+
+
+# ---------------------------------------------------------------- a run
+
+
+def test_firing_alert_starts_one_run_after_the_trigger_is_recorded(server: Server) -> None:
+    assert sysctl_in(server.netns or "") == "0"
+    resp = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+    assert resp.status == 202, resp.body
+    doc = resp.json()
+    incident_id = doc["incident_id"]
+    assert doc["result"] == "started"
+    # 202 only after Run.start(): the incident and its trigger are already on disk
+    meta = json.loads((server.state / "incidents" / incident_id / "incident.json").read_text())
+    assert meta["trigger"]["kind"] == "alertmanager"
+    assert meta["trigger"]["route"] == "MailRelaySurge"
+    assert meta["trigger"]["payload"]["alerts"][0]["fingerprint"] == "f00dfeed"
+    assert meta["vars"] == {"value": "1"}  # fixed by the config, never by the caller
+    wait_for(lambda: run_finished(server.state, incident_id), what="the run")
+    view = read_incident(server.state, incident_id)
+    assert view.run_status == "contained"
+    assert view.containment_active
+    assert sysctl_in(server.netns or "") == "1"
+    # restore is the human's decision, and works from the CLI
+    result = run_cli("restore", incident_id, netns=server.netns, state_dir=server.state)
+    assert result.returncode == 0, result.stderr
+    assert sysctl_in(server.netns or "") == "0"
+
+
+def test_caller_cannot_choose_playbook_or_vars(server: Server) -> None:
+    payload = am_payload("MailRelaySurge")
+    payload["alerts"][0]["labels"]["playbook"] = "/etc/evil.toml"
+    payload["vars"] = {"value": "0"}
+    resp = server.post("/v1/alerts/alertmanager", payload)
+    assert resp.status == 202
+    meta = json.loads((server.state / "incidents" / resp.json()["incident_id"] / "incident.json").read_text())
+    assert meta["playbook"]["name"] == "relay-test"
+    assert meta["vars"] == {"value": "1"}
+    wait_for(lambda: run_finished(server.state, resp.json()["incident_id"]), what="the run")
+
+
+def test_generic_and_grafana_endpoints(server: Server) -> None:
+    resp = server.post("/v1/alerts/generic", {"alert": "NoSuchRoute", "detail": "x"})
+    assert (resp.status, resp.json()["result"]) == (200, "ignored")
+    grafana = {
+        "receiver": "lockdown",
+        "status": "firing",
+        "orgId": 1,
+        "version": "1",
+        "state": "alerting",
+        "title": "[FIRING:1] MailRelaySurge",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "MailRelaySurge", "grafana_folder": "mail"},
+                "annotations": {},
+                "startsAt": "2026-11-22T23:45:00Z",
+                "fingerprint": "c0ffee",
+            }
+        ],
+    }
+    resp = server.post("/v1/alerts/grafana", grafana)
+    assert resp.status == 202, resp.body
+    incident_id = resp.json()["incident_id"]
+    again = server.post("/v1/alerts/generic", {"alert": "MailRelaySurge"})
+    assert (again.status, again.json()["incident_id"]) == (200, incident_id)
+    wait_for(lambda: run_finished(server.state, incident_id), what="the run")
+
+
+# ---------------------------------------------------------------- auth
+
+
+def test_bearer_token_and_custom_header(server: Server) -> None:
+    ok = server.post("/v1/alerts/generic", {"alert": "Unrouted"})
+    assert ok.status == 200
+    header = server.post("/v1/alerts/generic", {"alert": "Unrouted"}, {"Authorization": "", "X-Lockdown-Token": TOKEN})
+    assert header.status == 200
+    for bad in ({"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": ""}):
+        resp = server.post("/v1/alerts/generic", {"alert": "MailRelaySurge", "secret": "ECHO-ME"}, bad)
+        assert resp.status == 401
+        assert resp.json() == {"error": "unauthorized"}  # nothing about the request comes back
+        assert b"ECHO-ME" not in resp.body and b"wrong" not in resp.body
+    assert list_incident_ids(server.state) == []
+
+
+def test_hmac_signature_right_wrong_and_expired(server: Server) -> None:
+    body = json.dumps({"alert": "Unrouted", "note": "signed"}).encode()
+    now = int(time.time())
+
+    def post(sig: str, stamp: int | str) -> int:
+        headers = {
+            "Content-Type": "application/json",
+            "X-Grafana-Alerting-Signature": sig,
+            "X-Grafana-Alerting-Signature-Timestamp": str(stamp),
+        }
+        return server.request("POST", "/v1/alerts/generic", body, headers).status
+
+    assert post(sign(body, now), now) == 200
+    assert post(sign(body, now).upper(), now) == 200  # hex is hex
+    assert post(sign(body, now, "not-the-secret"), now) == 401
+    assert post(sign(body + b" ", now), now) == 401  # body changed
+    assert post(sign(body, now), now + 1) == 401  # timestamp is part of the signature
+    old = now - 301
+    assert post(sign(body, old), old) == 401  # outside the 5-minute replay window
+    future = now + 301
+    assert post(sign(body, future), future) == 401
+    assert post(sign(body, now - 250), now - 250) == 200
+    assert post(sign(body, now), "") == 401
+    assert post("", now) == 401
+    assert post(sign(body, now), "12x") == 401
+
+
+# ---------------------------------------------------------------- error codes
+
+
+def test_every_error_code(server: Server) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    resp = server.request("POST", "/v1/alerts/generic", b'{"alert": "x",', auth)
+    assert resp.status == 400
+    reason = "Expecting property name enclosed in double quotes at line 1 column 15"
+    assert resp.json() == {"error": f"malformed JSON: {reason}"}
+    resp = server.request("POST", "/v1/alerts/generic", b"\xff\xfe", auth)
+    assert (resp.status, resp.json()) == (400, {"error": "malformed JSON: not UTF-8"})
+    resp = server.post("/v1/alerts/alertmanager", {**am_payload("MailRelaySurge"), "version": "3"})
+    assert (resp.status, resp.json()) == (
+        400,
+        {"error": "invalid alertmanager payload: version: expected \"4\" (Alertmanager webhook payload), got '3'"},
+    )
+    resp = server.post("/v1/alerts/alertmanager", {"version": "4", "alerts": [{"labels": {"alertname": 5}}]})
+    assert (resp.status, resp.json()) == (
+        400,
+        {"error": "invalid alertmanager payload: alerts[0].labels: expected an object of strings"},
+    )
+    resp = server.post("/v1/alerts/generic", {"alert": "MailRelaySurge", "status": "exploded"})
+    assert (resp.status, resp.json()) == (
+        400,
+        {"error": 'invalid generic payload: payload.status: expected "firing" or "resolved"'},
+    )
+    resp = server.post("/v1/alerts/generic", [1, 2])
+    assert (resp.status, resp.json()) == (400, {"error": "invalid generic payload: expected a JSON object"})
+    resp = server.post("/v1/alerts/nope", {"alert": "x"})
+    assert (resp.status, resp.json()) == (404, {"error": "not found"})
+    resp = server.request("GET", "/v1/alerts/alertmanager")
+    assert (resp.status, resp.headers["allow"]) == (405, "POST")
+    resp = server.post("/healthz", {})
+    assert (resp.status, resp.headers["allow"]) == (405, "GET")
+    resp = server.request("PUT", "/v1/alerts/grafana", b"{}", auth)
+    assert resp.status == 405
+    big = json.dumps({"alert": "x", "pad": "y" * 2_000_000}).encode()
+    resp = server.request("POST", "/v1/alerts/generic", big, auth)
+    assert (resp.status, resp.json()) == (413, {"error": "body too large: the limit is 1048576 bytes"})
+    sock = server.connect()
+    sock.sendall(b"POST /v1/alerts/generic HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.0 411 ")
+    sock.close()
+    resp = server.request("GET", "/healthz")
+    assert (resp.status, resp.json()["status"]) == (200, "ok")
+    assert list_incident_ids(server.state) == []
+
+
+def test_503_when_another_incident_holds_the_state_dir(server: Server) -> None:
+    lock = StateLock(server.state, "run").acquire()  # another run, from another process's point of view
+    try:
+        resp = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+    finally:
+        lock.release()
+    assert resp.status == 503
+    assert resp.headers["retry-after"] == "5"
+    assert resp.json()["result"] == "busy"
+    assert list_incident_ids(server.state) == []
+    # Alertmanager retries: now it goes through
+    resp = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+    assert resp.status == 202
+    wait_for(lambda: run_finished(server.state, resp.json()["incident_id"]), what="the run")
+
+
+def test_503_from_a_different_route_while_one_runs_and_duplicate_for_the_same(server: Server) -> None:
+    slow = server.post("/v1/alerts/generic", {"alert": "SlowAlert", "fingerprint": "s1"})
+    assert slow.status == 202
+    slow_id = slow.json()["incident_id"]
+    other = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+    assert (other.status, other.json()["result"]) == (503, "busy")
+    same = server.post("/v1/alerts/generic", {"alert": "SlowAlert", "fingerprint": "s2"})
+    assert (same.status, same.json()["incident_id"]) == (200, slow_id)
+    wait_for(lambda: run_finished(server.state, slow_id), what="the slow run")
+
+
+def test_503_when_every_worker_and_queue_slot_is_taken(tmp_path: Path, netns: str) -> None:
+    config, state = write_config(tmp_path, extra_server="workers = 1\nqueue = 0")
+    srv = Server(config, state, netns).start()
+    try:
+        hog = srv.connect()
+        hog.sendall(b"POST /v1/alerts/generic HTTP/1.1\r\nHost: x\r\n")  # holds the only worker
+        time.sleep(0.3)
+        resp = srv.request("GET", "/healthz")
+        assert (resp.status, resp.headers["retry-after"]) == (503, "5")
+        assert resp.json() == {"error": "server busy: too many requests; retry later"}
+        hog.close()
+        wait_for(lambda: srv.request("GET", "/healthz").status == 200, what="the worker to be free")
+    finally:
+        srv.stop()
+
+
+def test_slowloris_is_cut_off_after_the_request_timeout(server: Server) -> None:
+    sock = server.connect()
+    sock.sendall(b"POST /v1/alerts/generic HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+    closed_after = None
+    sock.settimeout(0.3)
+    for _ in range(40):  # one header byte every 0.3 s: each read alone would be in time
+        try:
+            if sock.recv(1024) == b"":
+                closed_after = time.monotonic() - t0
+                break
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            closed_after = time.monotonic() - t0
+            break
+        try:
+            sock.sendall(b"X")
+        except (BrokenPipeError, ConnectionResetError):
+            closed_after = time.monotonic() - t0
+            break
+    sock.close()
+    assert closed_after is not None, "the slow client was never disconnected"
+    assert 1.5 <= closed_after <= 4.0  # request_timeout = 2
+    assert server.request("GET", "/healthz").status == 200
+
+
+# ---------------------------------------------------------------- dedup
+
+
+def test_flood_of_500_identical_alerts_gives_exactly_one_incident(server: Server) -> None:
+    body = json.dumps(am_payload("MailRelaySurge", fingerprint="flood")).encode()
+    request = (
+        f"POST /v1/alerts/alertmanager HTTP/1.1\r\nHost: lockdown\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    n = 500
+    sockets = [ns_socket(server.netns) for _ in range(n)]
+    barrier = threading.Barrier(n)
+    answers: list[bytes] = [b""] * n
+
+    def fire(i: int) -> None:
+        sock = sockets[i]
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", server.port))
+        barrier.wait()
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        answers[i] = b"".join(chunks)
+        sock.close()
+
+    threads = [threading.Thread(target=fire, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    codes = Counter(int(a.split(b" ", 2)[1]) for a in answers)
+    assert codes[202] == 1, codes
+    assert codes[202] + codes[200] == n, codes  # the queue is large enough: nobody was turned away
+    ids = {json.loads(a.split(b"\r\n\r\n", 1)[1])["incident_id"] for a in answers}
+    assert len(ids) == 1
+    assert list_incident_ids(server.state) == list(ids)
+    incident_id = ids.pop()
+    repeats = (server.state / "incidents" / incident_id / "triggers.jsonl").read_text().splitlines()
+    assert len(repeats) == n - 1
+    assert {json.loads(r)["result"] for r in repeats} == {"duplicate"}
+    wait_for(lambda: run_finished(server.state, incident_id), what="the run")
+    assert server.request("GET", "/healthz").status == 200
+
+
+def test_restart_between_duplicates_still_one_incident(tmp_path: Path, netns: str) -> None:
+    config, state = write_config(tmp_path)
+    first = Server(config, state, netns).start()
+    resp = first.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge", fingerprint="abc"))
+    assert resp.status == 202
+    incident_id = resp.json()["incident_id"]
+    wait_for(lambda: run_finished(state, incident_id), what="the run")
+    code, _ = first.stop()
+    assert code == 0
+    # someone restores by hand: containment is no longer active, only the fingerprint dedups now
+    assert run_cli("restore", incident_id, netns=netns, state_dir=state).returncode == 0
+    second = Server(config, state, netns).start()
+    try:
+        again = second.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge", fingerprint="abc"))
+        assert (again.status, again.json()["result"], again.json()["incident_id"]) == (200, "duplicate", incident_id)
+        assert list_incident_ids(state) == [incident_id]
+        assert sysctl_in(netns) == "0"  # a repeat never re-runs
+        # a new occurrence of the alert (new startsAt) after the restore is a new incident
+        new = second.post(
+            "/v1/alerts/alertmanager",
+            am_payload("MailRelaySurge", fingerprint="abc", starts="2026-11-23T06:00:00.000Z"),
+        )
+        assert new.status == 202
+        assert new.json()["incident_id"] != incident_id
+        wait_for(lambda: run_finished(state, new.json()["incident_id"]), what="the second run")
+    finally:
+        second.stop()
+
+
+def test_contained_route_dedups_other_fingerprints_and_resolved_never_restores(server: Server) -> None:
+    resp = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge", fingerprint="one"))
+    incident_id = resp.json()["incident_id"]
+    wait_for(lambda: run_finished(server.state, incident_id), what="the run")
+    other = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge", fingerprint="two"))
+    assert (other.status, other.json()["incident_id"]) == (200, incident_id)
+    assert "still contained" in other.json()["alerts"][0]["reason"]
+    resolved = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge", "resolved", fingerprint="one"))
+    assert (resolved.status, resolved.json()["result"], resolved.json()["incident_id"]) == (
+        200,
+        "resolved",
+        incident_id,
+    )
+    log = server.state / "incidents" / incident_id / "triggers.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [(x["result"], x["fingerprint"]) for x in lines] == [("duplicate", "two"), ("resolved", "one")]
+    assert lines[1]["alert"]["status"] == "resolved"
+    assert read_incident(server.state, incident_id).containment_active
+    assert sysctl_in(server.netns or "") == "1"  # resolved does not restore
+    assert list_incident_ids(server.state) == [incident_id]
+
+
+def test_unrouted_alert_is_ignored_and_logged(server: Server) -> None:
+    resp = server.post("/v1/alerts/alertmanager", am_payload("DiskFull"))
+    assert resp.status == 200
+    assert resp.json() == {"alerts": [{"alert": "DiskFull", "reason": "no route for this alert", "result": "ignored"}],
+                           "result": "ignored"}
+    log = [json.loads(x) for x in (server.state / "triggers" / "server.log").read_text().splitlines()]
+    ignored = [x for x in log if x.get("result") == "ignored"]
+    assert ignored and ignored[-1]["alert"] == "DiskFull" and ignored[-1]["source"] == "alertmanager"
+    assert list_incident_ids(server.state) == []
+
+
+def test_metrics(server: Server) -> None:
+    resp = server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+    wait_for(lambda: run_finished(server.state, resp.json()["incident_id"]), what="the run")
+    server.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+    server.post("/v1/alerts/generic", {"alert": "x"}, {"Authorization": "Bearer nope"})
+    text = wait_for(
+        lambda: (t := server.request("GET", "/metrics").body.decode()) and "lockdown_containment_active 1" in t and t,
+        what="the gauge",
+    )
+    assert server.request("GET", "/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'lockdown_triggers_total{source="alertmanager",result="started"} 1' in text
+    assert 'lockdown_triggers_total{source="alertmanager",result="duplicate"} 1' in text
+    assert 'lockdown_triggers_total{source="generic",result="unauthorized"} 1' in text
+    assert "lockdown_incidents_started_total 1" in text
+    assert 'lockdown_trigger_to_contained_seconds_bucket{le="+Inf"} 1' in text
+    assert "lockdown_trigger_to_contained_seconds_count 1" in text
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_sigterm_lets_the_running_step_finish_and_journals_it(tmp_path: Path, netns: str) -> None:
+    config, state = write_config(tmp_path)
+    srv = Server(config, state, netns).start()
+    resp = srv.post("/v1/alerts/generic", {"alert": "SlowAlert"})
+    assert resp.status == 202
+    incident_id = resp.json()["incident_id"]
+    wait_for(lambda: read_incident(state, incident_id).steps[0].state == "running", what="the wait step")
+    t0 = time.monotonic()
+    code, err = srv.stop()
+    assert code == 0, err
+    assert time.monotonic() - t0 >= 1.0  # it waited for the step
+    view = read_incident(state, incident_id)
+    assert view.run_status == "interrupted"
+    assert [(s.id, s.state) for s in view.steps] == [("pause", "applied"), ("icmp", "not-run")]
+    assert sysctl_in(netns) == "0"
+    assert "SIGTERM: stopping" in err
+
+
+# ---------------------------------------------------------------- refusing to start
+
+
+def test_refuses_to_start_without_auth_or_with_a_bad_config(tmp_path: Path) -> None:
+    config, state = write_config(tmp_path)
+    text = config.read_text()
+
+    def serve_with(new_text: str) -> subprocess.CompletedProcess[str]:
+        config.write_text(new_text)
+        return run_cli("serve", "--config", str(config), timeout=30)
+
+    r = serve_with(text.replace('token_file = "webhook.token"\n', "").replace('hmac_secret_file = "webhook.hmac"\n', "")
+                   .replace('token_header = "X-Lockdown-Token"\n', ""))
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[0] == (
+        f"lockdown: error: {config}: server: no authentication configured: "
+        "set server.token_file and/or server.hmac_secret_file"
+    )
+    r = serve_with(text.replace('"webhook.token"', '"missing.token"'))
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {config}: server.token_file: cannot read {tmp_path}/missing.token: "
+        "No such file or directory",
+    )
+    r = serve_with(text.replace('listen = "127.0.0.1:0"', 'listen = "localhost"'))
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {config}: server.listen: expected HOST:PORT or [IPV6]:PORT, got 'localhost'",
+    )
+    r = serve_with(text.replace("request_timeout = 2", 'request_timeout = "soon"'))
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {config}: server.request_timeout: expected a number, got 'soon'",
+    )
+    r = serve_with(text.replace('playbook = "slow.toml"', 'playbook = "nope.toml"'))
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {config}: routes[1] (SlowAlert): {tmp_path}/nope.toml: no such playbook file",
+    )
+    (tmp_path / "relay.toml").write_text(RELAY_PLAYBOOK.replace('"{value}"', "{ bad = 1 }"))
+    r = serve_with(text)
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {config}: routes[0] (MailRelaySurge): {tmp_path}/relay.toml: step 2 (icmp): "
+        f"values.{SYSCTL}: expected a string, got {{'bad': 1}}",
+    )
+    (tmp_path / "relay.toml").write_text(RELAY_PLAYBOOK)
+    r = serve_with(text.replace('vars = { value = "1" }', 'vars = { nosuchvar = "1" }'))
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {config}: routes[0] (MailRelaySurge): --var nosuchvar: {tmp_path}/relay.toml has no var "
+        "'nosuchvar' (it defines: value)",
+    )
+    r = run_cli("serve", "--config", str(tmp_path / "absent.toml"), timeout=30)
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        2,
+        f"lockdown: error: {tmp_path}/absent.toml: no such config file",
+    )
+    assert not (state / "incidents").exists()
+
+
+def test_warns_about_a_world_readable_secret(tmp_path: Path) -> None:
+    config, state = write_config(tmp_path, routes="")
+    (tmp_path / "webhook.token").chmod(0o644)
+    srv = Server(config, state, None).start()
+    code, err = srv.stop()
+    assert code == 0
+    assert (
+        f"lockdown: warning: {config}: server.token_file: {tmp_path}/webhook.token is world-readable; "
+        f"run chmod 600 {tmp_path}/webhook.token"
+    ) in err.splitlines()
