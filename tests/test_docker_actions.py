@@ -536,8 +536,15 @@ def test_daemon_errors_translate_once() -> None:
             dockerapi.docker_call("do it", boom(exc))
     with pytest.raises(ActionError, match="disappeared during the run"):
         dockerapi.docker_call("do it", boom(docker.errors.NotFound("No such container: x")), vanished="x")
+
+    def broken_stream() -> Iterator[bytes]:
+        yield b"first chunk"
+        raise requests.exceptions.ChunkedEncodingError("eof")
+
+    got: list[bytes] = []
     with pytest.raises(Unavailable):
-        list(dockerapi._guard_stream("read", iter(boom(requests.exceptions.ChunkedEncodingError("eof"))()), "x"))
+        got.extend(dockerapi._guard_stream("read", broken_stream(), "x"))
+    assert got == [b"first chunk"]
 
 
 def test_postcat_stream_splitting_survives_any_chunking() -> None:
