@@ -104,7 +104,9 @@ def watch(
     ] = None,
     max_per_minute: Annotated[
         int | None,
-        typer.Option("--max-per-minute", min=1, help="Trigger when this many outside messages arrive within 60 s."),
+        typer.Option(
+            "--max-per-minute", min=1, help="The most outside messages allowed within 60 s; one more triggers."
+        ),
     ] = None,
     on_signature: Annotated[
         bool,
@@ -132,7 +134,7 @@ def watch(
     """Watch the mail log and run a playbook when outside mail exceeds a rate.
 
     Counts messages to non-local domains over a sliding minute and triggers
-    the route's playbook once when the count reaches --max-per-minute (or
+    the route's playbook once when the count goes above --max-per-minute (or
     on the postmortem's signature with --on-signature). Flags override the
     [watch] table of lockdown.toml.
     """

@@ -3,15 +3,16 @@
 Follows the mail container's log (``docker logs --follow``) or a log file,
 parses Postfix lines (``lockdown.mail.parser``) and counts messages with a
 recipient in a non-local domain (the Correlator's ``outside-recipient``
-event, once per message) over the last 60 seconds. When the count reaches
-``max_per_minute`` it triggers the configured route's playbook through the
-same dispatcher and de-duplication store as ``serve``.
+event, once per message) over the last 60 seconds. ``max_per_minute`` is
+the most this server is allowed to send: when the count goes above it, the
+watch triggers the configured route's playbook through the same dispatcher
+and de-duplication store as ``serve``.
 
 One crossing is one episode: the trigger key is the source plus the time the
 count crossed, so while the count stays up the watch re-sends the same key
 (recorded as a repeat in the incident's ``triggers.jsonl``, at most every
 10 s) and never starts a second run. When the count falls below the
-threshold the episode ends; a later crossing is a new trigger, which the
+limit again the episode ends; a later crossing is a new trigger, which the
 store still treats as a repeat while the route's incident is contained.
 
 ``on_signature``: one outside message from a Docker gateway address without
@@ -20,12 +21,22 @@ userland proxy).
 
 It survives log rotation (inode change or truncation), a container that
 stops, restarts or is paused, and the Docker daemon going away and coming
-back: it reconnects with a backoff and says what happens.
+back: it reconnects with a backoff and says what happens. After a
+reconnect the daemon sends the log again from the last timestamp read
+(``since`` is inclusive, and lines can share a timestamp once cut to
+microseconds), so the lines already counted at that timestamp are skipped by
+number, never by a ``<=`` test that would also drop new lines.
+
+What the watch sees (lines read, messages in the window, the episodes) is
+kept in ``<state>/triggers/watch-status.json``, rewritten at most twice a
+second while it changes, so an operator (or a test) can tell "read, below
+the limit" from "not read yet".
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import queue
 import threading
@@ -48,6 +59,8 @@ WINDOW = 60.0
 RESEND = 10.0  # seconds between repeats of one episode while the count stays up
 RETRY = 5.0  # seconds before retrying a trigger that failed in a way worth a retry
 READ_CHUNK = 1 << 16
+STATUS_FILE = "watch-status.json"
+STATUS_EVERY = 0.5  # seconds between rewrites of the status file while something changes
 
 
 @dataclass
@@ -139,6 +152,13 @@ class Watcher:
         self.episodes: dict[str, _Episode] = {}
         self.outcomes: list[Outcome] = []
         self.last_docker_time: datetime | None = None
+        self._at_last_time = 0  # parsed lines read with exactly ``last_docker_time``
+        self._replay: tuple[datetime, int] | None = None  # after a reconnect: (time, lines to skip at it)
+        self.following: str | None = None
+        self.connects = 0  # times the source was (re)opened: a reconnect shows here
+        self.status_path: Path | None = log.path.parent  # <state>/triggers/, made by EventLog
+        self._status_written: tuple[Any, ...] | None = None
+        self._status_at = 0.0
         self.source = str(settings.log_file) if settings.log_file else f"container:{settings.container}"
         self.lines = 0
 
@@ -160,10 +180,21 @@ class Watcher:
         line = parse_line(text)
         if line is None:
             return
-        if line.docker_time is not None:
-            if self.last_docker_time is not None and line.docker_time <= self.last_docker_time:
-                return  # read again after a reconnect (``since`` is inclusive)
-            self.last_docker_time = line.docker_time
+        stamp = line.docker_time
+        if stamp is not None:
+            if self._replay is not None:
+                last, skip = self._replay
+                if stamp < last:
+                    return  # sent again after a reconnect
+                if stamp == last and skip > 0:
+                    self._replay = (last, skip - 1)
+                    return
+                self._replay = None
+            if self.last_docker_time is None or stamp > self.last_docker_time:
+                self.last_docker_time = stamp
+                self._at_last_time = 1
+            elif stamp == self.last_docker_time:
+                self._at_last_time += 1
         self.lines += 1
         for event in self.correlator.feed(line):
             if event.kind == "outside-recipient":
@@ -191,7 +222,7 @@ class Watcher:
         if self.settings.on_signature and self.gateway(m.client_addr) and not m.sasl_username:
             self.signatures.add(when, now)
             self._episode("signature", {"message": summary, "why": "client is a Docker gateway, no sasl_username"})
-        if limit is not None and count >= limit:
+        if limit is not None and count > limit:
             self._episode("rate", {"count": count, "max_per_minute": limit, "last_message": summary})
         self.tick()
 
@@ -219,16 +250,67 @@ class Watcher:
         """End episodes whose condition is gone; send (or re-send) the ones due."""
         now = time.time()
         limit = self.settings.max_per_minute
-        if "rate" in self.episodes and (limit is None or self.window.count(now) < limit):
+        if "rate" in self.episodes and (limit is None or self.window.count(now) <= limit):
             ended = self.episodes.pop("rate")
-            self.say(f"outside mail is back under the limit ({self.window.count(now)} in {WINDOW:g} s)",
-                     episode=ended.started)
+            self.say(
+                f"outside mail is back under the limit ({self.window.count(now)} in {WINDOW:g} s)",
+                episode=ended.started,
+            )
         if "signature" in self.episodes and not self.signatures.count(now):
             self.episodes.pop("signature")
         mono = time.monotonic()
         for episode in list(self.episodes.values()):
             if mono >= episode.next_send:
                 self._send(episode, mono)
+        self.write_status()
+
+    def status(self) -> dict[str, Any]:
+        """What the watch sees now (the content of ``watch-status.json``)."""
+        now = time.time()
+        return {
+            "time": utcnow(),
+            "pid": os.getpid(),
+            "source": self.source,
+            "following": self.following,
+            "connects": self.connects,
+            "lines": self.lines,
+            "outside_in_window": self.window.count(now),
+            "window_seconds": WINDOW,
+            "max_per_minute": self.settings.max_per_minute,
+            "on_signature": self.settings.on_signature,
+            "signatures_in_window": self.signatures.count(now),
+            "episodes": {e.reason: {"crossed_at": e.started, "sent": e.sent} for e in self.episodes.values()},
+            "incidents": sorted({o.incident_id for o in self.outcomes if o.incident_id}),
+        }
+
+    def write_status(self, *, force: bool = False) -> None:
+        """Rewrite the status file when something changed, at most every STATUS_EVERY seconds."""
+        if self.status_path is None:
+            return
+        mono = time.monotonic()
+        if not force and mono - self._status_at < STATUS_EVERY:
+            return
+        doc = self.status()
+        changed = (
+            doc["following"],
+            doc["connects"],
+            doc["lines"],
+            doc["outside_in_window"],
+            doc["signatures_in_window"],
+            tuple(doc["episodes"]),
+            tuple(doc["incidents"]),
+        )
+        if changed == self._status_written and not force:
+            return
+        self._status_at = mono
+        self._status_written = changed
+        path = self.status_path / STATUS_FILE
+        tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(doc, sort_keys=True, indent=1) + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the status file is for the operator; a full disk must not stop the watch
 
     def _send(self, episode: _Episode, mono: float) -> None:
         route = self.settings.route
@@ -258,8 +340,10 @@ class Watcher:
         elif outcome.retry or outcome.result == "failed":
             self.say(f"could not start {route.playbook}: {outcome.reason}; retrying in {RETRY:g} s")
         elif episode.sent == 1:
-            self.say(f"incident {outcome.incident_id} already covers this ({outcome.reason})",
-                     incident_id=outcome.incident_id)
+            self.say(
+                f"incident {outcome.incident_id} already covers this ({outcome.reason})",
+                incident_id=outcome.incident_id,
+            )
 
     # ------------------------------------------------------------ sources
     def run(self) -> None:
@@ -269,10 +353,12 @@ class Watcher:
         else:
             self.follow_docker(self.settings.container)
 
-    def _pump(self, chunks: Iterable[bytes], close: Callable[[], None]) -> bool:
+    def _pump(self, chunks: Iterable[bytes], close: Callable[[], None], *, flush: bool = True) -> bool:
         """Feed ``chunks`` (read in a helper thread) until they end (True) or stop is set (False).
 
-        Errors raised while reading come out here.
+        Errors raised while reading come out here. ``flush``: feed a last
+        line without its newline when the chunks end (a log file), rather than
+        dropping it (a Docker stream, which sends that line again in full).
         """
         q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=64)
 
@@ -292,13 +378,27 @@ class Watcher:
                 self.tick()
                 continue
             if item is None:
-                self.flush()
+                if flush:
+                    self.flush()
                 return True
             if isinstance(item, BaseException):
                 raise item
             self.feed(item)
         close()
         return False
+
+    def reopening(self) -> float | None:
+        """Get ready to read a Docker log stream again; return its ``since`` (None: never read one).
+
+        The daemon sends again every line from ``since`` on, inclusive; the
+        ones already read at exactly that time are skipped by number. A line
+        cut off by a broken stream comes again whole, so the part held is dropped.
+        """
+        self.splitter = LineSplitter()
+        if self.last_docker_time is None:
+            return None
+        self._replay = (self.last_docker_time, self._at_last_time)
+        return self.last_docker_time.timestamp()
 
     def follow_docker(self, spec: str) -> None:
         from lockdown import dockerapi
@@ -320,16 +420,23 @@ class Watcher:
                     continue
                 if self.settings.gateways is None:
                     self.gateway = GatewayMatcher([*dockerapi.network_gateways(), *default_gateways()])
-                since = self.last_docker_time.timestamp() if self.last_docker_time else start
+                since = self.reopening() or start
                 follower = dockerapi.LogFollower(ref.id, ref.name, since=since)
                 paused = " (paused: nothing to read until it is unpaused)" if ref.status == "paused" else ""
                 self.say(f"following the log of container {ref.name} ({ref.id[:12]}){paused}")
                 backoff.reset()
                 waiting_for = None
-                if not self._pump(follower, follower.close):
+                self.following = f"container {ref.name}"
+                self.connects += 1
+                self.write_status(force=True)
+                if not self._pump(follower, follower.close, flush=False):
                     return
+                self.following = None
+                self.write_status(force=True)
                 self.say(f"the log stream of {ref.name} ended (stopped, restarted or the daemon went away)")
             except LockdownError as exc:
+                self.following = None
+                self.write_status(force=True)
                 dockerapi.reset_client()
                 delay = backoff.next()
                 self.say(f"{exc.message}; retrying in {delay:g} s")
@@ -356,6 +463,9 @@ class Watcher:
                         continue
                     st = os.fstat(fh.fileno())
                     ident = (st.st_dev, st.st_ino)
+                    self.following = f"file {path}"
+                    self.connects += 1
+                    self.write_status(force=True)
                     if first:
                         fh.seek(0, os.SEEK_END)
                         self.say(f"following {path} from its end")
@@ -381,6 +491,7 @@ class Watcher:
                     self.flush()
                     fh.close()
                     fh = None
+                    self.following = None
                     self.say(f"{path} was rotated" + ("" if now_st else " and is not there yet"))
                     continue
                 if now_st.st_size < fh.tell():
