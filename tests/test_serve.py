@@ -15,6 +15,8 @@ import http.client
 import json
 import os
 import selectors
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +33,7 @@ import pytest
 
 from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.lock import StateLock
-from tests.conftest import run_cli
+from tests.conftest import run_cli, unavailable
 
 pytestmark = pytest.mark.netns
 
@@ -730,3 +732,89 @@ def test_warns_about_a_world_readable_secret(tmp_path: Path) -> None:
         f"lockdown: warning: {config}: server.token_file: {tmp_path}/webhook.token is world-readable; "
         f"run chmod 600 {tmp_path}/webhook.token"
     ) in err.splitlines()
+
+
+# ---------------------------------------------------------------- deployment files
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+UNITS = ("lockdown-serve.service", "lockdown-watch.service")
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """``Key=value`` lines of a systemd unit, every value of repeated keys kept in order."""
+    out: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not a setting: {raw!r}"
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_sample_config_loads_and_its_route_validates(tmp_path: Path) -> None:
+    from lockdown.engine.playbook import load_playbook
+    from lockdown.triggers.config import load_config
+
+    sample = DEPLOY / "lockdown.toml"
+    cfg = load_config(sample, read_secrets=False)
+    assert cfg.state_dir == Path("/var/lib/lockdown")
+    assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 9595)
+    assert cfg.server.token_file == Path("/etc/lockdown/webhook.token")
+    assert cfg.server.hmac_secret_file == Path("/etc/lockdown/webhook.hmac")
+    assert [(r.alert, r.playbook, r.vars) for r in cfg.routes] == [
+        ("MailRelaySurge", "relay-incident", {"container": "mailserver"})
+    ]
+    w = cfg.watch
+    assert (w.container, w.max_per_minute, w.on_signature, w.route) == ("mailserver", 200, True, "MailRelaySurge")
+    # the route's vars fit the shipped playbook (what serve checks before it listens)
+    pb = load_playbook(cfg.routes[0].playbook, dict(cfg.routes[0].vars))
+    assert pb.name == "relay-incident"
+    # with the secrets where the sample says, it loads as serve loads it
+    text = sample.read_text().replace("/etc/lockdown/", f"{tmp_path}/")
+    for name in ("webhook.token", "webhook.hmac"):
+        (tmp_path / name).write_text("s3cret\n")
+        (tmp_path / name).chmod(0o600)
+    (tmp_path / "lockdown.toml").write_text(text)
+    full = load_config(tmp_path / "lockdown.toml")
+    assert (full.server.token, full.server.hmac_secret, full.warnings) == (b"s3cret", b"s3cret", [])
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_exec_start_parses_with_the_real_cli(unit: str) -> None:
+    import typer.main
+
+    from lockdown.cli import app
+
+    settings = unit_settings(DEPLOY / "systemd" / unit)
+    (exec_start,) = settings["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert argv[0].startswith("/") and Path(argv[0]).name == "lockdown"
+    command = unit.removeprefix("lockdown-").removesuffix(".service")
+    assert argv[1] == command
+    sub = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    ctx = sub.make_context(command, argv[2:])  # raises a usage error on a flag the command lacks
+    assert ctx.params["config"] == Path("/etc/lockdown/lockdown.toml")
+    # the state dir of the sample config is where the unit lets it write
+    assert settings["StateDirectory"] == ["lockdown"]
+    assert "/var/lib/lockdown" in settings["ReadWritePaths"]
+    assert settings["RestartPreventExitStatus"] == ["2 4"]  # bad config / privileges: no restart loop
+    caps = settings["CapabilityBoundingSet"][0].split()
+    assert "CAP_NET_ADMIN" in caps
+    # nothing that would stop the playbook from changing the host's network
+    for forbidden in ("PrivateNetwork", "ProtectKernelTunables", "ProtectProc", "IPAddressDeny"):
+        assert forbidden not in settings, forbidden
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    lockdown_bin = shutil.which("lockdown")
+    if analyze is None or lockdown_bin is None:
+        unavailable("systemd-analyze and an installed lockdown entry point are needed")
+    text = (DEPLOY / "systemd" / unit).read_text().replace("/usr/local/bin/lockdown", str(lockdown_bin))
+    (tmp_path / unit).write_text(text)
+    result = subprocess.run([str(analyze), "verify", str(tmp_path / unit)], capture_output=True, text=True)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if unit in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
