@@ -1019,3 +1019,346 @@ def case_of_small(bundle: Path) -> dict[str, Any]:
                 doc: dict[str, Any] = json.loads(fh.read())
                 return doc
     raise AssertionError("no case.json")
+
+
+# ----------------------------------------------------------------- case.json sources
+
+
+def test_case_json_host_identity_comes_from_the_run(real: Real) -> None:
+    """machine-id, boot id, kernel, host name and version are those recorded when the run started."""
+    case = json.loads(member_data(read_members(real.after), "case.json"))
+    meta = json.loads((real.state / "incidents" / real.incident / "incident.json").read_text())
+    host = case["incident_host"]
+    assert host["ids_from"] == "incident.json"
+    assert host["machine_id"] == meta["machine_id"] == Path("/etc/machine-id").read_text().strip()
+    assert host["boot_id"] == meta["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert (host["hostname"], host["kernel"], host["lockdown_version"]) == (
+        meta["host"],
+        meta["kernel"],
+        meta["lockdown_version"],
+    )
+    assert case["operator"] == meta["operator"]
+
+
+WEBHOOK_PLAYBOOK = """
+name = "webhook-test"
+description = "read-only: one host snapshot"
+[[steps]]
+id = "host"
+action = "snapshot.host"
+"""
+
+
+def test_alert_payload_that_fired_the_run_is_the_trigger_in_case_json(tmp_path: Path) -> None:
+    """An alert through the serve/watch dispatcher: its payload and its repeats travel into the bundle."""
+    from lockdown.triggers.config import load_config
+    from lockdown.triggers.dedup import EventLog
+    from lockdown.triggers.dispatch import Alert, Dispatcher
+
+    state = tmp_path / "state"
+    (tmp_path / "webhook.toml").write_text(WEBHOOK_PLAYBOOK)
+    config = tmp_path / "lockdown.toml"
+    config.write_text(f'state_dir = "{state}"\n[[routes]]\nalert = "MailRelaySurge"\nplaybook = "webhook.toml"\n')
+    payload = {
+        "receiver": "lockdown",
+        "status": "firing",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "MailRelaySurge", "instance": "mx1"},
+                "annotations": {"summary": "outbound mail to qq.com x40"},
+                "startsAt": "2026-11-22T23:43:00Z",
+                "fingerprint": "f00dfeed",
+            }
+        ],
+    }
+    alert = Alert("MailRelaySurge", "firing", "f00dfeed", "2026-11-22T23:43:00Z", payload["alerts"][0])
+    dispatcher = Dispatcher(load_config(config, read_secrets=False), state, log=EventLog(state, "serve.log"))
+    dispatcher.prepare()
+    first = dispatcher.handle("alertmanager", alert, payload=payload, received="2026-11-22T23:43:01Z", t0=0.0)
+    assert first.result == "started", first
+    assert dispatcher.wait(60)
+    repeat = dispatcher.handle("alertmanager", alert, payload=payload, received="2026-11-22T23:43:05Z", t0=0.0)
+    assert (repeat.result, repeat.incident_id) == ("duplicate", first.incident_id)
+    out = tmp_path / "alert.tar.gz"
+    r = lockdown("export", str(first.incident_id), "-o", str(out), state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert verify(out).returncode == 0
+    members = read_members(out)
+    case = json.loads(member_data(members, "case.json"))
+    assert case["trigger"]["kind"] == "alertmanager"
+    assert case["trigger"]["payload"] == payload
+    assert case["trigger"]["received"] == "2026-11-22T23:43:01Z"
+    repeats = [json.loads(line) for line in member_data(members, "triggers.jsonl").splitlines()]
+    assert [(t["result"], t["received"]) for t in repeats] == [("duplicate", "2026-11-22T23:43:05Z")]
+    assert {f["path"] for f in case["files"]} >= {"triggers.jsonl"}
+
+
+# ----------------------------------------------------------------- the incident report (issue 8)
+
+
+def postfix_log(n: int) -> str:
+    """``n`` messages relayed to qq.com from the Docker gateway without SASL: the incident's signature."""
+    lines = []
+    for i in range(n):
+        q, s = f"4F1A2B3C{i:02X}", f"{10 + i % 50:02d}"
+        lines += [
+            f"Nov 22 23:43:{s} mail postfix/smtpd[100]: connect from unknown[172.17.0.1]",
+            f"Nov 22 23:43:{s} mail postfix/smtpd[100]: {q}: client=unknown[172.17.0.1]",
+            f"Nov 22 23:43:{s} mail postfix/cleanup[101]: {q}: message-id=<{i}@spam.example>",
+            f"Nov 22 23:43:{s} mail postfix/qmgr[102]: {q}: from=<bot{i}@spam.example>, size=1000, nrcpt=1 "
+            "(queue active)",
+            f"Nov 22 23:43:{s} mail postfix/smtp[103]: {q}: to=<{1000 + i}@qq.com>, "
+            "relay=mx1.qq.com[203.0.113.7]:25, delay=0.5, delays=0.1/0/0.2/0.2, dsn=2.0.0, status=sent (250 OK)",
+            f"Nov 22 23:43:{s} mail postfix/qmgr[102]: {q}: removed",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def logs_playbook(*paths: Path) -> str:
+    quoted = ", ".join(f'"{p}"' for p in paths)
+    return f"""
+name = "mail-evidence"
+description = "collect host mail logs"
+[[steps]]
+id = "logs"
+action = "logs.files"
+container = "none"
+host_paths = [{quoted}]
+"""
+
+
+@dataclass
+class MailIncident:
+    state: Path
+    incident: str
+    log: Path
+    messages: int
+
+
+def _mail_incident(tmp_path: Path, name: str, content: str, messages: int) -> MailIncident:
+    if not Path("/var/run/docker.sock").exists():
+        unavailable("logs.files needs the Docker socket (its privilege check)")
+    log = tmp_path / name
+    log.write_text(content)
+    pb = tmp_path / "logs.toml"
+    pb.write_text(logs_playbook(log))
+    state = tmp_path / "state"
+    r = run_cli("run", str(pb), "--json", state_dir=state)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return MailIncident(state, json.loads(r.stdout)["incident_id"], log, messages)
+
+
+@pytest.fixture(scope="module")
+def mail(tmp_path_factory: pytest.TempPathFactory) -> MailIncident:
+    return _mail_incident(tmp_path_factory.mktemp("mail"), "mail.log", postfix_log(7), 7)
+
+
+def test_export_includes_the_report_when_the_incident_has_logs(mail: MailIncident, tmp_path: Path) -> None:
+    out = tmp_path / "mail.tar.gz"
+    r = lockdown("export", mail.incident, "-o", str(out), state_dir=mail.state)
+    assert r.returncode == 0, r.stderr
+    assert "  report:  report/report.html, report/report.json (7 outside message(s))" in r.stdout
+    v = verify(out, "--json")
+    assert v.returncode == 0, v.stdout
+    members = read_members(out)
+    top = mail.incident
+    names = {m.name for m, _ in members}
+    assert {f"{top}/report", f"{top}/report/report.html", f"{top}/report/report.json"} <= names
+    log_rel = f"evidence/files/host{mail.log}"
+    assert member_data(members, log_rel) == mail.log.read_bytes()
+    # the same figures as `lockdown report INCIDENT --json`, from the same logs
+    doc = json.loads(member_data(members, "report/report.json"))
+    direct = json.loads(lockdown("report", mail.incident, "--json", state_dir=mail.state).stdout)
+    assert (doc["messages"], doc["outside_messages"]) == (7, 7)
+    for key in ("messages", "outside_messages", "signature_messages", "by_client", "first_abuse", "last_abuse"):
+        assert doc[key] == direct[key], key
+    if "172.17.0.1" in doc["gateways"]:
+        assert doc["signature_messages"] == 7
+    assert doc["incident"]["incident_id"] == top
+    html = member_data(members, "report/report.html").decode()
+    assert html.startswith("<!doctype html>") or html.lower().startswith("<!doctype html>")
+    assert "<svg" in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    # derived, not collected: in case.json's file list, never in manifest.json
+    case = json.loads(member_data(members, "case.json"))
+    files = {f["path"]: f for f in case["files"]}
+    for rel in ("report/report.html", "report/report.json"):
+        assert files[rel]["sha256"] == sha(member_data(members, rel))
+    assert all(not e["path"].startswith("report") for e in json.loads(member_data(members, "manifest.json"))["files"])
+    rep = case["report"]
+    assert rep["included"] is True and rep["files"] == ["report/report.html", "report/report.json"]
+    assert log_rel in rep["sources"] and rep["summary"]["outside_messages"] == 7
+
+
+def test_tampered_or_removed_report_is_detected(mail: MailIncident, tmp_path: Path) -> None:
+    out = tmp_path / "mail.tar.gz"
+    assert lockdown("export", mail.incident, "-o", str(out), state_dir=mail.state).returncode == 0
+    members = read_members(out)
+    html = member_data(members, "report/report.html")
+    edited = html.replace(b"qq.com", b"qq.org", 1)
+    r = verify(write_bundle(tmp_path / "a.tar.gz", replace(members, "report/report.html", edited)))
+    assert r.returncode == 1
+    assert error(r) == f"report/report.html: SHA-256 mismatch (case.json {sha(html)}, bundle {sha(edited)})"
+    # both report files gone and case.json's file list edited to match: case.json still says it was there
+    case = json.loads(member_data(members, "case.json"))
+    case["files"] = [f for f in case["files"] if not f["path"].startswith("report/")]
+    gone = replace(replace(members, "report/report.html", None), "report/report.json", None)
+    gone = replace(gone, "case.json", json.dumps(case).encode())
+    r = verify(write_bundle(tmp_path / "b.tar.gz", gone))
+    assert r.returncode == 1
+    assert error(r) == "case.json: says the incident report is included, but report/report.html is not in its file list"
+    # a report slipped into such a bundle is a file that nothing accounts for
+    r = verify(write_bundle(tmp_path / "c.tar.gz", add(gone, f"{mail.incident}/report/report.html", html)))
+    assert r.returncode == 1
+    assert error(r) == "report/report.html: in the bundle but not listed in case.json"
+
+
+def test_no_report_option_and_incidents_without_logs(mail: MailIncident, real: Real, tmp_path: Path) -> None:
+    out = tmp_path / "plain.tar.gz"
+    r = lockdown("export", mail.incident, "-o", str(out), "--no-report", "--json", state_dir=mail.state)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["report"]["reason"] == "not requested (--no-report)"
+    assert not any("/report" in m.name for m, _ in read_members(out))
+    assert verify(out).returncode == 0
+    case = json.loads(member_data(read_members(real.after), "case.json"))
+    assert case["report"]["included"] is False
+    assert case["report"]["reason"] == "the evidence holds no mail logs"
+
+
+def test_a_report_that_cannot_be_built_does_not_fail_the_export(tmp_path: Path) -> None:
+    """A ``.gz`` log that is not gzip: the parser raises; the bundle is still written and verifies."""
+    inc = _mail_incident(tmp_path, "mail.log.gz", postfix_log(3), 3)
+    out = tmp_path / "bad-log.tar.gz"
+    r = lockdown("export", inc.incident, "-o", str(out), "--json", state_dir=inc.state)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["report"]["included"] is False
+    assert doc["report"]["error"].startswith("BadGzipFile: ")
+    assert r.stderr.startswith(
+        "lockdown: warning: the incident report was not built (the bundle is complete without it): BadGzipFile: "
+    )
+    assert verify(out).returncode == 0
+    case = case_of(out)
+    assert case["report"]["error"] == doc["report"]["error"]
+    assert f"the incident report was not built: {doc['report']['error']}" in case["notes"]
+    assert member_data(read_members(out), f"evidence/files/host{inc.log}") == inc.log.read_bytes()
+
+
+def test_report_is_skipped_above_the_log_size_cap(mail: MailIncident, tmp_path: Path, monkeypatch: Any) -> None:
+    from lockdown.evidence import manifest as mf
+    from lockdown.evidence.export import export_incident
+
+    monkeypatch.setattr(mf, "REPORT_MAX_LOG_BYTES", 100)
+    out = tmp_path / "capped.tar.gz"
+    result = export_incident(mail.state, mail.incident, out)
+    rep = result.report
+    assert rep["included"] is False and rep["log_bytes"] > 100
+    assert rep["reason"] == (
+        f"its logs are {rep['log_bytes']} bytes, more than the 100 a bundle's report is built from; "
+        f"run `lockdown report {mail.incident} --html FILE`"
+    )
+    assert verify(out).returncode == 0
+
+
+# ----------------------------------------------------------------- verify without root, without Docker
+
+AS_NOBODY = """
+import contextlib, io, os, sys
+# The interpreter and its library may live where nobody cannot read them
+# (/root/.pyenv here), and typer imports parts of itself lazily. So the same
+# command runs once as root with its output thrown away, only to load the
+# code; then every privilege is dropped for good and the real run begins,
+# which opens the bundle and its sidecar as nobody. (Only verify, which
+# writes nothing, is run twice; anything else gets a --help warm-up.)
+from lockdown.cli import main
+warm_up = sys.argv[1:] if sys.argv[1] == "verify" else [sys.argv[1], "--help"]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    main(warm_up)
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) == (65534, 65534, 65534, 65534, [])
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "HOME": str(cwd),
+        "DOCKER_HOST": f"unix://{cwd}/no-such-dir/docker.sock",
+        "LOCKDOWN_STATE_DIR": str(cwd / "no-state"),
+    }
+    cmd = [sys.executable, "-c", AS_NOBODY, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def test_verify_runs_as_nobody_with_docker_unreachable(real: Real, tmp_path: Path, members: list[Member]) -> None:
+    if os.geteuid() != 0:
+        unavailable("needs root to switch to nobody")
+    work = tmp_path / "public"
+    work.mkdir()
+    tmp_path.chmod(0o755)
+    work.chmod(0o755)
+    for src in (real.after, real.after.with_name(real.after.name + ".sha256")):
+        shutil.copy(src, work / src.name)
+        (work / src.name).chmod(0o644)
+    r = as_nobody("verify", real.after.name, cwd=work)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"✓ {real.after.name}: verified (incident {real.incident})" in r.stdout
+    # tampering is still found and named
+    bad = write_bundle(work / "bad.tar.gz", replace(members, "evidence/host-before.json", None))
+    for p in (bad, bad.with_name("bad.tar.gz.sha256")):
+        p.chmod(0o644)
+    r = as_nobody("verify", "bad.tar.gz", cwd=work)
+    assert r.returncode == 1
+    assert error(r) == "evidence/host-before.json: listed in manifest.json but missing from the bundle"
+    # the privileges really are gone: a root-only copy cannot be opened, and export is refused
+    secret = work / "root-only.tar.gz"
+    shutil.copy(real.after, secret)
+    secret.chmod(0o600)
+    r = as_nobody("verify", "root-only.tar.gz", cwd=work)
+    assert r.returncode == 2
+    assert error(r) == "Invalid value for 'bundle': path 'root-only.tar.gz' is not readable."
+    r = as_nobody("export", real.incident, "--state-dir", str(real.state), cwd=work)
+    assert r.returncode == 4
+    assert error(r) == f"cannot read incident {real.incident} in {real.state}: permission denied"
+    assert "-> run as root (the state dir and incident directories are 0700)" in r.stderr
+    assert {p.name for p in work.iterdir()} == {
+        "bad.tar.gz",
+        "bad.tar.gz.sha256",
+        real.after.name,
+        real.after.name + ".sha256",
+        "root-only.tar.gz",
+    }
+
+
+# ----------------------------------------------------------------- progress bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal_and_not_with_json() -> None:
+    from lockdown.cli.evidence_cmd import PROGRESS_MIN_BYTES, ProgressBar
+
+    total = PROGRESS_MIN_BYTES * 2
+    shown = _Terminal()
+    bar = ProgressBar(shown, "exporting x")
+    bar(total // 2, total)
+    bar(total, total)
+    bar.finish()
+    text = shown.getvalue()
+    assert "\rexporting x [###############---------------]  50.0%" in text
+    assert " 100.0% " in text and text.endswith("\r\x1b[2K")
+    for stream, json_out in ((_Terminal(), True), (io.StringIO(), False)):
+        bar = ProgressBar(stream, "exporting x", json_out=json_out)
+        bar(total, total)
+        bar.finish()
+        assert stream.getvalue() == ""
+    small = _Terminal()
+    ProgressBar(small, "exporting x")(1, PROGRESS_MIN_BYTES - 1)
+    assert small.getvalue() == ""

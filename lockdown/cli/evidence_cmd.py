@@ -24,12 +24,17 @@ def _mib(n: int) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal (stderr), redrawn at most 10 times a second."""
+    """A one-line progress bar on a terminal (stderr), redrawn at most 10 times a second.
 
-    def __init__(self, stream: TextIO, label: str) -> None:
+    Drawn only when ``stream`` is a terminal and the output is for a human:
+    under ``--json`` a caller is a program, and carriage-return redraws in a
+    captured stderr only garble its log.
+    """
+
+    def __init__(self, stream: TextIO, label: str, *, json_out: bool = False) -> None:
         self.stream = stream
         self.label = label
-        self.enabled = stream.isatty()
+        self.enabled = stream.isatty() and not json_out
         self.t0 = time.monotonic()
         self.last = 0.0
         self.drawn = False
@@ -65,23 +70,35 @@ def export(
         typer.Option("-o", "--output", help="Bundle to write (default: ./<incident-id>.tar.gz); never overwritten."),
     ] = None,
     last: Annotated[bool, typer.Option("--last", help="Export the most recent incident.")] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="Add the incident report (report/report.html, report.json) when the evidence holds mail logs.",
+        ),
+    ] = True,
     json_out: JsonOpt = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Write an incident as a .tar.gz evidence bundle plus a FILE.sha256 sidecar.
 
     Works during containment and after restore; does not wait for a run in progress.
+    When the evidence holds mail logs, the `lockdown report` of the incident is
+    added under report/ (listed in case.json, so `verify` checks it too).
     """
     out = Output(json_out)
     base = root(state_dir)
     incident_id = pick_incident(base, incident, last)
-    bar = ProgressBar(sys.stderr, f"exporting {incident_id}")
+    bar = ProgressBar(sys.stderr, f"exporting {incident_id}", json_out=json_out)
     try:
-        result = export_incident(base, incident_id, output, progress=bar)
+        result = export_incident(base, incident_id, output, progress=bar, report=report)
     finally:
         bar.finish()
     for item in result.not_exported:
         out.info(f"lockdown: warning: {item['path']}: not exported: {item['reason']}")
+    if result.report.get("error"):
+        why = result.report["error"]
+        out.info(f"lockdown: warning: the incident report was not built (the bundle is complete without it): {why}")
     if json_out:
         out.json(result.as_dict())
     else:
@@ -90,6 +107,11 @@ def export(
         out.line(f"  bundle:  {result.bundle} ({_mib(result.bundle_bytes)} from {_mib(result.input_bytes)})")
         out.line(f"  sha256:  {result.sha256}  ({result.sidecar.name})")
         out.line(f"  content: {result.evidence_files} evidence file(s), journal of {result.journal_lines} line(s)")
+        rep = result.report
+        if rep.get("included"):
+            out.line(f"  report:  {', '.join(rep['files'])} ({rep['summary']['outside_messages']} outside message(s))")
+        elif rep.get("sources") and rep.get("reason"):
+            out.line(f"  report:  not included: {rep['reason']}")
         out.line(f"  check it: lockdown verify {result.bundle}")
     if result.problems:
         more = f" (and {len(result.problems) - 1} more, listed in case.json)" if len(result.problems) > 1 else ""

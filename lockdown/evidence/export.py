@@ -73,6 +73,7 @@ class ExportResult:
     not_exported: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,7 @@ class ExportResult:
             "not_exported": self.not_exported,
             "problems": self.problems,
             "notes": self.notes,
+            "report": self.report,
         }
 
 
@@ -445,6 +447,7 @@ def export_incident(
     output: Path | None = None,
     *,
     progress: Progress | None = None,
+    report: bool = True,
 ) -> ExportResult:
     """Write ``output`` (default ``./<incident-id>.tar.gz``) and its ``.sha256`` sidecar.
 
@@ -452,9 +455,14 @@ def export_incident(
     Integrity problems of the incident itself (an evidence file that no longer
     matches the manifest, a broken journal) do not stop the export: the bundle
     holds the incident as it is, and ``ExportResult.problems`` names them.
+    With ``report`` (the default) and mail logs in the evidence, the incident
+    report is added under ``report/``; failing to build it is only noted.
     """
     t0 = time.monotonic()
-    inc_dir = incident_path(root, incident_id)
+    try:
+        inc_dir = incident_path(root, incident_id)
+    except PermissionError:
+        raise _no_permission(f"incident {incident_id} in {root}") from None
     bundle = output if output is not None else default_output(incident_id)
     check_output(bundle)
     try:
@@ -500,8 +508,14 @@ def export_incident(
             if not exc.missing:
                 ex.not_exported.append({"path": mf.TRIGGERS, "reason": str(exc)})
         evidence_sizes = {rel: _size_inside(dir_fd, rel) for rel, _ in wanted}
+        report_info, report_parts = _build_report(
+            root, incident_id, inc_dir, {rel for rel, size in evidence_sizes.items() if size is not None}, report
+        )
+        if report_info.get("error"):
+            ex.notes.append(f"the incident report was not built: {report_info['error']}")
         ex.total = jcut.cut + triggers_size + sum(s for s in evidence_sizes.values() if s is not None)
         ex.total += sum(len(r[0]) for r in (manifest_raw, meta_raw, playbook_raw) if r is not None)
+        ex.total += sum(len(data) for _, data in report_parts)
 
         # 2. write: bundle file -> hash -> gzip -> tar
         out_fd = _create_exclusive(bundle, 0o600)
@@ -527,6 +541,8 @@ def export_incident(
             evidence_bytes = 0
             for rel, entry in wanted:
                 evidence_bytes += ex.add_evidence(tar, rel, entry)
+            for rel, data in report_parts:
+                ex.add_bytes(tar, rel, data, time.time())
             case = _case_doc(
                 _host_from_evidence(dir_fd, entries or []),
                 incident_id,
@@ -536,6 +552,7 @@ def export_incident(
                 journal_sha,
                 ex,
                 evidence_bytes,
+                report_info,
             )
             case_bytes = json.dumps(case, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
             ex.add_bytes(tar, mf.CASE_JSON, case_bytes, time.time(), record=False)
@@ -580,6 +597,7 @@ def export_incident(
         not_exported=ex.not_exported,
         problems=ex.problems,
         notes=ex.notes,
+        report=report_info,
     )
 
 
@@ -625,6 +643,7 @@ def _case_doc(
     journal_sha: str | None,
     ex: _Exporter,
     evidence_bytes: int,
+    report: dict[str, Any],
 ) -> dict[str, Any]:
     run_start = jcut.timeline.run_start or {}
     playbook_meta = meta.get("playbook") if isinstance(meta.get("playbook"), dict) else run_start.get("playbook")
@@ -638,11 +657,11 @@ def _case_doc(
         "export_host": mf.host_identity(),
         "incident_host": {
             "hostname": meta.get("host"),
-            "machine_id": meta.get("machine_id", snapshot.get("machine_id")),
-            "boot_id": meta.get("boot_id", snapshot.get("boot_id")),
+            "machine_id": meta.get("machine_id") or snapshot.get("machine_id"),
+            "boot_id": meta.get("boot_id") or snapshot.get("boot_id"),
             "kernel": meta.get("kernel"),
             "lockdown_version": meta.get("lockdown_version", run_start.get("lockdown_version")),
-            "ids_from": "incident.json" if "boot_id" in meta else snapshot.get("source"),
+            "ids_from": mf.INCIDENT_JSON if meta.get("boot_id") else snapshot.get("source"),
         },
         "operator": meta.get("operator", run_start.get("operator")),
         "created": meta.get("created"),
@@ -663,7 +682,70 @@ def _case_doc(
         "containment_active": jcut.timeline.containment_active,
         "evidence": {"files": ex.evidence_files, "bytes": evidence_bytes},
         "files": [f.as_dict() for f in ex.files],
+        "report": report,
         "not_exported": ex.not_exported,
         "export_problems": ex.problems,
         "notes": ex.notes,
     }
+
+
+def _build_report(
+    root: Path, incident_id: str, inc_dir: Path, exported: set[str], wanted: bool
+) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """The incident report (``lockdown report``) as bundle members, and what ``case.json`` says about it.
+
+    The report is derived from the evidence, so it never blocks the bundle:
+    any failure to build it is recorded (``error``) and the export goes on.
+    Gateways are chosen as ``lockdown report INCIDENT`` chooses them (the
+    incident's inspect data, else the live Docker networks, else Docker's
+    default pools), so both give the same figures.
+    """
+    info: dict[str, Any] = {"included": False, "files": [], "sources": [], "log_bytes": 0, "reason": None}
+    if not wanted:
+        info["reason"] = "not requested (--no-report)"
+        return info, []
+    try:
+        evidence_is_dir = stat.S_ISDIR(os.lstat(inc_dir / EVIDENCE_DIR).st_mode)
+    except OSError:
+        evidence_is_dir = False
+    if not evidence_is_dir:
+        info["reason"] = f"{EVIDENCE_DIR}/ is missing or not a directory"
+        return info, []
+    try:
+        from lockdown.mail import report as mail_report
+
+        sources = mail_report.evidence_sources(inc_dir)
+        paths = sorted({s.path.relative_to(inc_dir).as_posix() for s in sources})
+        info["sources"] = paths
+        if not paths:
+            info["reason"] = "the evidence holds no mail logs"
+            return info, []
+        info["log_bytes"] = sum(os.lstat(inc_dir / rel).st_size for rel in paths)
+        if info["log_bytes"] > mf.REPORT_MAX_LOG_BYTES:
+            info["reason"] = (
+                f"its logs are {info['log_bytes']} bytes, more than the {mf.REPORT_MAX_LOG_BYTES} "
+                f"a bundle's report is built from; run `lockdown report {incident_id} --html FILE`"
+            )
+            return info, []
+        outside = [rel for rel in paths if rel not in exported]
+        if outside:
+            info["reason"] = (
+                f"{outside[0]} is a log that is not in the bundle (not listed in {MANIFEST}); "
+                "a report must come from the bundle's own evidence"
+            )
+            return info, []
+        rep = mail_report.incident_report(root, incident_id)
+        html_bytes = mail_report.render_html(rep).encode("utf-8")
+        doc = rep.as_dict()
+        json_bytes = json.dumps(doc, indent=1, sort_keys=True, default=str).encode() + b"\n"
+    except Exception as exc:  # noqa: BLE001 - the report is optional: record why, never fail the export
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        return info, []
+    info["included"] = True
+    info["files"] = [mf.REPORT_HTML, mf.REPORT_JSON]
+    info["generated_at"] = utcnow()
+    info["summary"] = {
+        key: doc[key]
+        for key in ("messages", "outside_messages", "signature_messages", "first_abuse", "last_abuse")
+    }
+    return info, [(mf.REPORT_HTML, html_bytes), (mf.REPORT_JSON, json_bytes)]

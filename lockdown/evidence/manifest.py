@@ -14,12 +14,15 @@ Layout of a bundle (``<incident-id>.tar.gz``)::
     <incident-id>/manifest.json    every evidence file: size, SHA-256, time, step
     <incident-id>/triggers.jsonl   webhook repeats (only when present)
     <incident-id>/evidence/...     the evidence files listed in manifest.json
+    <incident-id>/report/report.html  generated at export when the evidence holds
+    <incident-id>/report/report.json  mail logs: ``lockdown report`` (issue 8)
     <incident-id>/case.json        generated at export: chain-of-custody record
 
-``case.json`` lists every other top-level file with its size and SHA-256, so
-each byte of the bundle is covered either by ``manifest.json`` (evidence) or
-by ``case.json`` (everything else), and ``case.json`` itself is tied to the
-journal, ``incident.json`` and ``playbook.toml`` by the checks in ``verify``.
+``case.json`` lists every other file with its size and SHA-256, so each byte
+of the bundle is covered either by ``manifest.json`` (evidence collected
+during the run) or by ``case.json`` (everything else, including the derived
+report), and ``case.json`` itself is tied to the journal, ``incident.json``
+and ``playbook.toml`` by the checks in ``verify``.
 """
 
 from __future__ import annotations
@@ -48,12 +51,21 @@ INCIDENT_JSON = "incident.json"
 PLAYBOOK = "playbook.toml"
 TRIGGERS = "triggers.jsonl"
 
+REPORT_DIR = "report"
+REPORT_HTML = f"{REPORT_DIR}/report.html"
+REPORT_JSON = f"{REPORT_DIR}/report.json"
+#: The incident report (issue 8) is derived from evidence, not collected: it is
+#: generated at export, listed in case.json (never in manifest.json) and only
+#: built from at most this many bytes of logs, because the parser's memory grows
+#: with the number of messages (about 3 bytes per byte of log).
+REPORT_MAX_LOG_BYTES = 64 << 20
+
 #: Top-level files copied from the incident directory, in bundle order.
 COPIED_TOP_FILES: tuple[str, ...] = (INCIDENT_JSON, PLAYBOOK, JOURNAL, HEAD, MANIFEST, TRIGGERS)
 #: Top-level files that must be in every bundle.
 REQUIRED_TOP_FILES: tuple[str, ...] = (INCIDENT_JSON, PLAYBOOK, JOURNAL, HEAD, MANIFEST, CASE_JSON)
-#: Every top-level file name a bundle may hold.
-KNOWN_TOP_FILES: frozenset[str] = frozenset((*COPIED_TOP_FILES, CASE_JSON))
+#: Every file outside ``evidence/`` that a bundle may hold.
+KNOWN_TOP_FILES: frozenset[str] = frozenset((*COPIED_TOP_FILES, CASE_JSON, REPORT_HTML, REPORT_JSON))
 
 #: Members that ``verify`` keeps in memory to parse are capped at these sizes;
 #: anything larger is reported as a huge member before a byte of it is read.

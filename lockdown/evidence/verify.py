@@ -21,7 +21,8 @@ one named):
 ``journal``   the journal's hash chain is intact and ends exactly at
               ``journal.head``
 ``case``      ``case.json`` agrees with the bundle: incident id, the size and
-              SHA-256 of every other top-level file, the journal head, line
+              SHA-256 of every file outside ``evidence/`` (including the
+              derived ``report/`` when there is one), the journal head, line
               count and hash, the playbook hash (against ``playbook.toml``,
               its own text and ``incident.json``), the trigger, the vars and
               the timeline recomputed from the journal
@@ -405,6 +406,11 @@ def _case_problem(scan: _Scan, entries: list[dict[str, Any]]) -> str | None:
     for rel in scan.order:
         if not rel.startswith(EVIDENCE_DIR + "/") and rel != mf.CASE_JSON and rel not in recorded:
             return f"{rel}: in the bundle but not listed in {mf.CASE_JSON}"
+    report = case.get("report")
+    if isinstance(report, dict) and report.get("included"):
+        for rel in (mf.REPORT_HTML, mf.REPORT_JSON):
+            if rel not in recorded:
+                return f"{mf.CASE_JSON}: says the incident report is included, but {rel} is not in its file list"
     journal = case["journal"]
     head = scan.kept[mf.HEAD].decode("ascii", "replace").strip()
     if journal.get("head") != head:
