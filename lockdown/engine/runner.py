@@ -32,6 +32,7 @@ from lockdown.errors import (
     IntegrityError,
     LockdownError,
 )
+from lockdown.evidence.manifest import host_identity
 from lockdown.evidence.store import EvidenceStore
 from lockdown.paths import atomic_write
 
@@ -171,6 +172,8 @@ class Run:
                 "trigger": self.trigger,
                 "operator": inc.operator(),
                 "host": socket.gethostname(),
+                "machine_id": host_identity()["machine_id"],
+                "boot_id": host_identity()["boot_id"],
                 "kernel": platform.release(),
                 "lockdown_version": __version__,
             }
