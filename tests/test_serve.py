@@ -818,3 +818,14 @@ def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     result = subprocess.run([str(analyze), "verify", str(tmp_path / unit)], capture_output=True, text=True)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if unit in line]
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_the_config_shown_in_docs_triggers_md_loads(tmp_path: Path) -> None:
+    from lockdown.triggers.config import load_config
+
+    text = (DEPLOY.parent / "docs" / "triggers.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "lockdown.toml").write_text(block)
+    cfg = load_config(tmp_path / "lockdown.toml", read_secrets=False)
+    assert [(r.alert, r.playbook) for r in cfg.routes] == [("MailRelaySurge", "relay-incident")]
+    assert (cfg.server.port, cfg.watch.max_per_minute, cfg.watch.route) == (9595, 200, "MailRelaySurge")
