@@ -9,7 +9,85 @@ import typer
 
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
 from lockdown.cli.output import Output
-from lockdown.errors import BadInput
+from lockdown.errors import BadInput, ExitCode
+
+
+def audit(
+    probe: Annotated[
+        bool,
+        typer.Option("--probe", help="Also try to relay over IPv6 to the host's own addresses (never sends DATA)."),
+    ] = False,
+    container: Annotated[
+        list[str] | None, typer.Option("--container", help="Audit only this container (repeatable).")
+    ] = None,
+    log: Annotated[
+        list[Path] | None, typer.Option("--log", help="Also look for abuse in these mail logs (repeatable).")
+    ] = None,
+    container_logs: Annotated[
+        bool,
+        typer.Option("--container-logs/--no-container-logs", help="Read the mail containers' docker logs."),
+    ] = True,
+    log_hours: Annotated[
+        float, typer.Option("--log-hours", help="How far back to read container logs.", min=0.01)
+    ] = 168.0,
+    daemon_json: Annotated[Path, typer.Option("--daemon-json", help="dockerd's configuration file.")] = Path(
+        "/etc/docker/daemon.json"
+    ),
+    address: Annotated[
+        list[str] | None,
+        typer.Option("--address", help="Probe only this IPv6 address; it must be the host's own (repeatable)."),
+    ] = None,
+    port: Annotated[
+        list[int] | None, typer.Option("--port", help="Probe this host port instead of the published ones.")
+    ] = None,
+    rcpt: Annotated[
+        str, typer.Option("--rcpt", help="The outside recipient the probe offers.")
+    ] = "lockdown-probe@example.net",
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per probe step.", min=0.1, max=60)] = 5.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the exposure before anyone abuses it: is this host an open relay over IPv6? Exit 1 on a
+    high or critical finding."""
+    from lockdown import audit as au
+
+    out = Output(json_out)
+    if (address or port) and not probe:
+        raise BadInput("--address and --port choose what --probe connects to; add --probe")
+    options = au.AuditOptions(
+        containers=list(container or []),
+        daemon_json=daemon_json,
+        logs=list(log or []),
+        container_logs=container_logs,
+        log_seconds=log_hours * 3600,
+    )
+    if probe:  # refuse a foreign address before reading anything else
+        au.probe_targets(address, port, container)
+    result = au.audit(options)
+    if probe:
+        au.merge(result, au.probe(address, port, container, rcpt=rcpt, timeout=timeout))
+    if json_out:
+        out.json(result.as_dict())
+    else:
+        _print_audit(out, result)
+    if result.exposed:
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+def _print_audit(out: Output, result: object) -> None:
+    from lockdown.audit import AuditResult
+
+    assert isinstance(result, AuditResult)
+    if not result.findings:
+        out.line("no findings: no exposure seen")
+        return
+    out.table([[f.severity, f.id, f.title] for f in result.findings], ["severity", "id", "title"])
+    for f in result.findings:
+        out.line()
+        out.line(f"[{f.severity}] {f.id}: {f.title}")
+        out.line(f"  evidence: {f.evidence}")
+        out.line(f"  fix:      {f.fix}")
+    out.line()
+    out.line("exposed: yes (a high or critical finding; exit 1)" if result.exposed else "exposed: no")
 
 
 def report(
@@ -96,4 +174,5 @@ def _print_report(out: Output, r: object) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(audit)
     app.command()(report)

@@ -22,11 +22,11 @@ import json
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from lockdown.errors import BadInput
 from lockdown.mail.parser import (
@@ -68,6 +68,33 @@ class LogSource:
                 return
             with extracted:
                 yield from _chunks(_maybe_gunzip(extracted, self.member))
+
+
+class Source(Protocol):
+    """Anything ``analyse`` can read: a name for the report and raw byte chunks."""
+
+    @property
+    def name(self) -> str: ...
+
+    def open(self) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class ContainerLogSource:
+    """``docker logs --timestamps`` of a container since ``since`` (epoch seconds), streamed."""
+
+    container_id: str
+    container_name: str
+    since: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"docker logs {self.container_name}"
+
+    def open(self) -> Iterator[bytes]:
+        from lockdown import dockerapi
+
+        yield from dockerapi.logs_stream(self.container_id, self.container_name, since=self.since)
 
 
 def _maybe_gunzip(fh: IO[bytes], name: str) -> IO[bytes]:
@@ -265,6 +292,7 @@ class Report:
     rejects_by_code: Counter[str] = field(default_factory=Counter)
     rejects_from_gateway: int = 0
     connects_from_gateway: int = 0
+    postscreen_connects_from_gateway: int = 0
     sample: list[Message] = field(default_factory=list)
     incident: dict[str, Any] | None = None
 
@@ -310,6 +338,7 @@ class Report:
                 "from_gateway": self.rejects_from_gateway,
             },
             "connects_from_gateway": self.connects_from_gateway,
+            "postscreen_connects_from_gateway": self.postscreen_connects_from_gateway,
             "signature_sample": [m.as_dict() for m in self.sample],
             "incident": self.incident,
         }
@@ -319,7 +348,7 @@ def _minute(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(second=0, microsecond=0)
 
 
-def _first_time(source: LogSource, year: int | None) -> datetime:
+def _first_time(source: Source, year: int | None) -> datetime:
     """Time of the first Postfix line of a source (to read rotated logs oldest first)."""
     splitter = LineSplitter()
     seen = 0
@@ -336,7 +365,7 @@ def _first_time(source: LogSource, year: int | None) -> datetime:
 
 
 def analyse(
-    sources: list[LogSource],
+    sources: Sequence[Source],
     *,
     gateways: list[str],
     gateway_source: str = "option",
@@ -406,6 +435,8 @@ def _on_events(report: Report, events: list[Any], matcher: GatewayMatcher, timel
                 timeline.setdefault(_minute(ev.time), [0, 0, 0])[2] += 1
         elif ev.kind == "connect" and matcher(ev.message.client_addr):
             report.connects_from_gateway += 1
+            if (ev.message.service or "").endswith("postscreen"):
+                report.postscreen_connects_from_gateway += 1
 
 
 def _summarise(report: Report, messages: list[Message], matcher: GatewayMatcher) -> None:
