@@ -66,9 +66,11 @@ class Lab:
         container.reload()
         return container
 
-    def postfix(self) -> Any:
+    def postfix(self, labels: dict[str, str] | None = None) -> Any:
         """A Postfix container that relays for the Docker networks (and so defers to qq.com)."""
-        c = self.run(POSTFIX, publish_smtp=True, env={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"})
+        c = self.run(
+            POSTFIX, publish_smtp=True, env={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"}, labels=labels
+        )
         wait_smtp(host_port(c))
         return c
 

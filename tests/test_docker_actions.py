@@ -18,11 +18,13 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import netlab
 from tests.conftest import run_cli
 from tests.dockerlab import (
     BUSYBOX,
@@ -190,6 +192,19 @@ def test_hold_then_release_queue(dlab: Lab, tmp_path: Path, state_dir: Path) -> 
     assert f"`lockdown queue purge {doc['incident_id']}` deletes them" in r.stdout
     view = run_ok("status", doc["incident_id"], state_dir=state_dir)
     assert view["held"] == [{"id": "hold", "action": "postfix.hold_queue", "decision": "release-queue"}]
+    again = run_ok("restore", doc["incident_id"], state_dir=state_dir)  # --json, run again: still held
+    assert [s["state"] for s in again["steps"]] == ["held"]
+    assert again["held"] == [
+        {
+            "id": "hold",
+            "action": "postfix.hold_queue",
+            "decision": "release-queue",
+            "summary": f"3 message(s) held in {c.name}. `lockdown restore {doc['incident_id']} --release-queue` "
+            "puts exactly these back in the queue for delivery; "
+            f"`lockdown queue purge {doc['incident_id']}` deletes them (copies are in evidence/queue/)",
+        }
+    ]
+    assert postqueue(c) == dict.fromkeys(queue, "hold")
 
     released = run_ok("restore", doc["incident_id"], "--release-queue", state_dir=state_dir)
     assert [s["state"] for s in released["steps"]] == ["undone"]
@@ -288,6 +303,38 @@ def test_logs_of_a_paused_container_match_docker_logs(dlab: Lab, tmp_path: Path,
     assert (incident_dir(state_dir, doc2["incident_id"]) / "evidence" / "logs" / f"{c.name}.log").read_bytes() == b""
 
 
+def _docker_time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_logs_since_takes_rfc3339_and_durations(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
+    c = dlab.run(BUSYBOX, ["sh", "-c", "echo early; sleep 2; echo late >&2; sleep 600"])
+    deadline = time.monotonic() + 30
+    while b"late" not in c.logs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stamps = dict(reversed(line.split(" ", 1)) for line in c.logs(timestamps=True).decode().splitlines())
+    middle = (_docker_time(stamps["early"]) + _docker_time(stamps["late"])) / 2
+    # The same instant written as docker-mailserver v14 would (RFC 3339), in another time zone.
+    rfc3339 = datetime.fromtimestamp(middle, timezone(timedelta(hours=2))).isoformat()
+    assert rfc3339.endswith("+02:00")
+    pb = playbook(
+        tmp_path,
+        {"id": "late", "action": "logs.container", "container": c.name, "since": rfc3339},
+        {"id": "hour", "action": "logs.container", "container": c.name, "since": "1h"},
+        {"id": "plain", "action": "logs.container", "container": c.name, "timestamps": False},
+    )
+    doc = run_ok("run", str(pb), state_dir=state_dir)
+    inc = incident_dir(state_dir, doc["incident_id"])
+    # The three steps write the same evidence name: the manifest tells them apart, in order.
+    manifest = json.loads((inc / "manifest.json").read_text())
+    files = [f for f in manifest["files"] if f["path"].startswith("evidence/logs/")]
+    assert [f["step"] for f in files] == ["late", "hour", "plain"]
+    contents = {f["step"]: (inc / f["path"]).read_text() for f in files}
+    assert contents["late"] == f"{stamps['late']} late\n"
+    assert contents["hour"] == f"{stamps['early']} early\n{stamps['late']} late\n"
+    assert contents["plain"] == "early\nlate\n"
+
+
 @pytest.mark.slow
 def test_large_log_is_streamed_with_bounded_memory(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
     size_mb = 200
@@ -342,6 +389,28 @@ def test_logs_files_from_a_paused_container_and_the_host(dlab: Lab, tmp_path: Pa
     assert status(c) == "paused"
 
 
+def test_logs_files_default_paths_cover_docker_mailserver(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
+    c = dlab.run(BUSYBOX, SLEEPER)
+    line = "2026-01-01T00:00:00.000000+00:00 mail postfix/smtpd[1]: client=unknown[172.17.0.1]"
+    setup = f"mkdir -p /var/log/mail && echo '{line}' > /var/log/mail/mail.log && echo x > /var/log/mail/mail.err"
+    assert c.exec_run(["sh", "-c", setup]).exit_code == 0
+    c.pause()
+    pb = playbook(tmp_path, {"id": "files", "action": "logs.files", "container": c.name})
+    doc = run_ok("run", str(pb), state_dir=state_dir)
+    assert doc["status"] == "contained"  # a missing default path is not a failure
+    notes = doc["steps"][0]["notes"]
+    assert notes[-1] == f"not found (skipped): {c.name}:/var/log/mail.log"
+    evidence = incident_dir(state_dir, doc["incident_id"]) / "evidence" / "files" / c.name
+    with tarfile.open(evidence / "var" / "log" / "mail.tar") as tar:
+        assert sorted(tar.getnames()) == ["mail", "mail/mail.err", "mail/mail.log"]
+        data = tar.extractfile("mail/mail.log")
+        assert data is not None and data.read().decode() == line + "\n"
+    index = json.loads((evidence / "index.json").read_text())
+    assert index["paths"]["/var/log/mail.log"] == {"missing": True}
+    assert index["paths"]["/var/log/mail/"]["evidence"] == f"evidence/files/{c.name}/var/log/mail.tar"
+    assert status(c) == "paused"
+
+
 def test_inspect_records_ports_with_host_ip(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
     c = dlab.run(BUSYBOX, SLEEPER, publish_smtp=True)
     c.exec_run(["sh", "-c", "echo changed > /etc/motd"])
@@ -363,6 +432,97 @@ def test_inspect_records_ports_with_host_ip(dlab: Lab, tmp_path: Path, state_dir
     assert any("sleep" in " ".join(p) for p in top["Processes"])
     assert "ServerVersion" in json.loads((base / "info.json").read_text())
     assert "ApiVersion" in json.loads((base / "version.json").read_text())
+
+
+# ------------------------------------------------------------------ Mailu
+
+
+@pytest.mark.netns
+def test_mailu_playbook_pauses_front_and_smtp_and_restore_gives_them_back(
+    dlab: Lab, netns: str, tmp_path: Path, state_dir: Path
+) -> None:
+    """The shipped relay-incident-mailu, whole, against a Compose-labelled front and smtp.
+
+    A unique project label keeps every other container on this host out of
+    ``service:front`` / ``service:smtp``; the IPv6 strip runs on a veth in
+    the test's namespace (the CLI runs inside it, Docker is reached through
+    its socket as usual).
+    """
+    project = f"com.docker.compose.project={dlab.owner}"
+
+    def compose(service: str) -> dict[str, str]:
+        return {"com.docker.compose.project": dlab.owner, "com.docker.compose.service": service}
+
+    smtp = dlab.postfix(labels=compose("smtp"))
+    front = dlab.run(BUSYBOX, SLEEPER, publish_smtp=True, labels=compose("front"))
+    decoy = dlab.run(BUSYBOX, SLEEPER, labels={"com.docker.compose.service": "smtp"})  # another project's smtp
+    send_spam(host_port(smtp), 2)
+    queue = wait_queue(smtp, 2)
+    a0, a1 = netlab.veth(netns)
+    netlab.ipn(netns, "addr", "add", "2001:db8:4d::1/64", "dev", a0, "nodad")
+    net_before = netlab.state(netns, [a0, a1])
+    before = {c.name: state(c) for c in (smtp, front, decoy)}
+
+    r = netlab.lockdown(
+        netns, state_dir, "run", "relay-incident-mailu",
+        "--var", f"label={project}", "--var", f"interfaces={a0}", "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    incident = doc["incident_id"]
+    assert doc["status"] == "contained", doc["steps"]
+    assert status(smtp) == status(front) == "paused"
+    assert status(decoy) == "running"
+    evidence = incident_dir(state_dir, incident) / "evidence"
+    # Both logs, read while paused, are exactly what `docker logs -t` gives (nothing can log while frozen).
+    for c in (front, smtp):
+        saved = evidence / "logs" / f"{c.name}.log"
+        assert sha256_of_command(["docker", "logs", "-t", c.name]) == (saved.stat().st_size, sha256_of_file(saved))
+    assert " started\n" in (evidence / "logs" / f"{front.name}.log").read_text()
+    assert postqueue_paused(smtp) == dict.fromkeys(queue, "hold")
+    assert netlab.global_addresses(netns, a0) == []
+    steps = {s["id"]: s for s in doc["steps"]}
+    assert steps["hold-queue"]["notes"][0] == (
+        f"{smtp.name}: queue 2 deferred; saved 2 message(s) with postcat to evidence/queue/{smtp.name}/"
+    )
+    assert steps["hold-queue"]["notes"][1].endswith("; 2 message(s) held by this step")
+    assert steps["pause-front"]["notes"][0] == f"{front.name}: running -> paused (restart policy no)"
+    assert steps["pause-front"]["notes"][1].startswith(
+        f"docker-proxy on the host keeps accepting TCP on 127.0.0.1:{host_port(front)}->25/tcp"
+    )
+    view = run_ok("status", incident, state_dir=state_dir)
+    targets = {s["id"]: s["params"].get("containers") for s in view["steps"]}
+    assert targets["hold-queue"] == targets["pause-smtp"] == targets["smtp-log"] == [smtp.name]
+    assert targets["pause-front"] == targets["front-log"] == [front.name]
+    with tarfile.open(evidence / "files" / smtp.name / "etc" / "postfix" / "main.cf.tar") as tar:
+        main_cf = tar.extractfile("main.cf")
+        assert main_cf is not None and b"mynetworks" in main_cf.read()
+    ports = json.loads((evidence / "docker" / front.name / "network.json").read_text())["ports"]
+    assert [(p["host_ip"], p["container_port"]) for p in ports] == [("127.0.0.1", "25/tcp")]
+
+    # Restore: both unpaused, the strip undone, the spam listed as held with both decisions.
+    r = netlab.lockdown(netns, state_dir, "restore", incident)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"hold-queue (postfix.hold_queue) is held: 2 message(s) held in {smtp.name}. "
+        f"`lockdown restore {incident} --release-queue` puts exactly these back in the queue for delivery; "
+        f"`lockdown queue purge {incident}` deletes them (copies are in evidence/queue/)"
+    ) in r.stdout
+    assert {c.name: state(c) for c in (smtp, front, decoy)} == before
+    netlab.assert_same_state(net_before, netlab.state(netns, [a0, a1]))
+    assert postqueue(smtp) == dict.fromkeys(queue, "hold")
+    released = run_ok("restore", incident, "--release-queue", state_dir=state_dir)
+    assert [s["state"] for s in released["steps"]] == ["undone"]
+    assert set(postqueue(smtp).values()) <= {"deferred", "active", "incoming"}
+
+
+def postqueue_paused(container: Any) -> dict[str, str]:
+    """``postqueue -j`` of a paused container (exec is refused while paused: unpause, read, pause)."""
+    container.unpause()
+    try:
+        return postqueue(container)
+    finally:
+        container.pause()
 
 
 # ------------------------------------------------------------------ targeting errors

@@ -90,6 +90,10 @@ class QueueListing:
             out[name] = out.get(name, 0) + 1
         return dict(sorted(out.items()))
 
+    def text(self, empty: str = "empty") -> str:
+        """``2 deferred, 1 hold``: the counts as an operator reads them."""
+        return ", ".join(f"{n} {q}" for q, n in self.counts().items()) or empty
+
 
 def read_queue(cid: str, name: str, sink: Any = None) -> QueueListing:
     """Run ``postqueue -j`` in the container; stream its output to ``sink.write`` if given."""
@@ -313,7 +317,7 @@ class PostfixHoldQueue(ContainerTargets, Action[Params]):
             codes = save_messages(ctx, cid, name, ids)
             failed = sorted(q for q, rc in codes.items() if rc != 0)
             ctx.note(
-                f"{name}: queue {listing.counts() or 'empty'}; saved {len(codes) - len(failed)} message(s) "
+                f"{name}: queue {listing.text()}; saved {len(codes) - len(failed)} message(s) "
                 f"with postcat to evidence/queue/{name}/"
                 + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
             )
@@ -382,7 +386,7 @@ class PostfixHoldQueue(ContainerTargets, Action[Params]):
             if still:
                 raise ActionError(f"{name}: {len(still)} message(s) are still on hold after postsuper -H: {still[:5]}")
             ctx.note(
-                f"{name}: released {len(on_hold)} message(s) from hold (now {after.counts() or 'empty queue'})"
+                f"{name}: released {len(on_hold)} message(s) from hold (now {after.text('empty queue')})"
                 + (f"; {len(elsewhere)} already released" if elsewhere else "")
                 + (f"; {len(gone)} no longer in the queue" if gone else "")
             )
