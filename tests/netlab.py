@@ -85,6 +85,27 @@ def wait_settled(ns: str, timeout: float = 10.0) -> None:
         time.sleep(0.2)
 
 
+def wait_link_local(ns: str, devs: list[str], timeout: float = 10.0) -> None:
+    """Wait until each of ``devs`` has a link-local address that finished DAD.
+
+    The kernel adds it only once the carrier is seen (linkwatch may take up
+    to a second after ``link set up``) and adds its local route after DAD, so
+    a test comparing routes must not start earlier.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = {
+            link["ifname"]
+            for link in addresses(ns)
+            for a in link["addr_info"]
+            if a.get("scope") == "link" and not a.get("tentative")
+        }
+        if set(devs) <= ready:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no settled link-local address on {devs} after {timeout}s")
+
+
 def state(ns: str, devs: list[str]) -> dict[str, Any]:
     """What a strip must give back: addresses, routes and the SLAAC sysctls of ``devs``."""
     wait_settled(ns)
