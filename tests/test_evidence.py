@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -918,8 +919,27 @@ def test_snapshot_is_consistent_while_the_journal_grows(tmp_path: Path) -> None:
 # ----------------------------------------------------------------- streaming
 
 
+#: Linux carries a process's peak RSS across exec, and a child starts with its
+#: parent's: wait4 from pytest would report pytest's own peak. A bare
+#: interpreter (about 10 MiB) spawns the command and reports its wait4 figure.
+LAUNCHER = """
+import json, os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024], fh)
+"""
+
+
 def _run_measured(cmd: list[str], *, stderr_tty: bool = False) -> tuple[int, int, str]:
     """Run ``cmd``; return (exit code, peak RSS in bytes of that process alone, stderr text)."""
+    with tempfile.NamedTemporaryFile("r") as result:
+        _, _, err = _run_launched([sys.executable, "-S", "-c", LAUNCHER, result.name, *cmd], stderr_tty)
+        code, rss = json.loads(result.read() or "[-1, 0]")
+    return int(code), int(rss), err
+
+
+def _run_launched(cmd: list[str], stderr_tty: bool) -> tuple[int, int, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     chunks: list[bytes] = []
     if stderr_tty:
