@@ -176,19 +176,31 @@ def test_restore_after_an_address_was_readded_by_hand(netns: str, tmp_path: Path
     netlab.assert_same_state(before, state(netns, [a0, a1]))
 
 
+# A stand-in for systemd-networkd (comm is cut to 15 characters, as the real
+# one's is): it waits for the strip, then re-adds an old and a new address.
+FAKE_NETWORKD = r"""
+import ctypes, subprocess, sys, time
+ctypes.CDLL(None).prctl(15, b"systemd-networkd", 0, 0, 0)  # PR_SET_NAME
+dev = sys.argv[1]
+while b"2001:db8:1::1" in subprocess.run(["ip", "-6", "addr", "show", "dev", dev], capture_output=True).stdout:
+    time.sleep(0.02)
+time.sleep(0.4)
+subprocess.run(["ip", "addr", "add", "2001:db8:1::1/64", "dev", dev, "nodad"], check=True)
+subprocess.run(["ip", "addr", "add", "2001:db8:7::1/64", "dev", dev, "nodad"], check=True)
+time.sleep(120)
+"""
+
+
 def test_address_that_comes_back_is_stripped_again(netns: str, tmp_path: Path, state_dir: Path) -> None:
-    """Something re-adds an old and a new address half a second after the strip."""
+    """A network manager re-adds an old and a new address half a second after the strip."""
     a0, a1 = veth(netns)
     ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
     before = state(netns, [a0, a1])
-    script = (
-        f"while ip -6 addr show dev {a0} | grep -q 2001:db8:1::1; do sleep 0.02; done; sleep 0.4; "
-        f"ip addr add 2001:db8:1::1/64 dev {a0} nodad; ip addr add 2001:db8:7::1/64 dev {a0} nodad"
-    )
-    manager = subprocess.Popen(["ip", "netns", "exec", netns, "sh", "-c", script])
+    manager = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", FAKE_NETWORKD, a0])
     try:
         pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
         run = lockdown(netns, state_dir, "run", str(pb), "--json")
+        assert manager.poll() is None, "the fake manager died before the after-check"
     finally:
         manager.kill()
         manager.wait()
@@ -196,7 +208,8 @@ def test_address_that_comes_back_is_stripped_again(netns: str, tmp_path: Path, s
     notes = json.loads(run.stdout)["steps"][0]["notes"]
     assert f"{a0}: 2001:db8:1::1/64 (nodad) appeared 1 s later (re-added): removing it" in notes
     assert f"{a0}: 2001:db8:7::1/64 (nodad) appeared 1 s later: removing it" in notes
-    assert any(n.startswith("something re-adds addresses; suspect: ") for n in notes), notes
+    (suspect,) = [n for n in notes if n.startswith("something re-adds addresses; suspect: ")]
+    assert f"systemd-networkd (pid {manager.pid})" in suspect
     assert netlab.global_addresses(netns, a0) == []
     phases = [e["phase"] for e in netlab.journal(state_dir)]
     assert phases.count("intent-update") == 1, "the new address was not journaled before it was removed"
@@ -268,6 +281,116 @@ def test_lockout_guard_refuses_to_cut_the_operators_session(netns: str, tmp_path
     unguarded = lockdown(netns, state_dir, "run", str(off), env=ssh)
     assert unguarded.returncode == 0, unguarded.stderr
     assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+# A process named sshd holding an accepted connection to [2001:db8:3::1]:22,
+# and a separate client holding the other end (from 2001:db8:4::1).
+FAKE_SSH = r"""
+import ctypes, encodings.idna, json, socket, sys, time
+role = sys.argv[1]
+if role == "sshd":
+    ctypes.CDLL(None).prctl(15, b"sshd", 0, 0, 0)  # PR_SET_NAME
+    srv = socket.socket(socket.AF_INET6)
+    srv.bind(("2001:db8:3::1", 22))
+    srv.listen(4)
+    print(json.dumps({"ready": True}), flush=True)
+    conn, peer = srv.accept()
+    print(json.dumps({"peer_port": peer[1]}), flush=True)
+else:
+    c = socket.socket(socket.AF_INET6)
+    c.bind(("2001:db8:4::1", 0))
+    c.connect(("2001:db8:3::1", 22))
+time.sleep(120)
+"""
+
+
+def test_lockout_guard_sees_an_established_sshd_connection(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    """No SSH_* variables (sudo drops them): an established sshd connection over the address still counts."""
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])  # waits for DAD: sshd cannot bind a tentative address
+    cmd = ["ip", "netns", "exec", netns, sys.executable, "-c", FAKE_SSH]
+    sshd = subprocess.Popen([*cmd, "sshd"], stdout=subprocess.PIPE, text=True)
+    client = None
+    try:
+        assert sshd.stdout is not None
+        assert json.loads(sshd.stdout.readline()) == {"ready": True}
+        client = subprocess.Popen([*cmd, "client"])
+        port = json.loads(sshd.stdout.readline())["peer_port"]
+        pb = _guard_playbook(tmp_path, a0)
+
+        refused = lockdown(netns, state_dir, "run", str(pb))
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.strip() == (
+            f"lockdown: error: {pb} step 1 (strip): 2001:db8:3::1/64 on {a0} carries the operator's SSH session "
+            f"(established sshd connection, pid {sshd.pid}, from 2001:db8:4::1 port {port}); "
+            "stripping it would cut this connection\n"
+            '  -> keep it with keep = ["2001:db8:3::1/128"] in the step (or through --var), '
+            "or rerun with --force to strip it anyway"
+        )
+        netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+        kept = lockdown(netns, state_dir, "run", str(pb), "--var", "keep=2001:db8:3::1/128")
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert netlab.global_addresses(netns, a0) == ["2001:db8:3::1/64"]
+        assert lockdown(netns, state_dir, "restore", "--last").returncode == 0
+        netlab.assert_same_state(netlab.unordered(before), netlab.unordered(state(netns, [a0, a1])))
+    finally:
+        for p in (sshd, client):
+            if p is not None:
+                p.kill()
+                p.wait()
+
+
+# The action classes driven directly, with a real context and evidence store,
+# so that undo can be called twice on the same record (the runner would say
+# "nothing to undo" the second time and never call it).
+DIRECT = """
+import json, sys
+from pathlib import Path
+from lockdown.actions.base import StepContext
+from lockdown.actions.ipv6_strip import Ipv6Strip, Params
+from lockdown.evidence.store import EvidenceStore
+
+mode, dev, workdir = sys.argv[1:4]
+d = Path(workdir)
+ctx = StepContext("i", d, "strip", "ipv6.strip", EvidenceStore(d), amend=lambda record: None)
+if mode == "strip":
+    action = Ipv6Strip(Params(interfaces=[dev]))
+    action.preflight()
+    record = action.prepare(ctx)
+    action.apply(ctx, record)
+    (d / "record.json").write_text(json.dumps(record))
+else:
+    Ipv6Strip.undo(ctx, json.loads((d / "record.json").read_text()))
+print(json.dumps(ctx.notes))
+"""
+
+
+def test_undo_twice_on_the_same_record_changes_nothing_the_second_time(netns: str, tmp_path: Path) -> None:
+    a0, a1 = _setup(netns)
+    before = state(netns, [a0, a1])
+
+    def direct(mode: str) -> list[str]:
+        out = netlab.nsexec(netns, sys.executable, "-c", DIRECT, mode, a0, str(tmp_path)).stdout
+        notes: list[str] = json.loads(out)
+        return notes
+
+    direct("strip")
+    assert netlab.global_addresses(netns, a0) == []
+    first = direct("undo")
+    assert any(n.startswith(f"{a0}: re-added 4 address(es)") for n in first), first
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+    on_a0 = [r for r in before["routes"] if r.get("dev") == a0 and r.get("table") != "local"]
+    assert len(on_a0) == 9  # prefix routes of 3 addresses, fe80::/64, the static on-link route, 4 via gateways
+    second = direct("undo")
+    assert second == [
+        f"{a0}: already present: 2001:db8:1::1/64, 2001:db8:2::1/64, 2001:db8:3::1/64, 2001:db8:4::1/64",
+        f"{len(on_a0)} route(s) already present",
+        f"{a0}: accept_ra already 2",
+        f"{a0}: autoconf already 1",
+    ], second
     netlab.assert_same_state(before, state(netns, [a0, a1]))
 
 
