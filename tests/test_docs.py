@@ -8,6 +8,7 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -59,6 +60,19 @@ def test_every_cli_command_has_help() -> None:
     assert {"run", "restore", "status", "incidents", "playbooks list"} <= {c for c, _ in commands}
     for name, doc in commands:
         assert doc and doc.strip(), f"`lockdown {name}` has no help text"
+
+
+def test_every_cli_command_has_json() -> None:
+    """The brief: every command that prints also has --json (serve and watch: one object per line)."""
+    root: Any = typer.main.get_command(app)
+    missing = []
+    for name, _ in _commands(app):
+        cmd = root
+        for part in name.split():
+            cmd = cmd.commands[part]
+        if not any("--json" in getattr(p, "opts", []) for p in cmd.params):
+            missing.append(name)
+    assert missing == [], f"commands without --json: {missing}"
 
 
 def test_readme_documents_every_exit_code() -> None:

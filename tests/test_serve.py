@@ -829,3 +829,30 @@ def test_the_config_shown_in_docs_triggers_md_loads(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "lockdown.toml", read_secrets=False)
     assert [(r.alert, r.playbook) for r in cfg.routes] == [("MailRelaySurge", "relay-incident")]
     assert (cfg.server.port, cfg.watch.max_per_minute, cfg.watch.route) == (9595, 200, "MailRelaySurge")
+
+
+def test_json_mode_prints_one_object_per_line(tmp_path: Path) -> None:
+    """``serve --json``: a ``listening`` object a supervisor can parse, then ``stopped``; no text on stdout."""
+    config, state = write_config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lockdown", "serve", "--config", str(config), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "listening"
+        assert first["state_dir"] == str(state)
+        assert {r["alert"] for r in first["routes"]} == {"MailRelaySurge", "SlowAlert"}
+        host, port = first["url"].removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert [json.loads(line) for line in out.splitlines()] == [{"event": "stopped", "clean": True}]

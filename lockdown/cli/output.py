@@ -35,6 +35,11 @@ class Output:
         """Side information on stderr, shown in both modes."""
         print(text, file=self.err, flush=True)
 
+    def json_line(self, doc: dict[str, Any]) -> None:
+        """One compact JSON object per line: the --json form of long-running commands (serve, watch)."""
+        if self.json_mode:
+            print(json.dumps(doc, sort_keys=True, default=str), file=self.out, flush=True)
+
     def json(self, doc: Any) -> None:
         print(json.dumps(doc, indent=2, sort_keys=True, default=str), file=self.out, flush=True)
 

@@ -26,6 +26,11 @@ ConfigOpt = Annotated[
 ]
 
 
+JsonLinesOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object per line (listening, watching, stopped) instead of text.")
+]
+
+
 def _root(explicit: Path | None, config: Config) -> Path:
     """--state-dir / LOCKDOWN_STATE_DIR, then the config's state_dir, then /var/lib/lockdown."""
     if explicit is not None:
@@ -45,17 +50,21 @@ def _stop_on_signals(out: Output, what: str) -> tuple[threading.Event, dict[sign
     return stop, old
 
 
-def serve(config: ConfigOpt = DEFAULT_CONFIG, state_dir_opt: StateDirOpt = None) -> None:
+def serve(
+    config: ConfigOpt = DEFAULT_CONFIG, state_dir_opt: StateDirOpt = None, json_out: JsonLinesOpt = False
+) -> None:
     """Run the alert webhook: Alertmanager, Grafana and generic alerts start playbooks.
 
     Listens on 127.0.0.1:9595 unless server.listen says otherwise. Every
     route's playbook is validated before it listens; authentication (a token
-    file and/or an HMAC secret file) is required.
+    file and/or an HMAC secret file) is required. With --json, stdout carries
+    one JSON object per line (``listening``, ``stopped``); requests are logged
+    in the state dir's triggers/ log either way.
     """
     from lockdown.triggers.server import WebhookServer
     from lockdown.triggers.server import serve as run_server
 
-    out = Output()
+    out = Output(json_out)
     cfg = load_config(config)
     for warning in cfg.warnings:
         out.info(f"lockdown: warning: {warning}")
@@ -68,12 +77,21 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG, state_dir_opt: StateDirOpt = None)
         routes = ", ".join(f"{r.alert} -> {r.playbook}" for r in cfg.routes) or "none (every alert is ignored)"
         out.line(f"lockdown: listening on http://{shown}:{server.port} (state dir {root})")
         out.line(f"lockdown: routes: {routes}")
+        out.json_line(
+            {
+                "event": "listening",
+                "url": f"http://{shown}:{server.port}",
+                "state_dir": str(root),
+                "routes": [{"alert": r.alert, "playbook": r.playbook} for r in cfg.routes],
+            }
+        )
 
     try:
         clean = run_server(cfg, root, stop=stop, on_ready=ready)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    out.json_line({"event": "stopped", "clean": clean})
     if not clean:
         out.info("lockdown: a run was still going when serve stopped; check it with `lockdown status`")
         raise typer.Exit(int(ExitCode.INTERRUPTED))
@@ -130,6 +148,7 @@ def watch(
     ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     state_dir_opt: StateDirOpt = None,
+    json_out: JsonLinesOpt = False,
 ) -> None:
     """Watch the mail log and run a playbook when outside mail exceeds a rate.
 
@@ -142,7 +161,7 @@ def watch(
     from lockdown.triggers.dispatch import Dispatcher
     from lockdown.triggers.watch import Watcher, WatchSettings
 
-    out = Output()
+    out = Output(json_out)
     cfg = load_config(config, read_secrets=False)
     root = _root(state_dir_opt, cfg)
     w = cfg.watch
@@ -162,7 +181,11 @@ def watch(
     dispatcher = Dispatcher(cfg, root, log=log, stop=stop)
     try:
         dispatcher.prepare(only=chosen.alert)
-        watcher = Watcher(settings, dispatcher, stop=stop, log=log, say=lambda t: out.info(f"lockdown: watch: {t}"))
+        def say(text: str) -> None:
+            out.info(f"lockdown: watch: {text}")
+            out.json_line({"event": "watch", "message": text})
+
+        watcher = Watcher(settings, dispatcher, stop=stop, log=log, say=say)
         what = []
         if settings.max_per_minute is not None:
             what.append(f"{settings.max_per_minute} outside messages per minute")
@@ -173,12 +196,23 @@ def watch(
             f"lockdown: watch: watching {source} for {' or '.join(what)}; "
             f"then {chosen.alert} -> {chosen.playbook} (state dir {root})"
         )
+        out.json_line(
+            {
+                "event": "watching",
+                "source": str(source),
+                "max_per_minute": settings.max_per_minute,
+                "on_signature": settings.on_signature,
+                "route": {"alert": chosen.alert, "playbook": chosen.playbook},
+                "state_dir": str(root),
+            }
+        )
         watcher.run()
     finally:
         stop.set()
         clean = dispatcher.wait(80.0)
         for s, h in old.items():
             signal.signal(s, h)
+    out.json_line({"event": "stopped", "clean": clean})
     if not clean:
         out.info("lockdown: a run was still going when the watch stopped; check it with `lockdown status`")
         raise typer.Exit(int(ExitCode.INTERRUPTED))
