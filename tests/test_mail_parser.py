@@ -472,3 +472,73 @@ def test_random_chunking_gives_the_same_lines(cuts: list[int]) -> None:
     assert got == expected
     parsed_whole = [parse_line(x, 2026) for x in expected]
     assert [parse_line(x, 2026) for x in got] == parsed_whole
+
+
+# ----------------------------------------------------------------- feed_block == feed_text, line by line
+
+VARIED = [
+    *LAB.splitlines(),
+    *AMAVIS.splitlines(),
+    "Nov 22 23:43:37 postfix/smtpd[9]: 5D1C2A3B4E: client=unknown[172.17.0.1]",  # no host
+    "Feb 30 23:43:37 mail postfix/smtpd[9]: 5D1C2A3B4F: client=unknown[172.17.0.1]",  # no such date
+    "Foo 22 23:43:37 mail postfix/smtpd[9]: 5D1C2A3B50: client=unknown[172.17.0.1]",  # no such month
+    "Nov 22 23:43:37  mail postfix/smtpd[9]: 5D1C2A3B51: client=unknown[172.17.0.1]",  # two spaces
+    "Nov 22 23:43:37 mail: postfix/smtpd[9]: 5D1C2A3B52: client=unknown[172.17.0.1]",
+    "Nov 22 23:43:37 mail postfix/smtpd[9]: 5D1C2A3B53: client=unknown[172.17.0.1], sasl_method=PLAIN, sasl_username=a@b",
+    "Nov 22 23:43:38 mail postfix/qmgr[2]: 5D1C2A3B53: from=<a@b>, size=10, nrcpt=1 (queue active)",
+    "Nov 22 23:43:38 mail postfix/smtp[3]: 5D1C2A3B53: to=<x@qq.com>, relay=mx.qq.com[203.0.113.1]:25, delay=1, delays=1/0/0/0, dsn=2.0.0, status=sent (250 ok)",
+    "Nov 22 23:43:38 mail postfix/smtp[3]: 5D1C2A3B51: to=<y@qq.com>, relay=none, delay=1, dsn=4.4.1, status=deferred (connect to x: timed out)",
+    "Nov 22 23:43:39 mail postfix/qmgr[2]: 5D1C2A3B53: removed",
+    "Nov 22 23:43:39 mail postfix/postscreen[4]: CONNECT from [172.17.0.1]:5555 to [172.17.0.2]:25",
+    "Nov 22 23:43:39 mail postfix/postscreen[4]: CONNECT from [IPv6:2001:db8::5]:5555 to [172.17.0.2]:25",
+    "Nov 22 23:43:39 mail postfix/tlsproxy[5]: CONNECT from [172.17.0.1]:5556",
+    "Nov 22 23:43:39 mail postfix/submission/smtpd[6]: connect from laptop[198.51.100.7]",
+    "Nov 22 23:43:40 mail postfix/smtpd[6]: NOQUEUE: reject: RCPT from unknown[172.17.0.1]: 454 4.7.1 <z@163.com>: Relay access denied; from=<a@b> to=<z@163.com> proto=ESMTP helo=<x>",
+    "Nov 22 23:43:40 mail postfix/smtpd[6]: abc12: client=unknown[172.17.0.1]",  # not a queue id
+    "Nov 22 23:43:40 mail postfix/smtpd[6]: ABCDEFABCDEFABCDEFABCDEFAB: client=unknown[172.17.0.1]",  # too long
+    "Nov 22 23:43:40 mail postfix/qmgr[2]: removed",
+    "Nov 22 23:43:40 mail dovecot: imap-login: Login: user=<a@b>, client=1.2.3.4",
+    "Nov 22 23:43:40 mail postfix-sub/smtpd[7]: 6A6A6A6A6A: client=x[10.0.0.1]",
+    "Nov 22 23:43:40 mail last message repeated 3 times",
+    "2026-11-22T23:43:41.123456789Z Nov 22 23:43:41 mail postfix/smtpd[8]: 7B7B7B7B7B: client=unknown[172.17.0.1]",
+    "",
+    "Nov 22 23:43:41 mail postfix/pickup[9]: 8C8C8C8C8C: uid=0 from=<root>",
+    "Nov 22 23:43:41 mail postfix/cleanup[9]: 8C8C8C8C8C: message-id=<m@x>",
+    "Nov 22 23:43:41 mail postfix/cleanup[9]: 8C8C8C8C8C: milter-reject: END-OF-MESSAGE from x[1.2.3.4]: 5.7.1 no; from=<a@b> to=<c@d>",
+]
+
+
+def _as_line_by_line(lines: list[str], count: bool) -> tuple[list[dict[str, object]], object, list[str], int]:
+    c = Correlator(count_connects=count)
+    kinds: list[str] = []
+    for line in lines:
+        kinds += [e.kind for e in c.feed_text(line, 2026)]
+    return [m.as_dict() for m in c.finish()], dict(c.connects), sorted(kinds), c.lines
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(VARIED), max_size=60),
+    st.lists(st.integers(min_value=1, max_value=4000), max_size=8),
+    st.booleans(),
+    st.booleans(),
+)
+def test_feed_block_is_feed_text_line_by_line(lines: list[str], cuts: list[int], crlf: bool, count: bool) -> None:
+    data = "".join(ln + ("\r\n" if crlf else "\n") for ln in lines).encode()
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    c = Correlator(count_connects=count)
+    s = LineSplitter()
+    kinds: list[str] = []
+    total = 0
+    for ch in chunks:
+        block, n = s.feed_block(ch)
+        total += n
+        if n:
+            kinds += [e.kind for e in c.feed_block(block, 2026)]
+    for line in s.flush():
+        total += 1
+        kinds += [e.kind for e in c.feed_text(line, 2026)]
+    expected = _as_line_by_line(lines, count)
+    assert ([m.as_dict() for m in c.finish()], dict(c.connects), sorted(kinds), c.lines) == expected
+    assert total == len(lines)

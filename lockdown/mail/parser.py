@@ -24,7 +24,8 @@ can backtrack, only ``str`` methods, and every loop is bounded by the line.
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict
+import re
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -311,6 +312,36 @@ class LineSplitter:
             lines = [s[:-1] if s.endswith("\r") else s for s in lines]
         return lines
 
+    def feed_block(self, chunk: bytes) -> tuple[str, int]:
+        """The lines completed by ``chunk`` as one text (joined by ``\\n``, no final newline) and their count.
+
+        The same lines as ``feed``, without building a list of them: ``Correlator.feed_block``
+        reads the text with one regular expression pass.
+        """
+        first_nl = chunk.find(b"\n")
+        if first_nl < 0:
+            self._hold(chunk)
+            return "", 0
+        last_nl = chunk.rfind(b"\n")
+        middle = chunk[first_nl + 1 : last_nl] if last_nl > first_nl else b""
+        if len(middle) > self.max_line and max(map(len, middle.split(b"\n"))) > self.max_line:
+            lines = self.feed(chunk)
+            return "\n".join(lines), len(lines)
+        self._hold(chunk[:first_nl])
+        head = self._take()
+        self._hold(chunk[last_nl + 1 :])
+        if last_nl > first_nl:
+            raw = b"".join((head, b"\n", middle))
+            count = middle.count(b"\n") + 2
+        else:
+            raw, count = head, 1
+        text = raw.decode("utf-8", "replace")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+            if text.endswith("\r"):
+                text = text[:-1]
+        return text, count
+
     def flush(self) -> list[str]:
         """The last line if it had no newline (and reset)."""
         if not self._pending_len and not self._pending:
@@ -582,6 +613,20 @@ def _stamp_cache(year: int | None) -> dict[str, datetime | None]:
     return cache
 
 
+def _service_of(tag: str, cache: dict[str, str | None]) -> str | None:
+    """The mail service named by a syslog tag (``postfix/smtpd[123]`` -> ``postfix/smtpd``), or None
+    when it is not one; what ``_tag_info`` says, cached by the tag without its pid (pids vary)."""
+    b = tag.find("[")
+    name = tag[:b] if b > 0 and tag[-1] == "]" else tag
+    if name in cache:
+        return cache[name]
+    if len(cache) > 10_000:
+        cache.clear()
+    service = name if name and " " not in tag and _is_mail_service(name) else None
+    cache[name] = service
+    return service
+
+
 def _tag_info(tag: str) -> tuple[str, int | None] | None:
     """``postfix/smtpd[123]`` -> (``postfix/smtpd``, 123); None when not a mail service (as parse_line)."""
     if " " in tag:
@@ -621,6 +666,23 @@ def might_matter(text: str) -> bool:
 
 EVENT_KINDS = frozenset({"outside-recipient", "reject", "connect"})
 
+_STAMP = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+#: A host or tag: no space, and a colon only when no space follows it (``find(": ")`` semantics).
+_WORD = r"(?:[^ \n:]++|:(?! ))++"
+_MARKERS = r"to=<|client=|from=<|removed|message-id=|reject: |milter-reject: |uid="
+
+
+def _block_pattern(markers: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"\n({_STAMP}) (?:{_WORD} )?+({_WORD}): (?:([0-9A-Za-z]{{5,24}}+): )?+((?:{markers})[^\n]*+)"
+    )
+
+
+_BLOCK = _block_pattern(_MARKERS + "|connect from |CONNECT from ")
+_BLOCK_NO_CONNECT = _block_pattern(_MARKERS)
+#: A line that does not start with an RFC 3164 timestamp and one space (and is not empty).
+_ODD_LINE = re.compile(rf"\n(?!{_STAMP} [^ \n]|\n|$)")
+
 
 class Correlator:
     """Joins Postfix lines into messages and emits events as lines arrive.
@@ -640,6 +702,10 @@ class Correlator:
 
     ``events`` limits the kinds of events built (default: all of
     ``EVENT_KINDS``); messages are joined the same either way.
+
+    ``count_connects``: instead of a ``connect`` event per connection line,
+    count them in ``connects[(service, client address)]`` (a report needs
+    only the counts, and they are a fifth of a busy log).
     """
 
     def __init__(
@@ -648,6 +714,7 @@ class Correlator:
         *,
         max_open: int | None = None,
         events: Iterable[str] | None = None,
+        count_connects: bool = False,
     ) -> None:
         self.local_domains = None if local_domains is None else {d.lower().rstrip(".") for d in local_domains}
         self.max_open = max_open
@@ -656,7 +723,10 @@ class Correlator:
             raise ValueError(f"unknown event kinds: {sorted(wanted - EVENT_KINDS)}")
         self._want_outside = "outside-recipient" in wanted
         self._want_reject = "reject" in wanted
-        self._want_connect = "connect" in wanted
+        self._want_connect = "connect" in wanted or count_connects
+        self._count_connects = count_connects
+        self.connects: Counter[tuple[str, str]] = Counter()
+        self._outside_cache: dict[tuple[str, str, str | None], bool] = {}
         self._stamp_year: int | None = None
         self._stamps: dict[str, datetime | None] = _stamp_cache(None)
         self._open: dict[str, Message] = OrderedDict() if max_open is not None else {}
@@ -664,7 +734,8 @@ class Correlator:
         self._alias: dict[str, str] = OrderedDict() if max_open is not None else {}
         self._learned_local: set[str] = set()
         self._agents: dict[str, str] = {}
-        self._tags: dict[str, tuple[str, int | None] | None] = {}
+        self._services: dict[str, str | None] = {}
+        self._filter_relays: dict[str, bool] = {}
         self.dropped = 0
         self.lines = 0
 
@@ -737,8 +808,15 @@ class Correlator:
             return False
         if self.local_domains is not None:
             return dom not in self.local_domains
-        if is_filter_relay(relay):
-            return False
+        if relay is not None:
+            cache = self._filter_relays
+            hit = cache.get(relay)
+            if hit is None:
+                if len(cache) > 10_000:
+                    cache.clear()
+                hit = cache[relay] = is_filter_relay(relay)
+            if hit:
+                return False
         if agent in _LOCAL_AGENTS:
             if len(self._learned_local) < 10000:
                 self._learned_local.add(dom)
@@ -816,14 +894,9 @@ class Correlator:
             sp = text.find(" ", 16, colon) if colon > 0 else -1
             if sp > 16:
                 tag = text[sp + 1 : colon]
-                tags = self._tags
-                if tag in tags:
-                    info = tags[tag]
-                else:
-                    if len(tags) > 100_000:
-                        tags.clear()
-                    info = tags[tag] = _tag_info(tag)
-                if info is None:
+                services = self._services
+                service = services[tag] if tag in services else _service_of(tag, services)
+                if service is None:
                     return []
                 start = colon + 2
                 q = text.find(": ", start, start + 26)
@@ -833,11 +906,61 @@ class Correlator:
                     if cand in self._open or cand in self._alias or cand == "NOQUEUE" or is_queue_id(cand):
                         qid = cand
                         start = q + 2
-                return self._handle(t, info[0], qid, text[start:])
+                return self._handle(t, service, qid, text[start:])
         parsed = parse_line(text, year)
         if parsed is None:
             return []
         return self._handle(parsed.time, parsed.service, parsed.queue_id, parsed.message)
+
+    def feed_block(self, text: str, year: int | None = None) -> list[MessageEvent]:
+        """``feed_text`` for each line of ``text`` (lines joined by ``\\n``), in one regex pass.
+
+        The pass returns only the lines that can matter, already split into
+        timestamp, tag, queue id and message, so the other lines never reach
+        Python code. The expression has possessive quantifiers only, so it
+        cannot backtrack whatever the text. A block it cannot read exactly
+        as ``feed_text`` would (a line without an RFC 3164 timestamp, such as
+        Docker's prefix, or Amavis's ``queued_as``) is fed line by line.
+        An empty ``text`` is one empty line (``LineSplitter.feed_block`` says
+        how many lines it holds: skip the call when that is none).
+        """
+        if not text:
+            self.lines += 1
+            return []
+        block = "\n" + text
+        if "queued_as: " in text or _ODD_LINE.search(block) is not None:
+            events: list[MessageEvent] = []
+            feed = self.feed_text
+            for line in text.split("\n"):
+                ev = feed(line, year)
+                if ev:
+                    events.extend(ev)
+            return events
+        self.lines += text.count("\n") + 1
+        if year != self._stamp_year:
+            self._stamps = _stamp_cache(year)
+            self._stamp_year = year
+        stamps, services, opened, alias = self._stamps, self._services, self._open, self._alias
+        handle = self._handle
+        out: list[MessageEvent] = []
+        pattern = _BLOCK if self._want_connect else _BLOCK_NO_CONNECT
+        for stamp, tag, qid, body in pattern.findall(block):
+            if stamp in stamps:
+                t = stamps[stamp]
+            else:
+                t = stamps[stamp] = _time_3164(stamp, year, None, None)
+            service = services[tag] if tag in services else _service_of(tag, services)
+            if service is None:
+                continue
+            if not qid:
+                ev = handle(t, service, None, body)
+            elif qid in opened or qid in alias or qid == "NOQUEUE" or is_queue_id(qid):
+                ev = handle(t, service, qid, body)
+            else:
+                ev = handle(t, service, None, f"{qid}: {body}")
+            if ev:
+                out.extend(ev)
+        return out
 
     def _handle(self, t: datetime | None, service: str, qid: str | None, text: str) -> list[MessageEvent]:
         agent = self._agents.get(service)
@@ -974,6 +1097,15 @@ class Correlator:
     def _connect(self, t: datetime | None, service: str, text: str) -> list[MessageEvent]:
         if not self._want_connect:
             return []
+        if self._count_connects and text[13:14] == "[" and text.startswith("CONNECT from "):
+            e = text.find("]", 14)
+            if e > 14 and " " not in text[14:e]:  # postscreen: [addr]:port; same result as _split_client
+                bare = text[14:e]
+                if bare[:5].lower() == "ipv6:":
+                    bare = bare[5:]
+                if bare:
+                    self.connects[(service, bare)] += 1
+                return []
         if text.startswith("CONNECT from "):
             _, addr = _split_client(text[13:].split(" ", 1)[0])
             host = None
@@ -982,6 +1114,9 @@ class Correlator:
         else:
             return []
         if addr is None:
+            return []
+        if self._count_connects:
+            self.connects[(service, addr)] += 1
             return []
         m = Message("NOQUEUE", client_host=host, client_addr=addr, service=service, first_seen=t, last_seen=t)
         return [MessageEvent("connect", m, None, t)]

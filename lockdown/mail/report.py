@@ -388,26 +388,47 @@ def analyse(
         containment_time=containment_time,
     )
     matcher = GatewayMatcher(gateways)
-    correlator = Correlator(local_domains, events=("reject", "connect"))
-    feed = correlator.feed_text
+    correlator = Correlator(local_domains, events=("reject",), count_connects=True)
+    feed, feed_block = correlator.feed_text, correlator.feed_block
     timeline = report.timeline
     dedupe = len(sources) > 1
     seen: dict[int, int] = {}
     lines = dups = cut = 0
     for index, source in enumerate(sources):
         splitter = LineSplitter()
-        for chunk in [*source.open(), None]:
-            texts = splitter.feed(chunk) if chunk is not None else splitter.flush()
-            lines += len(texts)
+        for chunk in source.open():
             if dedupe:
+                texts = splitter.feed(chunk)
+                lines += len(texts)
                 kept = [x for x in texts if might_matter(x)]
                 texts = [x for x in kept if not _duplicate(seen, x, index)]
                 dups += len(kept) - len(texts)
-            for text in texts:
-                events = feed(text, year)
+                for text in texts:
+                    events = feed(text, year)
+                    if events:
+                        _on_events(report, events, matcher, timeline)
+            else:
+                block, count = splitter.feed_block(chunk)
+                lines += count
+                events = feed_block(block, year) if count else []
                 if events:
                     _on_events(report, events, matcher, timeline)
+        for text in splitter.flush():
+            lines += 1
+            if dedupe and might_matter(text) and _duplicate(seen, text, index):
+                dups += 1
+                continue
+            if dedupe and not might_matter(text):
+                continue
+            events = feed(text, year)
+            if events:
+                _on_events(report, events, matcher, timeline)
         cut += splitter.cut_lines
+    for (service, addr), n in correlator.connects.items():
+        if matcher(addr):
+            report.connects_from_gateway += n
+            if service.endswith("postscreen"):
+                report.postscreen_connects_from_gateway += n
     report.lines, report.duplicate_lines, report.cut_lines = lines, dups, cut
     _summarise(report, correlator.finish(), matcher)
     return report
@@ -433,10 +454,6 @@ def _on_events(report: Report, events: list[Any], matcher: GatewayMatcher, timel
                 report.rejects_from_gateway += 1
             if ev.time is not None:
                 timeline.setdefault(_minute(ev.time), [0, 0, 0])[2] += 1
-        elif ev.kind == "connect" and matcher(ev.message.client_addr):
-            report.connects_from_gateway += 1
-            if (ev.message.service or "").endswith("postscreen"):
-                report.postscreen_connects_from_gateway += 1
 
 
 def _summarise(report: Report, messages: list[Message], matcher: GatewayMatcher) -> None:
