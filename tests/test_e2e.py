@@ -378,3 +378,27 @@ def test_the_readme_demo_runs_and_proves_each_phase(tmp_path: Path) -> None:
         sh("ip", "netns", "del", lab.netns, check=False)
     assert lab.leftovers() == []
     assert host_snapshot() == before
+
+
+def test_dry_run_resolves_targets_and_refuses_what_a_run_would_refuse(lab: Lab, tmp_path: Path) -> None:
+    before = lab_state(lab)
+    state = tmp_path / "state"
+    result = lockdown(
+        state, "run", "relay-incident", "--dry-run", "--json",
+        "--var", f"container={lab.container}", "--var", f"interfaces={lab.host_if}",
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "dry-run"
+    assert doc["live_check"] == "targets resolved against the live system"
+    steps = {p["id"]: p for p in doc["plan"]}
+    assert steps["pause"]["resolved"]["containers"] == [lab.container]
+    assert steps["strip-v6"]["resolved"] == {"interfaces": [lab.host_if], "strip": [f"{lab.env['LAB_HOST6']}/64"]}
+
+    missing = lockdown(state, "run", "relay-incident", "--dry-run", "--var", "container=lkd-no-such-container")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(
+        "lockdown: error: relay-incident.toml step 1 (hold-queue): no such container 'lkd-no-such-container'"
+    ), missing.stderr
+    assert lab_state(lab) == before
+    assert not (state / "incidents").exists() or list((state / "incidents").iterdir()) == []

@@ -377,3 +377,15 @@ def _check_privileges(netns: str, tmp_path: Path, before: dict[str, str]) -> Non
     assert r.stderr.splitlines()[0] == f"lockdown: error: {pb} step 2 (s1) (sysctl.set) needs root"
     assert read(netns) == before
     assert list(state.iterdir()) == []
+    # --dry-run still shows the plan without the privileges, and says the targets were not resolved.
+    r = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", DROP_PRIVS, "run", str(pb), "--dry-run", "--json",
+         "--state-dir", str(state)],
+        capture_output=True, text=True, cwd=str(Path(__file__).parent.parent),
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "dry-run" and len(doc["plan"]) == 4
+    assert doc["live_check"] == f"targets not resolved: {pb} step 2 (s1) (sysctl.set) needs root"
+    assert read(netns) == before
+    assert list(state.iterdir()) == []

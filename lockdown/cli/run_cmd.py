@@ -41,15 +41,18 @@ def run(
     out = Output(json_out)
     pb = load_playbook(playbook, parse_var_overrides(var or []))
     if dry_run:
-        result = runner.dry_run(pb)
+        result = runner.dry_run(pb, force=force)
         if json_out:
             out.json(result.as_dict())
         else:
-            out.line(f"plan for {pb.display} ({len(pb.steps)} steps, nothing will change):")
+            out.line(f"plan for {pb.display} ({len(pb.steps)} steps, nothing will change; {result.live_check}):")
             for item in result.plan:
                 out.line(f"  {item['number']:>2}. {item['id']:<22} {item['action']:<20} {item['describe']}")
                 for k, v in item["params"].items():
                     out.line(f"        {k} = {v!r}")
+                for k, v in item.get("resolved", {}).items():
+                    if not k.endswith("_ids"):
+                        out.line(f"        -> {k}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
         return
     stop = threading.Event()
 

@@ -31,6 +31,7 @@ from lockdown.errors import (
     ActionError,
     IntegrityError,
     LockdownError,
+    PrivilegeError,
 )
 from lockdown.evidence.manifest import host_identity
 from lockdown.evidence.store import EvidenceStore
@@ -70,6 +71,7 @@ class RunResult:
     steps: list[StepResult]
     incident_dir: Path | None = None
     plan: list[dict[str, Any]] = field(default_factory=list)
+    live_check: str | None = None  # dry runs: whether targets were resolved, or why not
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -77,6 +79,8 @@ class RunResult:
             "status": self.status,
             "steps": [s.as_dict() for s in self.steps],
         }
+        if self.live_check is not None:
+            out["live_check"] = self.live_check
         if self.incident_dir:
             out["incident_dir"] = str(self.incident_dir)
             out["restore_command"] = f"lockdown restore {self.incident_id}"
@@ -111,8 +115,30 @@ def preflight(playbook: Playbook) -> None:
             raise
 
 
-def dry_run(playbook: Playbook) -> RunResult:
-    return RunResult(incident_id=None, status="dry-run", steps=[], plan=playbook.plan())
+def dry_run(playbook: Playbook, *, force: bool = False) -> RunResult:
+    """The plan, checked against the live system as far as privileges allow.
+
+    With the privileges a run needs, every action's read-only preflight runs, so
+    ``auto`` targets and interface globs show what they resolve to, and a run
+    that would be refused (no such container, lockout guard) is refused here with
+    the same message and exit code. Without them, the plan is still shown and
+    ``live_check`` says why the targets were not resolved.
+    """
+    live_check = "targets resolved against the live system"
+    try:
+        check_privileges(playbook)
+    except PrivilegeError as exc:
+        live_check = f"targets not resolved: {exc.message}"
+    else:
+        for step in playbook.steps:
+            step.action.force = force
+        preflight(playbook)
+    plan = playbook.plan()
+    for entry, step in zip(plan, playbook.steps, strict=True):
+        resolved = step.action.resolved()
+        if resolved:
+            entry["resolved"] = resolved
+    return RunResult(incident_id=None, status="dry-run", steps=[], plan=plan, live_check=live_check)
 
 
 class Run:
