@@ -324,7 +324,7 @@ class LineSplitter:
             return "", 0
         last_nl = chunk.rfind(b"\n")
         middle = chunk[first_nl + 1 : last_nl] if last_nl > first_nl else b""
-        if len(middle) > self.max_line and max(map(len, middle.split(b"\n"))) > self.max_line:
+        if len(middle) > self.max_line and _may_hold_long_line(middle, self.max_line):
             lines = self.feed(chunk)
             return "\n".join(lines), len(lines)
         self._hold(chunk[:first_nl])
@@ -348,6 +348,16 @@ class LineSplitter:
             return []
         text = self._take().decode("utf-8", "replace")
         return [text[:-1] if text.endswith("\r") else text]
+
+
+def _may_hold_long_line(data: bytes, max_line: int) -> bool:
+    """False when no line of ``data`` can be longer than ``max_line``: every stretch of
+    ``max_line // 2`` bytes holds a newline (a longer line would contain a whole stretch)."""
+    step = max(max_line // 2, 1)
+    find = data.find
+    return any(find(b"\n", i, i + step) < 0 for i in range(0, len(data), step)) and (
+        max(map(len, data.split(b"\n"))) > max_line
+    )
 
 
 def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE) -> Iterable[str]:
@@ -383,6 +393,10 @@ def normalize_addr(addr: str) -> str:
     return a
 
 
+#: An IPv4 address that ``ipaddress`` would print back unchanged (when it parses at all).
+_PLAIN_IPV4 = re.compile(r"(?:0|[1-9][0-9]{0,2})(?:\.(?:0|[1-9][0-9]{0,2})){3}")
+
+
 class GatewayMatcher:
     """Fast repeated ``is_gateway`` tests against one list (addresses or CIDR networks)."""
 
@@ -411,7 +425,7 @@ class GatewayMatcher:
             return hit
         a = normalize_addr(addr)
         result = a in self.addresses
-        if not result:
+        if not result and (self.networks or _PLAIN_IPV4.fullmatch(a) is None):
             try:
                 ip = ipaddress.ip_address(a)
             except ValueError:
@@ -683,6 +697,42 @@ _BLOCK_NO_CONNECT = _block_pattern(_MARKERS)
 #: A line that does not start with an RFC 3164 timestamp and one space (and is not empty).
 _ODD_LINE = re.compile(rf"\n(?!{_STAMP} [^ \n]|\n|$)")
 
+#: A queue id exactly as ``is_queue_id`` accepts it: short (upper-case hex) or long (with a ``z``).
+_QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
+#: The usual shape of each line the report needs, fields captured, so that Python does no
+#: string searching for it. Each shape is one ``feed_text`` provably reads the same way
+#: (see ``Correlator._fast_pass``); any other shape falls through to the generic branch.
+_FAST_SHAPES = (
+    r"(client)=([^\[\n,]*+)\[(?i:ipv6:)?+([^\]\n,]*+)\]"
+    r"(, sasl_method=([^,\n]*+), sasl_username=([^,\n]*+))?+(?=\n)"
+    r"|(to)=<([^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), "
+    r"status=([^ \n]*+)( [^\n]*+)?+(?=\n)"
+    r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)(?=\n)"
+    r"|message-id=([^\n]*+)"
+    r"|(removed)(?=\n)"
+)
+
+
+def _fast_pattern(markers: str, connects: bool) -> re.Pattern[str]:
+    """The block pattern of ``Correlator._fast_pass`` (lines known to start with a timestamp).
+
+    The header is either the usual ``host name[pid]: `` (service name captured) or anything
+    ``_BLOCK`` accepts (whole tag captured); the atomic group commits to the first when it
+    matches, which is safe because ``_BLOCK`` splits such a header the same way.
+    """
+    connect = r"|CONNECT from \[(?i:ipv6:)?+([^\] \n]++)\]|connect from [^\[\n]*+\[(?i:ipv6:)?+([^\]\n]++)\]"
+    return re.compile(
+        r"\n([^\n]{15}) (?>[^ \n:]++ ([^ \n:\[\]]++)\[[0-9]++\](?=: )|(?:" + _WORD + r" )?+(" + _WORD + r")): "
+        r"(?:(" + _QID + r"): (?:" + _FAST_SHAPES + r")"
+        + (connect if connects else r"|(?!)()()")
+        + r"|(?:([0-9A-Za-z]{5,24}+): )?+((?:" + markers + r")[^\n]*+))"
+    )
+
+
+_FAST = _fast_pattern(_MARKERS + "|connect from |CONNECT from ", False)
+_FAST_COUNT = _fast_pattern(_MARKERS + "|connect from |CONNECT from ", True)
+_FAST_NO_CONNECT = _fast_pattern(_MARKERS, False)
+
 
 class Correlator:
     """Joins Postfix lines into messages and emits events as lines arrive.
@@ -735,6 +785,7 @@ class Correlator:
         self._learned_local: set[str] = set()
         self._agents: dict[str, str] = {}
         self._services: dict[str, str | None] = {}
+        self._fast_names: dict[str, tuple[str, str] | None] = {}
         self._filter_relays: dict[str, bool] = {}
         self.dropped = 0
         self.lines = 0
@@ -865,6 +916,9 @@ class Correlator:
     def feed_text(self, text: str, year: int | None = None) -> list[MessageEvent]:
         """``feed(parse_line(text, year))``, faster: for bulk reading of log files."""
         self.lines += 1
+        return self._text(text, year)
+
+    def _text(self, text: str, year: int | None) -> list[MessageEvent]:
         if not (
             ": to=<" in text
             or ": client=" in text
@@ -916,51 +970,168 @@ class Correlator:
         """``feed_text`` for each line of ``text`` (lines joined by ``\\n``), in one regex pass.
 
         The pass returns only the lines that can matter, already split into
-        timestamp, tag, queue id and message, so the other lines never reach
-        Python code. The expression has possessive quantifiers only, so it
-        cannot backtrack whatever the text. A block it cannot read exactly
-        as ``feed_text`` would (a line without an RFC 3164 timestamp, such as
-        Docker's prefix, or Amavis's ``queued_as``) is fed line by line.
+        timestamp, service, queue id and, for the usual shapes of the lines a
+        message is made of, their fields; the other lines never reach Python
+        code. The expression has possessive quantifiers and atomic groups only,
+        so it cannot backtrack whatever the text. A line the pass cannot read
+        exactly as ``feed_text`` would (one without an RFC 3164 timestamp, such
+        as Docker's prefix, or Amavis's ``queued_as``) is fed on its own, in order.
         An empty ``text`` is one empty line (``LineSplitter.feed_block`` says
         how many lines it holds: skip the call when that is none).
         """
         if not text:
             self.lines += 1
             return []
-        block = "\n" + text
-        if "queued_as: " in text or _ODD_LINE.search(block) is not None:
-            events: list[MessageEvent] = []
-            feed = self.feed_text
-            for line in text.split("\n"):
-                ev = feed(line, year)
-                if ev:
-                    events.extend(ev)
-            return events
         self.lines += text.count("\n") + 1
         if year != self._stamp_year:
             self._stamps = _stamp_cache(year)
             self._stamp_year = year
-        stamps, services, opened, alias = self._stamps, self._services, self._open, self._alias
+        block = "\n" + text + "\n"
+        odd = [m.start() for m in _ODD_LINE.finditer(block)]
+        if "queued_as: " in text:
+            i = block.find("queued_as: ")
+            while i >= 0:
+                start = block.rfind("\n", 0, i)
+                odd.append(start)
+                i = block.find("queued_as: ", block.find("\n", i))
+            odd = sorted(set(odd))
+        if not odd:
+            return self._fast_pass(block, year)
+        out: list[MessageEvent] = []
+        pos = 0
+        for start in odd:
+            end = block.find("\n", start + 1)
+            if start > pos:
+                out.extend(self._fast_pass(block[pos : start + 1], year))
+            out.extend(self._text(block[start + 1 : end], year))
+            pos = end
+        if pos < len(block) - 1:
+            out.extend(self._fast_pass(block[pos:], year))
+        return out
+
+    def _fast_pass(self, block: str, year: int | None) -> list[MessageEvent]:
+        """The lines of ``block`` (``\\n`` before and after each line; all start with an RFC 3164
+        timestamp and a space), as ``feed_text`` would take them one by one.
+
+        A line in one of the usual shapes (``_FAST_SHAPES``) is applied here
+        directly: each branch below is what ``_handle`` and its helpers do with
+        exactly that shape. Anything else goes through ``_handle``.
+        """
+        stamps, services, names = self._stamps, self._services, self._fast_names
+        opened, alias, agents = self._open, self._alias, self._agents
+        bounded = self.max_open is not None
+        want_outside = self._want_outside
+        connects = self.connects
         handle = self._handle
         out: list[MessageEvent] = []
-        pattern = _BLOCK if self._want_connect else _BLOCK_NO_CONNECT
-        for stamp, tag, qid, body in pattern.findall(block):
+        pattern = (_FAST_COUNT if self._count_connects else _FAST) if self._want_connect else _FAST_NO_CONNECT
+        for (
+            stamp, name, tag, qid,
+            client, c_host, c_addr, sasl, s_method, s_user,
+            to, address, relay, delay_text, dsn, status, status_rest,
+            sender, size, nrcpt, message_id, removed,
+            connect_bare, connect_addr, g_qid, body,
+        ) in pattern.findall(block):  # fmt: skip
             if stamp in stamps:
                 t = stamps[stamp]
             else:
                 t = stamps[stamp] = _time_3164(stamp, year, None, None)
-            service = services[tag] if tag in services else _service_of(tag, services)
-            if service is None:
-                continue
-            if not qid:
-                ev = handle(t, service, None, body)
-            elif qid in opened or qid in alias or qid == "NOQUEUE" or is_queue_id(qid):
-                ev = handle(t, service, qid, body)
+            if name:
+                if name in names:
+                    known = names[name]
+                else:
+                    known = names[name] = self._service_agent(name if _is_mail_service(name) else None)
+                if known is None:
+                    continue
+                service, agent = known
             else:
-                ev = handle(t, service, None, f"{qid}: {body}")
-            if ev:
-                out.extend(ev)
+                svc = services[tag] if tag in services else _service_of(tag, services)
+                if svc is None:
+                    continue
+                service = svc
+                agent = agents.get(service) or agents.setdefault(service, service[service.rfind("/") + 1 :])
+            if qid:
+                if to:
+                    if agent not in _DELIVERY_AGENTS:
+                        continue
+                    key = alias.get(qid, qid) if alias else qid
+                    m = opened.get(key)
+                    if m is None:
+                        m = Message(key, first_seen=t, last_seen=t)
+                        self._store(key, m)
+                    else:
+                        if bounded:
+                            opened.move_to_end(key)  # type: ignore[attr-defined]
+                        if t is not None:
+                            if m.last_seen is None or t > m.last_seen:
+                                m.last_seen = t
+                            if m.first_seen is None or t < m.first_seen:
+                                m.first_seen = t
+                    rest = status_rest[1:]
+                    if rest[:1] == "(" and rest[-1:] == ")":
+                        rest = rest[1:-1]
+                    detail = rest or None
+                    try:
+                        delay: float | None = float(delay_text)
+                    except ValueError:
+                        delay = None
+                    r = m.recipient(address) if m.recipients else None
+                    if r is None:
+                        r = Recipient(address, relay, status, dsn, t, delay, detail, service)
+                        m.recipients.append(r)
+                    else:
+                        r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
+                            relay, status, dsn, t, delay, detail, service
+                        )  # fmt: skip
+                    if not r.outside and self._is_outside(address, agent, relay):
+                        r.outside = True
+                        if want_outside:
+                            out.append(MessageEvent("outside-recipient", m, r, t))
+                    if status == "sent" and detail is not None and "queued as " in detail:
+                        second = _queued_as(detail)
+                        if second is not None and (is_filter_relay(relay) or second in opened):
+                            self._link(key, m, second)
+                elif client:
+                    if agent == "smtpd":
+                        m = self._start(qid, t, service)
+                        m.client_host, m.client_addr = c_host or None, c_addr or None
+                        if sasl:
+                            m.sasl_method, m.sasl_username = s_method or None, s_user or None
+                elif size:
+                    if agent == "qmgr":
+                        m = self._get(qid, t)[1]
+                        m.sender, m.size, m.nrcpt = sender, int(size), int(nrcpt)
+                elif removed:
+                    if agent == "qmgr":
+                        self._get(qid, t)[1].removed = True
+                elif agent == "cleanup":
+                    self._get(qid, t)[1].message_id = message_id.strip().strip("<>") or None
+            elif connect_bare:
+                if agent == "smtpd" or agent == "postscreen":
+                    connects[(service, connect_bare)] += 1
+            elif connect_addr:
+                if agent == "smtpd" or agent == "postscreen":
+                    connects[(service, connect_addr)] += 1
+            elif g_qid:
+                if is_queue_id(g_qid) or g_qid == "NOQUEUE":
+                    ev = handle(t, service, g_qid, body)
+                else:
+                    ev = handle(t, service, None, f"{g_qid}: {body}")
+                if ev:
+                    out.extend(ev)
+            else:
+                ev = handle(t, service, None, body)
+                if ev:
+                    out.extend(ev)
         return out
+
+    def _service_agent(self, service: str | None) -> tuple[str, str] | None:
+        if service is None:
+            return None
+        agent = self._agents.get(service)
+        if agent is None:
+            agent = self._agents[service] = service[service.rfind("/") + 1 :]
+        return service, agent
 
     def _handle(self, t: datetime | None, service: str, qid: str | None, text: str) -> list[MessageEvent]:
         agent = self._agents.get(service)
