@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from lockdown.mail.parser import (
     MAX_LINE,
     Correlator,
+    GatewayMatcher,
     LineSplitter,
     LogLine,
     default_gateways,
@@ -542,3 +545,140 @@ def test_feed_block_is_feed_text_line_by_line(lines: list[str], cuts: list[int],
     expected = _as_line_by_line(lines, count)
     assert ([m.as_dict() for m in c.finish()], dict(c.connects), sorted(kinds), c.lines) == expected
     assert total == len(lines)
+
+
+# ----------------------------------------------------------------- analyse's Report == line-by-line parse_line + feed
+
+_GW = "172.17.0.1"
+_TIMES = ["Nov 22 23:43:37", "Nov 22 23:43:38", "Nov 22 23:44:01", "Dec  1 00:00:05", "Feb 30 01:00:00"]
+
+
+def _stamp(fmt: int, i: int) -> str:
+    """A line prefix: RFC 3164, Docker's --timestamps prefix before it, RFC 3339, or Docker's before RFC 3339."""
+    t3164 = _TIMES[i % len(_TIMES)]
+    iso = f"2026-11-22T23:{43 + i % 3:02d}:{i % 60:02d}.{i:06d}Z"
+    return [t3164, f"{iso} {t3164}", iso.replace("Z", "+01:00"), f"{iso} {iso}"][fmt]
+
+
+@st.composite
+def _mail_log(draw: st.DrawFn) -> list[str]:
+    """Messages (queue ids from a small pool, so some are reused), Amavis re-queues, rejects, connects and noise."""
+    qids = ["4F8A21C3D2", "5B2C1D3E4F", "6C3D2E4F5A", "4Q5x7h2Zk3z9abc", "7D4E3F5A6B"]
+    lines: list[str] = []
+    n = draw(st.integers(min_value=0, max_value=12))
+    for _ in range(n):
+        fmt = draw(st.sampled_from([0, 0, 0, 1, 2, 3]))
+        i = draw(st.integers(min_value=0, max_value=200))
+
+        def emit(text: str) -> None:
+            lines.append(f"{_stamp(fmt, i)} mail {text}")  # noqa: B023
+
+        kind = draw(st.sampled_from(["message", "message", "message", "reject", "connect", "noise", "amavis"]))
+        q = draw(st.sampled_from(qids))
+        addr = draw(st.sampled_from([_GW, "198.51.100.7", "IPv6:2001:db8::5", "::ffff:172.17.0.1"]))
+        if kind == "reject":
+            code = draw(st.sampled_from(["454 4.7.1", "554 5.7.1"]))
+            qpart = draw(st.sampled_from(["NOQUEUE", q]))
+            emit(
+                f"postfix/smtpd[9]: {qpart}: reject: RCPT from unknown[{addr}]: {code} <x@qq.com>: "
+                "Relay access denied; from=<a@spam.example> to=<x@qq.com> proto=ESMTP helo=<x>"
+            )
+        elif kind == "connect":
+            emit(draw(st.sampled_from([
+                f"postfix/postscreen[77]: CONNECT from [{addr}]:4444 to [172.17.0.2]:25",
+                f"postfix/smtpd[9]: connect from unknown[{addr}]",
+                f"postfix/submission/smtpd[9]: connect from host.example[{addr}]",
+                "postfix/postscreen[77]: CONNECT from [ipv6:]:1 to [172.17.0.2]:25",
+            ])))  # fmt: skip
+        elif kind == "noise":
+            emit(draw(st.sampled_from([
+                "dovecot: imap-login: Login: user=<a@b>, client=1.2.3.4",
+                "postfix/anvil[90]: statistics: max connection rate 3/60s for (smtp:1.2.3.4)",
+                "postfix/smtpd[9]: disconnect from unknown[172.17.0.1] ehlo=1 quit=1 commands=2",
+                "postfix/qmgr[2]: removed",
+                "postfix/smtpd[9]: abc12: client=unknown[172.17.0.1]",
+            ])))  # fmt: skip
+        elif kind == "amavis":
+            second = draw(st.sampled_from(qids))
+            emit(f"postfix/smtpd[410]: {second}: client=localhost[127.0.0.1]")
+            emit(
+                f"amavis[399]: (00399-01) Passed CLEAN {{RelayedOutbound}}, LOCAL [{addr}]:40000 <x@spam.example> -> "
+                f"<5551234@qq.com>, Queue-ID: {q}, Message-ID: <abc@spam.example>, queued_as: {second}, 412 ms"
+            )
+            emit(
+                f"postfix/smtp[403]: {q}: to=<5551234@qq.com>, relay=127.0.0.1[127.0.0.1]:10024, delay=1.3, "
+                f"delays=0.1/0/0/1.2, dsn=2.0.0, status=sent (250 2.0.0 from MTA(smtp:[127.0.0.1]:10025): "
+                f"250 2.0.0 Ok: queued as {second})"
+            )
+            emit(f"postfix/smtp[404]: {second}: to=<5551234@qq.com>, relay=mx3.qq.com[203.0.113.5]:25, delay=2, "
+                 "delays=0/0/1/1, dsn=2.0.0, status=sent (250 OK)")  # fmt: skip
+        else:
+            sasl = draw(st.sampled_from(["", ", sasl_method=PLAIN, sasl_username=alice@example.org",
+                                         ", sasl_method=, sasl_username=", ", sasl_username=bob"]))  # fmt: skip
+            service = draw(st.sampled_from(["postfix/smtpd[9]", "postfix/submission/smtpd[10]", "postfix/smtpd"]))
+            order = draw(st.permutations(["client", "mid", "from", "to", "to2", "removed"]))
+            for part in order[: draw(st.integers(min_value=1, max_value=6))]:
+                if part == "client":
+                    emit(f"{service}: {q}: client=unknown[{addr}]{sasl}")
+                elif part == "mid":
+                    emit(f"postfix/cleanup[11]: {q}: message-id=<{i}@spam.example>")
+                elif part == "from":
+                    emit(f"postfix/qmgr[2]: {q}: from=<bot{i}@spam.example>, size={i}, nrcpt=2 (queue active)")
+                elif part in ("to", "to2"):
+                    dom = draw(st.sampled_from(["qq.com", "example.org", "Gmail.COM.", "local"]))
+                    agent = draw(st.sampled_from(["smtp", "lmtp", "virtual", "error"]))
+                    status = draw(st.sampled_from(["sent (250 OK)", "deferred (451 try later)", "bounced", "sent"]))
+                    extra = draw(st.sampled_from(["", ", orig_to=<x@y>"]))
+                    emit(f"postfix/{agent}[12]: {q}: to=<u{i}@{dom}>{extra}, relay=mx.{dom}[203.0.113.1]:25, "
+                         f"delay={draw(st.sampled_from(['0.5', 'x', '']))}, delays=0/0/0/0, dsn=2.0.0, status={status}")  # fmt: skip
+                else:
+                    emit(f"postfix/qmgr[2]: {q}: removed")
+    return lines
+
+
+class _Chunks:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.name = "generated"
+        self._chunks = chunks
+
+    def open(self) -> Iterator[bytes]:
+        yield from self._chunks
+
+
+def _reference_report(lines: list[str], year: int) -> dict[str, Any]:
+    """What ``analyse`` must say, built the slow way: ``Correlator.feed(parse_line(line))`` line by line."""
+    from lockdown.mail import report as rp
+
+    rep = rp.Report(sources=["generated"], gateways=[_GW], gateway_source="option", local_domains=None)
+    matcher = GatewayMatcher([_GW])
+    c = Correlator(None, events=("reject",), count_connects=True)
+    for line in lines:
+        parsed = parse_line(line, year)
+        if parsed is not None:
+            events = c.feed(parsed)
+            if events:
+                rp._on_events(rep, events, matcher, rep.timeline)
+    for (service, addr), n in c.connects.items():
+        if matcher(addr):
+            rep.connects_from_gateway += n
+            if service.endswith("postscreen"):
+                rep.postscreen_connects_from_gateway += n
+    rep.lines = len(lines)
+    rp._summarise(rep, c.finish(), matcher)
+    return rep.as_dict()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _mail_log(),
+    st.lists(st.integers(min_value=1, max_value=6000), max_size=6),
+    st.booleans(),
+)
+def test_analyse_report_is_line_by_line_parsing(lines: list[str], cuts: list[int], crlf: bool) -> None:
+    from lockdown.mail import report as rp
+
+    data = "".join(ln + ("\r\n" if crlf else "\n") for ln in lines).encode()
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    got = rp.analyse([_Chunks(chunks)], gateways=[_GW], year=2026).as_dict()
+    assert got == _reference_report(lines, 2026)

@@ -617,6 +617,8 @@ def _queued_as(detail: str | None) -> str | None:
     return token if is_queue_id(token) else None
 
 
+_MISSING: Any = object()
+
 _STAMP_CACHES: dict[int | None, dict[str, datetime | None]] = {}
 
 
@@ -1014,15 +1016,18 @@ class Correlator:
         timestamp and a space), as ``feed_text`` would take them one by one.
 
         A line in one of the usual shapes (``_FAST_SHAPES``) is applied here
-        directly: each branch below is what ``_handle`` and its helpers do with
-        exactly that shape. Anything else goes through ``_handle``.
+        directly: each branch below is what ``_handle`` and its helpers
+        (``_get``, ``_start``, ``_client``, ``_qmgr_from``, ``_delivery``,
+        ``_is_outside``, ``_connect``) do with exactly that shape, inlined
+        because a call costs more than the work. Anything else goes through ``_handle``.
         """
         stamps, services, names = self._stamps, self._services, self._fast_names
         opened, alias, agents = self._open, self._alias, self._agents
         bounded = self.max_open is not None
         want_outside = self._want_outside
+        local_domains, learned, filter_relays = self.local_domains, self._learned_local, self._filter_relays
         connects = self.connects
-        handle = self._handle
+        handle, store = self._handle, self._store
         out: list[MessageEvent] = []
         pattern = (_FAST_COUNT if self._count_connects else _FAST) if self._want_connect else _FAST_NO_CONNECT
         for (
@@ -1032,14 +1037,12 @@ class Correlator:
             sender, size, nrcpt, message_id, removed,
             connect_bare, connect_addr, g_qid, body,
         ) in pattern.findall(block):  # fmt: skip
-            if stamp in stamps:
-                t = stamps[stamp]
-            else:
+            t = stamps.get(stamp, _MISSING)
+            if t is _MISSING:
                 t = stamps[stamp] = _time_3164(stamp, year, None, None)
             if name:
-                if name in names:
-                    known = names[name]
-                else:
+                known = names.get(name, _MISSING)
+                if known is _MISSING:
                     known = names[name] = self._service_agent(name if _is_mail_service(name) else None)
                 if known is None:
                     continue
@@ -1051,61 +1054,90 @@ class Correlator:
                 service = svc
                 agent = agents.get(service) or agents.setdefault(service, service[service.rfind("/") + 1 :])
             if qid:
-                if to:
-                    if agent not in _DELIVERY_AGENTS:
-                        continue
-                    key = alias.get(qid, qid) if alias else qid
-                    m = opened.get(key)
-                    if m is None:
-                        m = Message(key, first_seen=t, last_seen=t)
-                        self._store(key, m)
-                    else:
-                        if bounded:
-                            opened.move_to_end(key)  # type: ignore[attr-defined]
-                        if t is not None:
-                            if m.last_seen is None or t > m.last_seen:
-                                m.last_seen = t
-                            if m.first_seen is None or t < m.first_seen:
-                                m.first_seen = t
-                    rest = status_rest[1:]
-                    if rest[:1] == "(" and rest[-1:] == ")":
-                        rest = rest[1:-1]
-                    detail = rest or None
-                    try:
-                        delay: float | None = float(delay_text)
-                    except ValueError:
-                        delay = None
-                    r = m.recipient(address) if m.recipients else None
-                    if r is None:
-                        r = Recipient(address, relay, status, dsn, t, delay, detail, service)
-                        m.recipients.append(r)
-                    else:
-                        r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
-                            relay, status, dsn, t, delay, detail, service
-                        )  # fmt: skip
-                    if not r.outside and self._is_outside(address, agent, relay):
-                        r.outside = True
-                        if want_outside:
-                            out.append(MessageEvent("outside-recipient", m, r, t))
-                    if status == "sent" and detail is not None and "queued as " in detail:
-                        second = _queued_as(detail)
-                        if second is not None and (is_filter_relay(relay) or second in opened):
-                            self._link(key, m, second)
-                elif client:
+                if client:
                     if agent == "smtpd":
                         m = self._start(qid, t, service)
                         m.client_host, m.client_addr = c_host or None, c_addr or None
                         if sasl:
                             m.sasl_method, m.sasl_username = s_method or None, s_user or None
-                elif size:
-                    if agent == "qmgr":
-                        m = self._get(qid, t)[1]
+                    continue
+                if to:
+                    if agent not in _DELIVERY_AGENTS:
+                        continue
+                elif size or removed:
+                    if agent != "qmgr":
+                        continue
+                elif agent != "cleanup":
+                    continue
+                # _get
+                key = alias.get(qid, qid) if alias else qid
+                m = opened.get(key)  # type: ignore[assignment]
+                if m is None:
+                    m = Message(key, first_seen=t, last_seen=t)
+                    store(key, m)
+                else:
+                    if bounded:
+                        opened.move_to_end(key)  # type: ignore[attr-defined]
+                    if t is not None:
+                        if m.last_seen is None or t > m.last_seen:
+                            m.last_seen = t
+                        if m.first_seen is None or t < m.first_seen:
+                            m.first_seen = t
+                if not to:
+                    if size:
                         m.sender, m.size, m.nrcpt = sender, int(size), int(nrcpt)
-                elif removed:
-                    if agent == "qmgr":
-                        self._get(qid, t)[1].removed = True
-                elif agent == "cleanup":
-                    self._get(qid, t)[1].message_id = message_id.strip().strip("<>") or None
+                    elif removed:
+                        m.removed = True
+                    else:
+                        m.message_id = message_id.strip().strip("<>") or None
+                    continue
+                # _delivery
+                rest = status_rest[1:]
+                if rest[:1] == "(" and rest[-1:] == ")":
+                    rest = rest[1:-1]
+                detail = rest or None
+                try:
+                    delay: float | None = float(delay_text)
+                except ValueError:
+                    delay = None
+                r = m.recipient(address) if m.recipients else None
+                if r is None:
+                    r = Recipient(address, relay, status, dsn, t, delay, detail, service)
+                    m.recipients.append(r)
+                else:
+                    r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
+                        relay, status, dsn, t, delay, detail, service
+                    )  # fmt: skip
+                if not r.outside:
+                    # _is_outside
+                    at = address.rfind("@")
+                    dom = address[at + 1 :].lower().rstrip(".") if at >= 0 else ""
+                    if not dom:
+                        outside = False
+                    elif local_domains is not None:
+                        outside = dom not in local_domains
+                    else:
+                        hit = filter_relays.get(relay)
+                        if hit is None:
+                            if len(filter_relays) > 10_000:
+                                filter_relays.clear()
+                            hit = filter_relays[relay] = is_filter_relay(relay)
+                        if hit:
+                            outside = False
+                        elif agent in _LOCAL_AGENTS:
+                            if len(learned) < 10000:
+                                learned.add(dom)
+                            outside = False
+                        else:
+                            outside = agent in _RELAY_AGENTS and dom not in learned
+                    if outside:
+                        r.outside = True
+                        if want_outside:
+                            out.append(MessageEvent("outside-recipient", m, r, t))
+                if status == "sent" and detail is not None and "queued as " in detail:
+                    second = _queued_as(detail)
+                    if second is not None and (is_filter_relay(relay) or second in opened):
+                        self._link(key, m, second)
             elif connect_bare:
                 if agent == "smtpd" or agent == "postscreen":
                     connects[(service, connect_bare)] += 1
