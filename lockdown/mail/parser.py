@@ -1055,11 +1055,22 @@ class Correlator:
                 agent = agents.get(service) or agents.setdefault(service, service[service.rfind("/") + 1 :])
             if qid:
                 if client:
-                    if agent == "smtpd":
+                    if agent != "smtpd":
+                        continue
+                    if bounded or qid in opened:
                         m = self._start(qid, t, service)
                         m.client_host, m.client_addr = c_host or None, c_addr or None
                         if sasl:
                             m.sasl_method, m.sasl_username = s_method or None, s_user or None
+                        continue
+                    if alias:
+                        alias.pop(qid, None)
+                    # _start of a new message, with what _client sets
+                    if sasl:
+                        opened[qid] = Message(qid, c_host or None, c_addr or None, s_user or None, None, [], t, t,
+                                              [], service, None, None, None, s_method or None)  # fmt: skip
+                    else:
+                        opened[qid] = Message(qid, c_host or None, c_addr or None, None, None, [], t, t, [], service)
                     continue
                 if to:
                     if agent not in _DELIVERY_AGENTS:

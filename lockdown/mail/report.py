@@ -482,6 +482,7 @@ def _summarise(report: Report, messages: list[Message], matcher: GatewayMatcher)
     cont = report.containment_time
     before = after = 0
     timeline = report.timeline
+    minutes: dict[datetime, datetime] = {}
     for m in messages:
         outside = [r for r in m.recipients if r.outside]
         if not outside:
@@ -501,7 +502,10 @@ def _summarise(report: Report, messages: list[Message], matcher: GatewayMatcher)
                 report.last_outside = t
         signature = m.sasl_username is None and matcher(m.client_addr)
         if t is not None:
-            slot = timeline.setdefault(_minute(t), [0, 0, 0])
+            minute = minutes.get(t)
+            if minute is None:
+                minute = minutes[t] = _minute(t)
+            slot = timeline.setdefault(minute, [0, 0, 0])
             slot[0] += 1
             if signature:
                 slot[1] += 1
