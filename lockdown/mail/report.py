@@ -40,7 +40,7 @@ from lockdown.mail.parser import (
     parse_line,
 )
 
-CHUNK = 4 << 20
+CHUNK = 1 << 20
 CONTAINMENT_ACTIONS = ("docker.pause", "ipv6.strip", "docker.stop")
 SAMPLE = 50
 
