@@ -9,12 +9,12 @@ SASL submission, 454/554 rejects, anvil statistics), then runs both tools on
 it in the same run and prints their wall times, the ratio (goal: lockdown at
 least 3x faster) and each one's peak RSS (from wait4).
 
-Measured at full size on the 2-vCPU test VM (other test suites running, load ~2):
-lockdown 9.05 s / 237 MiB, pflogsumm 7.77 s / 60 MiB: 0.86x, goal MISSED
-(before Correlator.feed_block: 14.44 s / 365 MiB against 8.52 s, 0.59x).
-About 60% of lockdown's time is the per-line Python of the Correlator handlers
-(_delivery, _handle) for the ~60% of lines that matter; the regex pass itself
-is ~1 s. Reaching 3x needs aggregation without per-line Python (see docs/audit.md).
+Measured at full size on the 2-vCPU test VM (other test suites running), two runs:
+lockdown 5.81 s / 239 MiB vs pflogsumm 8.56 s / 60 MiB (1.47x); lockdown 5.21 s / 238 MiB
+vs pflogsumm 7.55 s / 60 MiB (1.45x). Goal MISSED. Earlier rounds: 9.05 s vs 7.77 s (0.86x)
+with the first Correlator.feed_block, and 14.44 s vs 8.52 s (0.59x) before it. The regex
+pass with field capture is ~1.3 s and the per-line Python for the ~790k lines that matter
+is ~1.7 s. docs/audit.md ("Performance") has the breakdown and what 3x would take.
 """
 
 from __future__ import annotations
