@@ -682,3 +682,93 @@ def test_analyse_report_is_line_by_line_parsing(lines: list[str], cuts: list[int
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     got = rp.analyse([_Chunks(chunks)], gateways=[_GW], year=2026).as_dict()
     assert got == _reference_report(lines, 2026)
+
+
+# ----------------------------------------------------------------- two processes == one process
+
+
+def _halves_log(n: int, straddle: bool, requeue: bool) -> list[str]:
+    """``n`` messages: gateway relays to qq.com, SASL submissions, local deliveries to
+    ``local.example`` (learned as local in the first half only, then relayed to by smtp in the
+    second), rejects and connects. With ``straddle``, every fifth message's deliveries come
+    60 messages later, so some messages straddle the middle; with ``requeue`` one straddling
+    message is re-queued through a content filter (the merge must give up then)."""
+    lines: list[str] = []
+    late: dict[int, list[str]] = {}
+    t = datetime(2026, 11, 22, 10, 0, 0)
+    for i in range(n):
+        t += timedelta(seconds=7)
+        out = lines
+        stamp = t.strftime("%b %d %H:%M:%S")
+        q = f"{0x100000 + i * 17:X}"
+        gw = i % 3 != 0
+        addr = _GW if gw else f"198.51.100.{i % 250 + 1}"
+        out.append(f"{stamp} mail postfix/postscreen[7]: CONNECT from [{addr}]:{4000 + i} to [172.17.0.2]:25")
+        out.append(f"{stamp} mail postfix/smtpd[9]: connect from unknown[{addr}]")
+        if i % 11 == 0:
+            out.append(f"{stamp} mail postfix/smtpd[9]: NOQUEUE: reject: RCPT from unknown[{addr}]: 554 5.7.1 "
+                       f"<v{i}@qq.com>: Relay access denied; from=<s@spam.example> to=<v{i}@qq.com> proto=ESMTP")  # fmt: skip
+            continue
+        sasl = ", sasl_method=PLAIN, sasl_username=alice" if i % 7 == 0 else ""
+        out.append(f"{stamp} mail postfix/smtpd[9]: {q}: client=unknown[{addr}]{sasl}")
+        out.append(f"{stamp} mail postfix/cleanup[11]: {q}: message-id=<{i}@spam.example>")
+        out.append(f"{stamp} mail postfix/qmgr[2]: {q}: from=<bot{i}@spam.example>, size={900 + i}, nrcpt=2 (queue active)")
+        if straddle and i % 5 == 0:
+            out = late.setdefault(i + 60, [])
+        if i < n // 3 and i % 4 == 0:
+            out.append(f"{stamp} mail postfix/lmtp[12]: {q}: to=<u{i}@local.example>, relay=dovecot[private/lmtp], "
+                       "delay=0.3, delays=0/0/0/0.3, dsn=2.0.0, status=sent (250 2.0.0 Saved)")  # fmt: skip
+        else:
+            dom = "local.example" if i % 4 == 1 and i > 20 else "qq.com"
+            out.append(f"{stamp} mail postfix/smtp[12]: {q}: to=<u{i}@{dom}>, relay=mx.{dom}[203.0.113.1]:25, "
+                       "delay=1.2, delays=0/0/1/0.2, dsn=4.7.0, status=deferred (451 4.7.0 try later)")  # fmt: skip
+            if requeue and i == n // 2 - 10:
+                out.append(f"{stamp} mail postfix/smtp[13]: {q}: to=<u{i}@{dom}>, relay=127.0.0.1[127.0.0.1]:10024, "
+                           "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as ABCDE12345)")  # fmt: skip
+        out.append(f"{stamp} mail postfix/qmgr[2]: {q}: removed")
+        lines.extend(late.pop(i, []))
+    for rest in late.values():
+        lines.extend(rest)
+    return lines
+
+
+def _write(path: Any, lines: list[str]) -> Any:
+    from lockdown.mail import report as rp
+
+    path.write_text("".join(ln + "\n" for ln in lines))
+    return rp.LogSource(name="generated", path=path)
+
+
+@pytest.mark.parametrize(("straddle", "requeue", "workers"), [(False, False, 2), (True, False, 2), (True, True, 1)])
+def test_two_processes_give_the_one_process_report(tmp_path: Any, straddle: bool, requeue: bool, workers: int) -> None:
+    from lockdown.mail import report as rp
+
+    source = _write(tmp_path / "mail.log", _halves_log(600, straddle, requeue))
+    one = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=None)
+    two = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=1)
+    assert (one.workers, two.workers) == (1, workers)
+    assert two.as_dict() == one.as_dict()
+    assert one.signature_messages > 50 and one.rejects > 0 and one.connects_from_gateway > 0
+    # the second half's smtp deliveries to local.example count as local: the first half learned it
+    assert "local.example" not in one.by_recipient_domain
+    data = (tmp_path / "mail.log").read_bytes()
+    middle = data.index(b"\n", len(data) // 2) + 1
+    if straddle:  # a message begins before the cut and is delivered after it
+        first, second = data[:middle].decode(), data[middle:].decode()
+        assert any(f"{q}: client=" in first and f"{q}: to=<" in second for q in (f"{0x100000 + i * 17:X}" for i in range(600)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_mail_log(), _mail_log(), st.booleans())
+def test_two_processes_give_the_line_by_line_report(head: list[str], tail: list[str], crlf: bool) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from lockdown.mail import report as rp
+
+    lines = head + tail
+    with tempfile.TemporaryDirectory(prefix="lkd-") as tmp:
+        path = Path(tmp) / "mail.log"
+        path.write_bytes("".join(ln + ("\r\n" if crlf else "\n") for ln in lines).encode())
+        got = rp.analyse([rp.LogSource(name="generated", path=path)], gateways=[_GW], year=2026, parallel_min=1)
+    assert got.as_dict() == _reference_report(lines, 2026)

@@ -21,6 +21,8 @@ import html
 import ipaddress
 import json
 import os
+import pickle
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,16 +33,19 @@ from typing import IO, Any, Protocol
 
 from lockdown.errors import BadInput
 from lockdown.mail.parser import (
+    MAX_LINE,
     Correlator,
     GatewayMatcher,
     LineSplitter,
     Message,
+    MessageEvent,
     default_gateways,
     might_matter,
     parse_line,
 )
 
 CHUNK = 1 << 20
+PARALLEL_MIN = 32 << 20
 CONTAINMENT_ACTIONS = ("docker.pause", "ipv6.strip", "docker.stop")
 SAMPLE = 50
 
@@ -224,20 +229,54 @@ def gateways_from_ipam(ipam: dict[str, Any]) -> list[str]:
 
 def docker_gateways() -> list[str] | None:
     """Gateways of the host's Docker networks, or None when Docker is not reachable."""
-    from lockdown import dockerapi
-    from lockdown.errors import LockdownError
+    nets = _networks_from_socket()
+    if nets is None:
+        from lockdown import dockerapi
+        from lockdown.errors import LockdownError
 
-    try:
-        nets = dockerapi.docker_call("list Docker networks", lambda: dockerapi.api().networks())
-    except LockdownError:
-        return None
-    except ImportError:
-        return None
+        try:
+            nets = dockerapi.docker_call("list Docker networks", lambda: dockerapi.api().networks())
+        except LockdownError:
+            return None
+        except ImportError:
+            return None
     out: list[str] = []
     for net in nets or []:
         if isinstance(net, dict) and isinstance(net.get("IPAM"), dict):
             out.extend(gateways_from_ipam(net["IPAM"]))
     return sorted(set(out))
+
+
+def _networks_from_socket() -> list[Any] | None:
+    """``GET /networks`` straight over the daemon's Unix socket.
+
+    Importing the Docker SDK alone takes about a tenth of a second, as long as a report on a
+    small log. None when ``DOCKER_HOST`` is not a Unix socket or the answer is not a plain
+    ``200`` with a JSON list: the SDK is asked then, and its errors are the ones reported.
+    """
+    host = os.environ.get("DOCKER_HOST")
+    if host and not host.startswith("unix://"):
+        return None
+    import socket
+
+    parts: list[bytes] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(host[7:] if host else "/var/run/docker.sock")
+            sock.sendall(b"GET /networks HTTP/1.0\r\nHost: docker\r\n\r\n")
+            while chunk := sock.recv(1 << 16):
+                parts.append(chunk)
+    except OSError:
+        return None
+    head, sep, body = b"".join(parts).partition(b"\r\n\r\n")
+    if not sep or not head.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 ")) or b"chunked" in head.lower():
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, list) else None
 
 
 def choose_gateways(explicit: list[str] | None, incident_dir: Path | None = None) -> tuple[list[str], str]:
@@ -296,6 +335,7 @@ class Report:
     postscreen_connects_from_gateway: int = 0
     sample: list[Message] = field(default_factory=list)
     incident: dict[str, Any] | None = None
+    workers: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -373,8 +413,14 @@ def analyse(
     local_domains: set[str] | None = None,
     containment_time: datetime | None = None,
     year: int | None = None,
+    parallel_min: int | None = PARALLEL_MIN,
 ) -> Report:
     """Read every source once and build the report.
+
+    One plain file of at least ``parallel_min`` bytes (None: never) is read
+    by two processes, one half each (``_two_halves``); the result is the same
+    as one process's, and when it could not be proved the same the file is
+    read again by one process.
 
     With several sources, a line already read from another source (the same
     log kept by ``docker logs`` and ``/var/log/mail.log``) is counted once.
@@ -385,6 +431,11 @@ def analyse(
     enabled = gc.isenabled()
     gc.disable()
     try:
+        only = sources[0] if len(sources) == 1 else None
+        if parallel_min is not None and isinstance(only, LogSource) and _splittable(only, parallel_min):
+            report = _two_halves(only, gateways, gateway_source, local_domains, containment_time, year)
+            if report is not None:
+                return report
         return _analyse(sources, gateways, gateway_source, local_domains, containment_time, year)
     finally:
         if enabled:
@@ -453,6 +504,337 @@ def _analyse(
     report.lines, report.duplicate_lines, report.cut_lines = lines, dups, cut
     _summarise(report, correlator.finish(), matcher)
     return report
+
+
+# --------------------------------------------------------------------------- two processes
+
+
+def _splittable(source: LogSource, minimum: int) -> bool:
+    if source.member is not None or source.path.name.endswith(".gz"):
+        return False
+    if len(os.sched_getaffinity(0)) < 2 or not hasattr(os, "fork"):
+        return False
+    try:
+        return source.path.stat().st_size >= max(minimum, 1)
+    except OSError:
+        return False
+
+
+def _range(path: Path, start: int, end: int | None) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        while True:
+            size = CHUNK if end is None else min(CHUNK, end - fh.tell())
+            block = fh.read(size) if size > 0 else b""
+            if not block:
+                return
+            yield block
+
+
+def _feed(correlator: Correlator, chunks: Iterable[bytes], year: int | None) -> tuple[int, int, list[MessageEvent]]:
+    """Lines, cut lines and events of a stretch of one file, fed as ``_analyse`` feeds it."""
+    splitter = LineSplitter()
+    feed_block = correlator.feed_block
+    events: list[MessageEvent] = []
+    lines = 0
+    for chunk in chunks:
+        block, count = splitter.feed_block(chunk)
+        lines += count
+        if count:
+            events.extend(feed_block(block, year))
+    for text in splitter.flush():
+        lines += 1
+        events.extend(correlator.feed_text(text, year))
+    return lines, splitter.cut_lines, events
+
+
+def _send(fd: int, obj: object) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(len(data).to_bytes(8, "little") + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _recv(fd: int) -> Any:
+    def exactly(n: int) -> bytes:
+        parts: list[bytes] = []
+        while n > 0:
+            part = os.read(fd, min(n, 1 << 20))
+            if not part:
+                raise EOFError("the other process ended early")
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    return pickle.loads(exactly(int.from_bytes(exactly(8), "little")))
+
+
+_QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+
+
+@dataclass
+class _Half:
+    """What the second half tells the first before the merge: enough to decide whether it is exact."""
+
+    lines: int
+    cut_lines: int
+    touched: set[str]
+    aliased: set[str]
+    requeued: set[str]
+    closed: set[str]
+    queued_as: set[str]
+    learned: set[str]
+
+
+def _second_half(
+    path: Path,
+    start: int,
+    year: int | None,
+    local_domains: set[str] | None,
+    gateways: list[str],
+    containment_time: datetime | None,
+    rfd: int,
+    wfd: int,
+) -> None:
+    """The child: read ``path`` from ``start``, tell the parent what it touched, and once told
+    which queue ids straddle the cut and which domains the first half learned as local, send
+    the partial reports of its events, closed messages and open messages."""
+    c = Correlator(local_domains, events=("reject",), count_connects=True)
+    queued_as: set[str] = set()
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in _range(path, start, None):
+            if b"queued as " in chunk:
+                queued_as.update(_QUEUED_AS.findall(chunk.decode("utf-8", "replace")))
+            yield chunk
+
+    lines, cut, events = _feed(c, chunks(), year)
+    opened, closed = c._open, c._closed
+    _send(wfd, _Half(
+        lines, cut,
+        touched=set(opened) | {m.queue_id for m in closed},
+        aliased=set(c._alias) | set(c._alias.values()),
+        requeued={q for q, m in opened.items() if m.queued_as},
+        closed={m.queue_id for m in closed},
+        queued_as=queued_as,
+        learned=c._learned_local,
+    ))  # fmt: skip
+    decision = _recv(rfd)
+    if decision is None:
+        return
+    straddling, learned1 = decision
+    for q in straddling:
+        opened.pop(q, None)
+    if local_domains is None and learned1:
+        for m in (*closed, *opened.values()):
+            for r in m.recipients:
+                if r.outside and r.domain in learned1:
+                    r.outside = False
+    matcher = GatewayMatcher(gateways)
+    parts = [_part(containment_time), _part(containment_time), _part(containment_time)]
+    _on_events(parts[0], [e for e in events if e.message.queue_id not in straddling], matcher, parts[0].timeline)
+    _count_connects(parts[0], c.connects, matcher)
+    _summarise(parts[1], closed, matcher)
+    _summarise(parts[2], list(opened.values()), matcher)
+    _send(wfd, parts)
+
+
+def _part(containment_time: datetime | None) -> Report:
+    return Report(sources=[], gateways=[], gateway_source="", local_domains=None, containment_time=containment_time)
+
+
+def _count_connects(report: Report, connects: Counter[tuple[str, str]], matcher: GatewayMatcher) -> None:
+    for (service, addr), n in connects.items():
+        if matcher(addr):
+            report.connects_from_gateway += n
+            if service.endswith("postscreen"):
+                report.postscreen_connects_from_gateway += n
+
+
+def _two_halves(
+    source: LogSource,
+    gateways: list[str],
+    gateway_source: str,
+    local_domains: set[str] | None,
+    containment_time: datetime | None,
+    year: int | None,
+) -> Report | None:
+    """``_analyse`` of one plain file by two processes: this one reads the first half, a forked
+    child the second (from the first line that starts after the middle); each summarises its
+    own messages and the partial reports are added up in the order one process would have
+    met the messages (closed ones first, then open ones, each in order).
+
+    The second half started without the first half's state. That changes nothing for a queue
+    id the first half no longer holds. For one it still holds (a message whose lines straddle
+    the cut), the second half's lines of that id are fed again, in order, to the first half's
+    Correlator, and the child drops what it made of them. Without ``local_domains``, a
+    recipient the second half called outside is not when the first half learned its domain as
+    local. None (the caller reads the file again in one process) when the child failed, a
+    straddling message was re-queued through a content filter, a reused queue id closes a
+    message across the cut, a ``queued as`` in the second half names a first-half id, or what
+    is learned about local domains could differ.
+    """
+    path = source.path
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(size // 2)
+        head = fh.read(MAX_LINE)
+    nl = head.find(b"\n")
+    if nl < 0 or size // 2 + nl + 1 >= size:
+        return None
+    split = size // 2 + nl + 1
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into the caller's code
+        code = 1
+        try:
+            os.close(down_w)
+            os.close(up_r)
+            _second_half(path, split, year, local_domains, gateways, containment_time, down_r, up_w)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(down_r)
+    os.close(up_w)
+    try:
+        return _first_half(source, split, gateways, gateway_source, local_domains, containment_time, year, up_r, down_w)
+    except (EOFError, OSError, pickle.UnpicklingError):
+        return None
+    finally:
+        os.close(up_r)
+        os.close(down_w)
+        os.waitpid(pid, 0)
+
+
+def _first_half(
+    source: LogSource,
+    split: int,
+    gateways: list[str],
+    gateway_source: str,
+    local_domains: set[str] | None,
+    containment_time: datetime | None,
+    year: int | None,
+    rfd: int,
+    wfd: int,
+) -> Report | None:
+    c1 = Correlator(local_domains, events=("reject",), count_connects=True)
+    lines1, cut1, events1 = _feed(c1, _range(source.path, 0, split), year)
+    half: _Half = _recv(rfd)
+    held = set(c1._open) | set(c1._alias)
+    straddling = half.touched & held
+    learned1 = set(c1._learned_local)
+    if (
+        half.queued_as & held
+        or (half.aliased | half.requeued | half.closed) & straddling
+        or (local_domains is None and len(learned1 | half.learned) >= 10_000)
+    ):
+        _send(wfd, None)
+        return None
+    _send(wfd, (straddling, learned1))
+    replayed: list[MessageEvent] = []
+    if straddling:
+        texts = _lines_of(source.path, split, straddling, year)
+        if texts is None:
+            return None
+        closed_before, alias_before = len(c1._closed), dict(c1._alias)
+        for text in texts:
+            replayed.extend(c1.feed_text(text, year))
+        if len(c1._closed) != closed_before or c1._alias != alias_before:
+            return None
+        if local_domains is None:
+            late = half.learned - learned1
+            for q in straddling:
+                m = c1._open.get(q)
+                if m is not None and any(r.outside and r.domain in late for r in m.recipients):
+                    return None
+    matcher = GatewayMatcher(gateways)
+    parts = [_part(containment_time) for _ in range(4)]
+    _on_events(parts[0], events1, matcher, parts[0].timeline)
+    _count_connects(parts[0], c1.connects, matcher)
+    _on_events(parts[1], replayed, matcher, parts[1].timeline)
+    _summarise(parts[2], c1._closed, matcher)
+    _summarise(parts[3], list(c1._open.values()), matcher)
+    events2, closed2, open2 = _recv(rfd)
+    report = Report(
+        sources=[source.name],
+        gateways=list(gateways),
+        gateway_source=gateway_source,
+        local_domains=sorted(local_domains) if local_domains is not None else None,
+        containment_time=containment_time,
+        lines=lines1 + half.lines,
+        cut_lines=cut1 + half.cut_lines,
+        workers=2,
+    )
+    for part in (parts[0], events2, parts[1], parts[2], closed2, parts[3], open2):
+        _add(report, part)
+    return report
+
+
+def _add(report: Report, part: Report) -> None:
+    """Add ``part`` (the report of the messages and events after those already in ``report``)."""
+    report.messages += part.messages
+    report.outside_messages += part.outside_messages
+    report.outside_recipients += part.outside_recipients
+    report.signature_messages += part.signature_messages
+    report.by_client.update(part.by_client)
+    report.by_sender_domain.update(part.by_sender_domain)
+    report.by_recipient_domain.update(part.by_recipient_domain)
+    report.signature_by_recipient_domain.update(part.signature_by_recipient_domain)
+    first, last = part.first_abuse, part.last_abuse
+    if first is not None and first.first_seen is not None:
+        mine = report.first_abuse
+        if mine is None or mine.first_seen is None or first.first_seen < mine.first_seen:
+            report.first_abuse = first
+    if last is not None and last.first_seen is not None:
+        mine = report.last_abuse
+        if mine is None or mine.first_seen is None or last.first_seen >= mine.first_seen:
+            report.last_abuse = last
+    if part.first_outside is not None and (report.first_outside is None or part.first_outside < report.first_outside):
+        report.first_outside = part.first_outside
+    if part.last_outside is not None and (report.last_outside is None or part.last_outside > report.last_outside):
+        report.last_outside = part.last_outside
+    if part.before_containment is not None:
+        report.before_containment = (report.before_containment or 0) + part.before_containment
+    if part.after_containment is not None:
+        report.after_containment = (report.after_containment or 0) + part.after_containment
+    for minute, counts in part.timeline.items():
+        slot = report.timeline.setdefault(minute, [0, 0, 0])
+        for i in range(3):
+            slot[i] += counts[i]
+    report.rejects += part.rejects
+    report.rejects_by_code.update(part.rejects_by_code)
+    report.rejects_from_gateway += part.rejects_from_gateway
+    report.connects_from_gateway += part.connects_from_gateway
+    report.postscreen_connects_from_gateway += part.postscreen_connects_from_gateway
+    report.sample.extend(part.sample[: SAMPLE - len(report.sample)])
+
+
+def _lines_of(path: Path, start: int, qids: set[str], year: int | None) -> list[str] | None:
+    """The lines from ``start`` on whose queue id is one of ``qids``, in order (None: a line too long)."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read()
+    starts: set[int] = set()
+    for q in qids:
+        needle = q.encode()
+        i = data.find(needle)
+        while i >= 0:
+            starts.add(data.rfind(b"\n", 0, i) + 1)
+            i = data.find(needle, i + len(needle))
+    out: list[str] = []
+    for s in sorted(starts):
+        e = data.find(b"\n", s)
+        raw = data[s:] if e < 0 else data[s:e]
+        if len(raw) > MAX_LINE:
+            return None
+        text = raw.decode("utf-8", "replace")
+        if text.endswith("\r"):
+            text = text[:-1]
+        parsed = parse_line(text, year)
+        if parsed is not None and parsed.queue_id in qids:
+            out.append(text)
+    return out
 
 
 def _duplicate(seen: dict[int, int], text: str, index: int) -> bool:
