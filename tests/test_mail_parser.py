@@ -739,17 +739,23 @@ def _write(path: Any, lines: list[str]) -> Any:
     return rp.LogSource(name="generated", path=path)
 
 
+@pytest.mark.parametrize("local", [None, {"local.example", "example.org"}])
 @pytest.mark.parametrize(("straddle", "requeue", "workers"), [(False, False, 2), (True, False, 2), (True, True, 1)])
-def test_two_processes_give_the_one_process_report(tmp_path: Any, straddle: bool, requeue: bool, workers: int) -> None:
+def test_two_processes_give_the_one_process_report(
+    tmp_path: Any, straddle: bool, requeue: bool, workers: int, local: set[str] | None
+) -> None:
     from lockdown.mail import report as rp
 
     source = _write(tmp_path / "mail.log", _halves_log(600, straddle, requeue))
-    one = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=None)
-    two = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=1)
+    cont = datetime(2026, 11, 22, 10, 35, tzinfo=UTC)
+    one = rp.analyse([source], gateways=[_GW], local_domains=local, containment_time=cont, year=2026, parallel_min=None)
+    two = rp.analyse([source], gateways=[_GW], local_domains=local, containment_time=cont, year=2026, parallel_min=1)
     assert (one.workers, two.workers) == (1, workers)
     assert two.as_dict() == one.as_dict()
     assert one.signature_messages > 50 and one.rejects > 0 and one.connects_from_gateway > 0
-    # the second half's smtp deliveries to local.example count as local: the first half learned it
+    assert one.before_containment and one.after_containment
+    # without a list, the second half's smtp deliveries to local.example count as local: the
+    # first half learned it from lmtp deliveries
     assert "local.example" not in one.by_recipient_domain
     data = (tmp_path / "mail.log").read_bytes()
     middle = data.index(b"\n", len(data) // 2) + 1

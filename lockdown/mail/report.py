@@ -8,6 +8,10 @@ messages, outside_messages, signature_messages, by_client, by_sender_domain,
 by_recipient_domain, first_abuse, last_abuse, timeline, containment_time,
 before_containment, after_containment.
 
+One large plain log file is read by two processes, one half each, and their
+results are merged so that the report is the one a single process would
+give; ``_two_halves`` says when that cannot be shown and one process reads it.
+
 The *signature* of the IPv6-through-docker-proxy relay: a message for an
 outside domain whose client is a Docker gateway address and which carried no
 SASL authentication.
@@ -20,6 +24,7 @@ import gzip
 import html
 import ipaddress
 import json
+import mmap
 import os
 import pickle
 import re
@@ -40,6 +45,7 @@ from lockdown.mail.parser import (
     Message,
     MessageEvent,
     default_gateways,
+    domain_of,
     might_matter,
     parse_line,
 )
@@ -510,9 +516,13 @@ def _analyse(
 
 
 def _splittable(source: LogSource, minimum: int) -> bool:
+    """A plain file of at least ``minimum`` bytes, two CPUs to run on, and no other thread
+    in this process (a fork copies only the calling thread, whatever locks the others hold)."""
+    import threading
+
     if source.member is not None or source.path.name.endswith(".gz"):
         return False
-    if len(os.sched_getaffinity(0)) < 2 or not hasattr(os, "fork"):
+    if len(os.sched_getaffinity(0)) < 2 or not hasattr(os, "fork") or threading.active_count() > 1:
         return False
     try:
         return source.path.stat().st_size >= max(minimum, 1)
@@ -619,24 +629,52 @@ def _second_half(
         queued_as=queued_as,
         learned=c._learned_local,
     ))  # fmt: skip
+    # While the parent reads on: count what its answer cannot change. A straddling message
+    # is one this half only saw the end of (no client= or pickup line), and such a message
+    # is never a signature message, so it only adds to counts.
+    matcher = GatewayMatcher(gateways)
+    open2 = list(opened.values())
+    ends = [i for i, m in enumerate(open2) if m.service is None and m.client_addr is None]
+    sure = _part(containment_time)
+    _on_events(sure, [e for e in events if e.message.queue_id == "NOQUEUE"], matcher, sure.timeline)
+    _count_connects(sure, c.connects, matcher)
+    picks = _tally(sure, 1, closed, None, matcher)
+    picks.add(_tally(sure, 3, open2, _without(len(open2), ends), matcher))
     decision = _recv(rfd)
     if decision is None:
         return
     straddling, learned1 = decision
-    for q in straddling:
-        opened.pop(q, None)
+    rest = _part(containment_time)
+    late = [e for e in events if e.message.queue_id != "NOQUEUE" and e.message.queue_id not in straddling]
+    _on_events(rest, late, matcher, rest.timeline)
+    relearn = False
     if local_domains is None and learned1:
-        for m in (*closed, *opened.values()):
+        outside = set(sure.by_recipient_domain)
+        outside.update(domain_of(r.address) for i in ends for r in open2[i].recipients if r.outside)
+        relearn = not learned1.isdisjoint(outside)
+    if relearn:
+        for m in (*closed, *open2):
             for r in m.recipients:
                 if r.outside and r.domain in learned1:
                     r.outside = False
-    matcher = GatewayMatcher(gateways)
-    parts = [_part(containment_time), _part(containment_time), _part(containment_time)]
-    _on_events(parts[0], [e for e in events if e.message.queue_id not in straddling], matcher, parts[0].timeline)
-    _count_connects(parts[0], c.connects, matcher)
-    _summarise(parts[1], closed, matcher)
-    _summarise(parts[2], list(opened.values()), matcher)
-    _send(wfd, parts)
+    guessed = {open2[i].queue_id for i in _without(len(open2), ends)}
+    if relearn or not straddling.isdisjoint(guessed):
+        sure = _part(containment_time)
+        _count_connects(sure, c.connects, matcher)
+        _on_events(sure, [e for e in events if e.message.queue_id == "NOQUEUE"], matcher, sure.timeline)
+        picks = _tally(sure, 1, closed, None, matcher)
+        ends = list(range(len(open2)))
+    picks.add(_tally(rest, 3, open2, [i for i in ends if open2[i].queue_id not in straddling], matcher))
+    sure.messages = len(closed) + len(open2) - len(straddling & set(opened))
+    _send(wfd, ([sure, rest], picks))
+
+
+def _without(n: int, skip: list[int]) -> list[int]:
+    """0 .. n-1 without the (ascending) ``skip``."""
+    if not skip:
+        return list(range(n))
+    gone = set(skip)
+    return [i for i in range(n) if i not in gone]
 
 
 def _part(containment_time: datetime | None) -> Report:
@@ -685,6 +723,7 @@ def _two_halves(
     split = size // 2 + nl + 1
     down_r, down_w = os.pipe()
     up_r, up_w = os.pipe()
+    _widen(up_w)
     pid = os.fork()
     if pid == 0:  # the child never returns into the caller's code
         code = 1
@@ -707,6 +746,19 @@ def _two_halves(
         os.waitpid(pid, 0)
 
 
+def _widen(fd: int) -> None:
+    """Let the child's first message (the queue ids it touched) fit in the pipe, so that it
+    goes on with its own counting instead of waiting for the parent to read."""
+    import fcntl
+
+    for size in (16 << 20, 1 << 20):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+            return
+        except OSError:
+            continue
+
+
 def _first_half(
     source: LogSource,
     split: int,
@@ -720,6 +772,16 @@ def _first_half(
 ) -> Report | None:
     c1 = Correlator(local_domains, events=("reject",), count_connects=True)
     lines1, cut1, events1 = _feed(c1, _range(source.path, 0, split), year)
+    # Before hearing from the child: count what it cannot change. Only a message this half
+    # still holds can straddle the cut, and one whose queue id was removed seldom does.
+    matcher = GatewayMatcher(gateways)
+    open1 = list(c1._open.values())
+    done = [i for i, m in enumerate(open1) if m.removed]
+    sure = _part(containment_time)
+    _on_events(sure, events1, matcher, sure.timeline)
+    _count_connects(sure, c1.connects, matcher)
+    picks = _tally(sure, 0, c1._closed, None, matcher)
+    picks.add(_tally(sure, 2, open1, done, matcher))
     half: _Half = _recv(rfd)
     held = set(c1._open) | set(c1._alias)
     straddling = half.touched & held
@@ -732,30 +794,34 @@ def _first_half(
         _send(wfd, None)
         return None
     _send(wfd, (straddling, learned1))
-    replayed: list[MessageEvent] = []
+    rest = _part(containment_time)
     if straddling:
         texts = _lines_of(source.path, split, straddling, year)
         if texts is None:
             return None
         closed_before, alias_before = len(c1._closed), dict(c1._alias)
+        replayed: list[MessageEvent] = []
         for text in texts:
             replayed.extend(c1.feed_text(text, year))
-        if len(c1._closed) != closed_before or c1._alias != alias_before:
+        if len(c1._closed) != closed_before or c1._alias != alias_before or len(c1._open) != len(open1):
             return None
+        touched = {c1._alias.get(q, q) for q in straddling}
         if local_domains is None:
             late = half.learned - learned1
-            for q in straddling:
+            for q in touched:
                 m = c1._open.get(q)
-                if m is not None and any(r.outside and r.domain in late for r in m.recipients):
+                if m is None or any(r.outside and r.domain in late for r in m.recipients):
                     return None
-    matcher = GatewayMatcher(gateways)
-    parts = [_part(containment_time) for _ in range(4)]
-    _on_events(parts[0], events1, matcher, parts[0].timeline)
-    _count_connects(parts[0], c1.connects, matcher)
-    _on_events(parts[1], replayed, matcher, parts[1].timeline)
-    _summarise(parts[2], c1._closed, matcher)
-    _summarise(parts[3], list(c1._open.values()), matcher)
-    events2, closed2, open2 = _recv(rfd)
+        _on_events(rest, replayed, matcher, rest.timeline)
+        if touched & {open1[i].queue_id for i in done}:
+            sure = _part(containment_time)
+            _on_events(sure, events1, matcher, sure.timeline)
+            _count_connects(sure, c1.connects, matcher)
+            picks = _tally(sure, 0, c1._closed, None, matcher)
+            done = []
+    picks.add(_tally(rest, 2, open1, _without(len(open1), done), matcher))
+    sure.messages = len(c1._closed) + len(open1)
+    parts2, picks2 = _recv(rfd)
     report = Report(
         sources=[source.name],
         gateways=list(gateways),
@@ -766,13 +832,17 @@ def _first_half(
         cut_lines=cut1 + half.cut_lines,
         workers=2,
     )
-    for part in (parts[0], events2, parts[1], parts[2], closed2, parts[3], open2):
+    for part in (sure, rest, *parts2):
         _add(report, part)
+    picks.add(picks2)
+    report.sample = [m for _, m in picks.sample]
+    report.first_abuse = picks.first[2] if picks.first else None
+    report.last_abuse = picks.last[2] if picks.last else None
     return report
 
 
 def _add(report: Report, part: Report) -> None:
-    """Add ``part`` (the report of the messages and events after those already in ``report``)."""
+    """Add the counts of ``part`` (a report on some of the messages and events) to ``report``."""
     report.messages += part.messages
     report.outside_messages += part.outside_messages
     report.outside_recipients += part.outside_recipients
@@ -781,15 +851,6 @@ def _add(report: Report, part: Report) -> None:
     report.by_sender_domain.update(part.by_sender_domain)
     report.by_recipient_domain.update(part.by_recipient_domain)
     report.signature_by_recipient_domain.update(part.signature_by_recipient_domain)
-    first, last = part.first_abuse, part.last_abuse
-    if first is not None and first.first_seen is not None:
-        mine = report.first_abuse
-        if mine is None or mine.first_seen is None or first.first_seen < mine.first_seen:
-            report.first_abuse = first
-    if last is not None and last.first_seen is not None:
-        mine = report.last_abuse
-        if mine is None or mine.first_seen is None or last.first_seen >= mine.first_seen:
-            report.last_abuse = last
     if part.first_outside is not None and (report.first_outside is None or part.first_outside < report.first_outside):
         report.first_outside = part.first_outside
     if part.last_outside is not None and (report.last_outside is None or part.last_outside > report.last_outside):
@@ -807,20 +868,21 @@ def _add(report: Report, part: Report) -> None:
     report.rejects_from_gateway += part.rejects_from_gateway
     report.connects_from_gateway += part.connects_from_gateway
     report.postscreen_connects_from_gateway += part.postscreen_connects_from_gateway
-    report.sample.extend(part.sample[: SAMPLE - len(report.sample)])
 
 
 def _lines_of(path: Path, start: int, qids: set[str], year: int | None) -> list[str] | None:
     """The lines from ``start`` on whose queue id is one of ``qids``, in order (None: a line too long)."""
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        data = fh.read()
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _lines_in(data, start, qids, year)
+
+
+def _lines_in(data: mmap.mmap, start: int, qids: set[str], year: int | None) -> list[str] | None:
     starts: set[int] = set()
     for q in qids:
         needle = q.encode()
-        i = data.find(needle)
+        i = data.find(needle, start)
         while i >= 0:
-            starts.add(data.rfind(b"\n", 0, i) + 1)
+            starts.add(max(data.rfind(b"\n", start, i) + 1, start))
             i = data.find(needle, i + len(needle))
     out: list[str] = []
     for s in sorted(starts):
@@ -860,57 +922,113 @@ def _on_events(report: Report, events: list[Any], matcher: GatewayMatcher, timel
 
 
 def _summarise(report: Report, messages: list[Message], matcher: GatewayMatcher) -> None:
+    """Add up ``messages`` (in the order they were first seen) into ``report``."""
     report.messages = len(messages)
+    picks = _tally(report, 0, messages, None, matcher)
+    report.sample = [m for _, m in picks.sample]
+    report.first_abuse = picks.first[2] if picks.first else None
+    report.last_abuse = picks.last[2] if picks.last else None
+
+
+#: A message's place in the order one process meets them: (group, index in the group).
+Place = tuple[int, int]
+
+
+@dataclass
+class _Picks:
+    """What of a summary depends on the order of the messages: the signature messages picked,
+    with their places, so that summaries of parts of the messages add up exactly."""
+
+    sample: list[tuple[Place, Message]] = field(default_factory=list)
+    first: tuple[datetime, Place, Message] | None = None
+    last: tuple[datetime, Place, Message] | None = None
+
+    def add(self, other: _Picks) -> None:
+        self.sample = sorted([*self.sample, *other.sample], key=lambda x: x[0])[:SAMPLE]
+        if other.first is not None and (self.first is None or other.first[:2] < self.first[:2]):
+            self.first = other.first
+        if other.last is not None and (self.last is None or other.last[:2] > self.last[:2]):
+            self.last = other.last
+
+
+def _tally(
+    report: Report, group: int, messages: list[Message], indices: Iterable[int] | None, matcher: GatewayMatcher
+) -> _Picks:
+    """Add ``messages`` (or those at ``indices``, ascending) to the counts of ``report``; return the picks.
+
+    The first abuse is the earliest message (the first of them in order on a tie), the last
+    abuse the latest (the last of them on a tie), the sample the first signature messages.
+    Everything the loop touches is a local: it runs once per message of the log."""
     cont = report.containment_time
     before = after = 0
     timeline = report.timeline
     minutes: dict[datetime, datetime] = {}
-    for m in messages:
+    by_client, by_sender = report.by_client, report.by_sender_domain
+    by_rcpt, sig_rcpt = report.by_recipient_domain, report.signature_by_recipient_domain
+    picks = _Picks()
+    sample = picks.sample
+    first_outside, last_outside = report.first_outside, report.last_outside
+    first_t = last_t = None
+    first_at = last_at = -1
+    n_outside = n_recipients = n_signature = 0
+    for i in range(len(messages)) if indices is None else indices:
+        m = messages[i]
         outside = [r for r in m.recipients if r.outside]
         if not outside:
             continue
-        report.outside_messages += 1
-        report.outside_recipients += len(outside)
-        report.by_client[m.client_addr or "unknown"] += 1
-        report.by_sender_domain[m.sender_domain or ("<>" if m.sender == "" else "unknown")] += 1
-        domains = {r.domain for r in outside}
+        n_outside += 1
+        n_recipients += len(outside)
+        by_client[m.client_addr or "unknown"] += 1
+        sender = m.sender
+        by_sender[domain_of(sender) or ("<>" if sender == "" else "unknown")] += 1
+        domains = {domain_of(r.address) for r in outside}
         for d in domains:
-            report.by_recipient_domain[d] += 1
+            by_rcpt[d] += 1
         t = m.first_seen
         if t is not None:
-            if report.first_outside is None or t < report.first_outside:
-                report.first_outside = t
-            if report.last_outside is None or t > report.last_outside:
-                report.last_outside = t
+            if first_outside is None or t < first_outside:
+                first_outside = t
+            if last_outside is None or t > last_outside:
+                last_outside = t
         signature = m.sasl_username is None and matcher(m.client_addr)
         if t is not None:
             minute = minutes.get(t)
             if minute is None:
                 minute = minutes[t] = _minute(t)
-            slot = timeline.setdefault(minute, [0, 0, 0])
+            slot = timeline.get(minute)
+            if slot is None:
+                slot = timeline[minute] = [0, 0, 0]
             slot[0] += 1
             if signature:
                 slot[1] += 1
         if not signature:
             continue
-        report.signature_messages += 1
+        n_signature += 1
         for d in domains:
-            report.signature_by_recipient_domain[d] += 1
-        if len(report.sample) < SAMPLE:
-            report.sample.append(m)
+            sig_rcpt[d] += 1
+        if len(sample) < SAMPLE:
+            sample.append(((group, i), m))
         if t is not None:
-            first, last = report.first_abuse, report.last_abuse
-            if first is None or first.first_seen is None or t < first.first_seen:
-                report.first_abuse = m
-            if last is None or last.first_seen is None or t >= last.first_seen:
-                report.last_abuse = m
+            if first_t is None or t < first_t:
+                first_t, first_at = t, i
+            if last_t is None or t >= last_t:
+                last_t, last_at = t, i
             if cont is not None:
                 if t < cont:
                     before += 1
                 else:
                     after += 1
+    report.outside_messages += n_outside
+    report.outside_recipients += n_recipients
+    report.signature_messages += n_signature
+    report.first_outside, report.last_outside = first_outside, last_outside
+    if first_t is not None and last_t is not None:
+        picks.first = (first_t, (group, first_at), messages[first_at])
+        picks.last = (last_t, (group, last_at), messages[last_at])
     if cont is not None:
-        report.before_containment, report.after_containment = before, after
+        report.before_containment = (report.before_containment or 0) + before
+        report.after_containment = (report.after_containment or 0) + after
+    return picks
 
 
 # --------------------------------------------------------------------------- incidents
