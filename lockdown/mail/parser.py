@@ -1037,9 +1037,6 @@ class Correlator:
             sender, size, nrcpt, message_id, removed,
             connect_bare, connect_addr, g_qid, body,
         ) in pattern.findall(block):  # fmt: skip
-            t = stamps.get(stamp, _MISSING)
-            if t is _MISSING:
-                t = stamps[stamp] = _time_3164(stamp, year, None, None)
             if name:
                 known = names.get(name, _MISSING)
                 if known is _MISSING:
@@ -1053,6 +1050,17 @@ class Correlator:
                     continue
                 service = svc
                 agent = agents.get(service) or agents.setdefault(service, service[service.rfind("/") + 1 :])
+            if connect_bare:
+                if agent == "smtpd" or agent == "postscreen":
+                    connects[(service, connect_bare)] += 1
+                continue
+            if connect_addr:
+                if agent == "smtpd" or agent == "postscreen":
+                    connects[(service, connect_addr)] += 1
+                continue
+            t = stamps.get(stamp, _MISSING)
+            if t is _MISSING:
+                t = stamps[stamp] = _time_3164(stamp, year, None, None)
             if qid:
                 if client:
                     if agent != "smtpd":
@@ -1111,7 +1119,11 @@ class Correlator:
                     delay: float | None = float(delay_text)
                 except ValueError:
                     delay = None
-                r = m.recipient(address) if m.recipients else None
+                r = None
+                for known_r in reversed(m.recipients):
+                    if known_r.address == address:
+                        r = known_r
+                        break
                 if r is None:
                     r = Recipient(address, relay, status, dsn, t, delay, detail, service)
                     m.recipients.append(r)
@@ -1149,12 +1161,6 @@ class Correlator:
                     second = _queued_as(detail)
                     if second is not None and (is_filter_relay(relay) or second in opened):
                         self._link(key, m, second)
-            elif connect_bare:
-                if agent == "smtpd" or agent == "postscreen":
-                    connects[(service, connect_bare)] += 1
-            elif connect_addr:
-                if agent == "smtpd" or agent == "postscreen":
-                    connects[(service, connect_addr)] += 1
             elif g_qid:
                 if is_queue_id(g_qid) or g_qid == "NOQUEUE":
                     ev = handle(t, service, g_qid, body)
