@@ -11,6 +11,7 @@ peer inside the test's namespace).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import time
@@ -50,7 +51,8 @@ GATEWAY_IDS = {"postfix-trusts-gateway", "dms-permit-docker", "ipv6-relay-path",
 def host_v6(netns: str) -> Iterator[str]:
     """A global 2001:db8:: address on the host end of a veth pair this test owns (peer in ``netns``)."""
     host_if, peer = unique(), unique()
-    address = f"2001:db8:{secrets.token_hex(2)}::1"
+    # Compressed form (2001:db8:fe6::1, not 2001:db8:0fe6::1), as the kernel and the findings print it.
+    address = str(ipaddress.IPv6Address(f"2001:db8:{secrets.token_hex(2)}::1"))
     sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer, "netns", netns)
     try:
         sh("ip", "addr", "add", f"{address}/64", "dev", host_if, "nodad")
