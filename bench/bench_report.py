@@ -75,7 +75,10 @@ def generate(path: Path, target: int, seed: int = 8) -> dict[str, int]:
                 truth["rejects"] += 1
                 continue
             if kind < 0.2:
-                emit(f"postfix/anvil[90]: statistics: max connection rate 3/60s for (smtp:{addr}) at {t:%b %d %H:%M:%S}")
+                emit(
+                    f"postfix/anvil[90]: statistics: max connection rate 3/60s for (smtp:{addr}) "
+                    f"at {t:%b %d %H:%M:%S}"
+                )
                 continue
             qn += rnd.randint(1, 50)
             qid = f"{qn:X}"
@@ -100,13 +103,15 @@ def generate(path: Path, target: int, seed: int = 8) -> dict[str, int]:
                     rcpt = f"{rnd.randint(10000, 9999999)}@{dom}"
                     if rnd.random() < 0.6:
                         emit(
-                            f"postfix/smtp[{pid + 2}]: {qid}: to=<{rcpt}>, relay=mx3.{dom}[203.0.113.{rnd.randint(1, 254)}]:25, "
+                            f"postfix/smtp[{pid + 2}]: {qid}: to=<{rcpt}>, "
+                            f"relay=mx3.{dom}[203.0.113.{rnd.randint(1, 254)}]:25, "
                             f"delay=2.1, delays=0.05/0.01/1.2/0.84, dsn=4.7.0, status=deferred (host mx3.{dom}"
                             "[203.0.113.7] said: 451 4.7.0 Temporary rejected (in reply to RCPT TO command))"
                         )
                     else:
                         emit(
-                            f"postfix/smtp[{pid + 2}]: {qid}: to=<{rcpt}>, relay=mx3.{dom}[203.0.113.{rnd.randint(1, 254)}]:25, "
+                            f"postfix/smtp[{pid + 2}]: {qid}: to=<{rcpt}>, "
+                            f"relay=mx3.{dom}[203.0.113.{rnd.randint(1, 254)}]:25, "
                             "delay=1.4, delays=0.05/0.01/0.5/0.84, dsn=2.0.0, status=sent (250 OK)"
                         )
                 else:
