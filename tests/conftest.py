@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,50 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
+
+
+# Runs the lockdown CLI as nobody: ``python3 -c AS_NOBODY COMMAND ARGS...``.
+# The interpreter and its library may live where nobody cannot read them
+# (/root/.pyenv here), and typer and the actions import parts of themselves
+# lazily. So the code is loaded as root first: every action module, then the
+# same command once with its output thrown away (``run`` as a --dry-run,
+# ``verify`` as itself since it writes nothing, anything else as --help).
+# Then every privilege is dropped for good and the real command runs.
+AS_NOBODY = """
+import contextlib, io, os, sys
+import encodings.idna, psutil, pyroute2
+from lockdown.actions import REGISTRY, get_action
+from lockdown.cli import main
+for name in REGISTRY:
+    get_action(name)
+args = sys.argv[1:]
+warm_up = args + ["--dry-run"] if args[0] == "run" else args if args[0] == "verify" else [args[0], "--help"]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    main(warm_up)
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) == (65534, 65534, 65534, 65534, [])
+sys.exit(main(args))
+"""
+
+
+def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy and return its value; fail naming ``what``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_finished(state: Path, incident_id: str) -> bool:
+    """The incident's run has ended (contained, failed, crashed...), as its journal says."""
+    from lockdown.engine.incident import read_incident
+
+    return read_incident(state, incident_id).run_status not in (None, "running")
 
 
 def unavailable(reason: str) -> None:

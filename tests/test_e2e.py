@@ -13,6 +13,7 @@ second pass SIGKILLs ``lockdown run`` mid-run and restores from the journal.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -30,8 +31,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, ip_json, sh
+from tests.conftest import REPO, ip_json, run_finished, sh, wait_for
 from tests.test_lab import GATEWAY, Lab, host_snapshot, queue_id, require_lab_facilities
+from tests.test_serve import am_payload
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
 
@@ -49,34 +51,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         assert up.returncode == 0, up.stderr
         yield lab
     finally:
-        lab.run("down")
-        sh("docker", "rm", "-f", lab.container, check=False)
-        sh("ip", "link", "del", lab.host_if, check=False)
-        sh("ip", "netns", "del", lab.netns, check=False)
+        lab.teardown()
         assert lab.leftovers() == []
 
 
+def _demo_state() -> Any:
+    """scripts/demo-state.py, the demo's proof helper: the test checks with the same code the demo shows."""
+    spec = importlib.util.spec_from_file_location("demo_state", REPO / "scripts" / "demo-state.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo_state = _demo_state()
+
+
 def lab_state(lab: Lab) -> dict[str, Any]:
-    """The lab interface and container as the kernel and Docker report them."""
-
-    def ordered(items: list[Any]) -> list[Any]:
-        return sorted(items, key=lambda i: json.dumps(i, sort_keys=True))
-
-    sysctls = {}
-    for family in ("ipv6", "ipv4"):
-        for path in sorted(Path(f"/proc/sys/net/{family}/conf/{lab.host_if}").iterdir()):
-            try:
-                sysctls[f"{family}.{path.name}"] = path.read_text().strip()
-            except OSError:  # stable_secret cannot be read until it is set
-                continue
-    state = json.loads(sh("docker", "inspect", "--format", "{{json .State}}", lab.container).stdout)
-    return {
-        "addresses": ordered(ip_json("addr", "show", "dev", lab.host_if)[0]["addr_info"]),
-        "routes6": ordered(ip_json("-6", "route", "show", "table", "all", "dev", lab.host_if)),
-        "routes4": ordered(ip_json("-4", "route", "show", "table", "all", "dev", lab.host_if)),
-        "sysctls": sysctls,
-        "container": state,
-    }
+    """The lab interface (addresses with flags and lifetimes, routes of every table, sysctls) and the
+    container's State, as ``ip -j``, /proc/sys and ``docker inspect`` report them."""
+    state: dict[str, Any] = demo_state.capture(lab.host_if, lab.container)
+    return state
 
 
 def attack(lab: Lab, expect: str) -> str:
@@ -144,27 +139,7 @@ vars = {{ container = "{lab.container}", interfaces = "{lab.host_if}" }}
 
     def alert(self) -> tuple[int, dict[str, Any]]:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        payload = {
-            "version": "4",
-            "status": "firing",
-            "receiver": "lockdown",
-            "groupKey": '{}:{alertname="' + ALERT + '"}',
-            "groupLabels": {"alertname": ALERT},
-            "commonLabels": {"alertname": ALERT},
-            "commonAnnotations": {},
-            "externalURL": "http://alertmanager.example:9093",
-            "alerts": [
-                {
-                    "status": "firing",
-                    "labels": {"alertname": ALERT, "severity": "critical"},
-                    "annotations": {"summary": "more mail than this server ever sends"},
-                    "startsAt": now,
-                    "endsAt": "0001-01-01T00:00:00Z",
-                    "generatorURL": "http://prometheus.example:9090/graph",
-                    "fingerprint": "e2e0000000000001",
-                }
-            ],
-        }
+        payload = am_payload(ALERT, fingerprint="e2e0000000000001", starts=now)
         req = urllib.request.Request(
             f"{self.url}/v1/alerts/alertmanager",
             data=json.dumps(payload).encode(),
@@ -194,16 +169,6 @@ def status(state: Path, incident: str) -> dict[str, Any]:
     return doc
 
 
-def wait_run_finished(state: Path, incident: str, timeout: float = 120) -> dict[str, Any]:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        doc = status(state, incident)
-        if doc["run_status"] not in (None, "running"):
-            return doc
-        time.sleep(0.3)
-    raise AssertionError(f"run of {incident} did not finish in {timeout} s")
-
-
 def bundle_members(bundle: Path) -> dict[str, bytes]:
     with tarfile.open(bundle, "r:gz") as tar:
         out = {}
@@ -220,14 +185,15 @@ def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_bef
     assert f"client=unknown[{GATEWAY}]" in lab.docker_logs()
     before = lab_state(lab)
     assert global_v6(lab) == [lab.env["LAB_HOST6"]]
-    assert before["container"]["Status"] == "running"
+    assert before["container"]["State"]["Status"] == "running"
 
     serve = Serve(tmp_path, lab)
     try:
         code, answer = serve.alert()
         assert code == 202, answer
         incident = answer["incident_id"]
-        doc = wait_run_finished(serve.state, incident)
+        wait_for(lambda: run_finished(serve.state, incident), timeout=120, what="the run to finish")
+        doc = status(serve.state, incident)
         assert doc["run_status"] == "contained", doc
         assert doc["containment_active"] is True
 
@@ -284,6 +250,7 @@ def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_bef
     restore = lockdown(serve.state, "restore", incident, "--release-queue")
     assert restore.returncode == 0, restore.stderr
     after = lab_state(lab)
+    assert demo_state.compare(before, after) == []
     assert after == before
     assert postqueue(lab).get(relayed) in ("deferred", "active", "incoming")
     attack(lab, "open")  # the lab is still misconfigured: restore undoes containment only
@@ -372,10 +339,7 @@ def test_the_readme_demo_runs_and_proves_each_phase(tmp_path: Path) -> None:
         verify = subprocess.run([sys.executable, "-m", "lockdown", "verify", str(bundle)], capture_output=True)
         assert verify.returncode == 0
     finally:
-        lab.run("down")
-        sh("docker", "rm", "-f", lab.container, check=False)
-        sh("ip", "link", "del", lab.host_if, check=False)
-        sh("ip", "netns", "del", lab.netns, check=False)
+        lab.teardown()
     assert lab.leftovers() == []
     assert host_snapshot() == before
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import run_cli, sh
+from tests.conftest import AS_NOBODY, run_cli, sh
 
 KEYS = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding", "net.ipv4.icmp_echo_ignore_all"]
 
@@ -338,16 +338,6 @@ def test_step_failure_aborts_and_stays_restorable(netns: str, tmp_path: Path, st
     assert read(netns) == before
 
 
-# /root (where the interpreter lives) is 0700: warm up every import with a
-# dry run as root, then drop to nobody for real and run the CLI in-process.
-DROP_PRIVS = """
-import contextlib, io, os, sys
-from lockdown.cli import main
-with contextlib.redirect_stdout(io.StringIO()):
-    assert main(sys.argv[1:] + ["--dry-run"]) == 0
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_missing_privileges_is_exit_4_and_changes_nothing(netns: str) -> None:
@@ -370,7 +360,7 @@ def _check_privileges(netns: str, tmp_path: Path, before: dict[str, str]) -> Non
     pb = playbook(tmp_path, flipped(before))
     os.chmod(pb, 0o644)
     r = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", DROP_PRIVS, "run", str(pb), "--state-dir", str(state)],
+        ["ip", "netns", "exec", netns, sys.executable, "-c", AS_NOBODY, "run", str(pb), "--state-dir", str(state)],
         capture_output=True, text=True, cwd=str(Path(__file__).parent.parent),
     )
     assert r.returncode == 4, r.stderr
@@ -379,7 +369,7 @@ def _check_privileges(netns: str, tmp_path: Path, before: dict[str, str]) -> Non
     assert list(state.iterdir()) == []
     # --dry-run still shows the plan without the privileges, and says the targets were not resolved.
     r = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", DROP_PRIVS, "run", str(pb), "--dry-run", "--json",
+        ["ip", "netns", "exec", netns, sys.executable, "-c", AS_NOBODY, "run", str(pb), "--dry-run", "--json",
          "--state-dir", str(state)],
         capture_output=True, text=True, cwd=str(Path(__file__).parent.parent),
     )

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_cli, sh, unavailable, unique
+from tests.conftest import AS_NOBODY, REPO, run_cli, sh, unavailable, unique
 
 SYSCTL = "net.ipv6.conf.lo.disable_ipv6"
 PLAYBOOK = f"""
@@ -1282,24 +1282,6 @@ def test_report_is_skipped_above_the_log_size_cap(mail: MailIncident, tmp_path: 
 
 # ----------------------------------------------------------------- verify without root, without Docker
 
-AS_NOBODY = """
-import contextlib, io, os, sys
-# The interpreter and its library may live where nobody cannot read them
-# (/root/.pyenv here), and typer imports parts of itself lazily. So the same
-# command runs once as root with its output thrown away, only to load the
-# code; then every privilege is dropped for good and the real run begins,
-# which opens the bundle and its sidecar as nobody. (Only verify, which
-# writes nothing, is run twice; anything else gets a --help warm-up.)
-from lockdown.cli import main
-warm_up = sys.argv[1:] if sys.argv[1] == "verify" else [sys.argv[1], "--help"]
-with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-    main(warm_up)
-os.setgroups([])
-os.setgid(65534)
-os.setuid(65534)
-assert (os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()) == (65534, 65534, 65534, 65534, [])
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -121,6 +121,13 @@ class Lab:
         logs = sh("docker", "logs", self.container, check=False)
         return logs.stdout + logs.stderr
 
+    def teardown(self) -> None:
+        """``scripts/lab down``, then a safety net on this lab's own names should ``down`` be broken."""
+        self.run("down")
+        sh("docker", "rm", "-f", self.container, check=False)
+        sh("ip", "link", "del", self.host_if, check=False)
+        sh("ip", "netns", "del", self.netns, check=False)
+
     def leftovers(self) -> list[str]:
         left = []
         if Path("/run/netns", self.netns).exists():
@@ -159,11 +166,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         assert up.returncode == 0, up.stderr
         yield lab
     finally:
-        lab.run("down")
-        # Safety net should `down` itself be broken: only this lab's names.
-        sh("docker", "rm", "-f", lab.container, check=False)
-        sh("ip", "link", "del", lab.host_if, check=False)
-        sh("ip", "netns", "del", lab.netns, check=False)
+        lab.teardown()
 
 
 def queue_id(out: str) -> str:

@@ -33,7 +33,7 @@ import pytest
 
 from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.lock import StateLock
-from tests.conftest import run_cli, unavailable
+from tests.conftest import run_cli, run_finished, unavailable, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -223,19 +223,6 @@ def am_payload(alertname: str, status: str = "firing", fingerprint: str = "f00df
     }
 
 
-def wait_for(predicate: Any, timeout: float = 20, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def run_finished(state: Path, incident_id: str) -> bool:
-    view = read_incident(state, incident_id)
-    return view.run_status not in (None, "running")
 
 
 def write_config(tmp_path: Path, *, extra_server: str = "", routes: str | None = None) -> tuple[Path, Path]:

@@ -32,7 +32,7 @@ import psutil
 import pytest
 
 from tests import netlab
-from tests.conftest import REPO, ip_json
+from tests.conftest import AS_NOBODY, REPO, ip_json
 from tests.netlab import ipn, lockdown, nsexec, set_sysctl, veth
 
 pytestmark = pytest.mark.netns
@@ -358,18 +358,6 @@ def test_network_snapshot_matches_ip_json(lab: Lab, state_dir: Path) -> None:
     assert {_sock_key(s) for s in doc["listening"]} == expected_listening
 
 
-# Import everything as root (the interpreter lives under /root, 0700), then
-# drop to nobody and run the real CLI in-process.
-AS_NOBODY = """
-import contextlib, io, os, sys
-import encodings.idna, psutil, pyroute2
-from lockdown.cli import main
-from lockdown.actions import snapshot_connections, snapshot_network, snapshot_processes
-with contextlib.redirect_stdout(io.StringIO()):
-    assert main(sys.argv[1:] + ["--dry-run"]) == 0
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
-sys.exit(main(sys.argv[1:]))
-"""
 
 
 def test_without_root_pids_are_missing_but_the_snapshot_succeeds(lab: Lab) -> None:

@@ -41,7 +41,7 @@ from lockdown.triggers.config import load_config
 from lockdown.triggers.dedup import EventLog
 from lockdown.triggers.dispatch import Dispatcher
 from lockdown.triggers.watch import Watcher, WatchSettings
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_finished, wait_for
 from tests.dockerlab import BUSYBOX, Lab, lab
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns]
@@ -280,18 +280,6 @@ def sysctl_in(netns: str) -> str:
     return out.stdout.strip()
 
 
-def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def run_finished(state: Path, incident_id: str) -> bool:
-    return read_incident(state, incident_id).run_status not in (None, "running")
 
 
 def is_paused(container: Any) -> bool:
