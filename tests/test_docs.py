@@ -75,6 +75,30 @@ def test_every_cli_command_has_json() -> None:
     assert missing == [], f"commands without --json: {missing}"
 
 
+def test_command_table_names_what_each_module_registers() -> None:
+    """``main`` imports only the invoked command's module, found in COMMAND_MODULES."""
+    from lockdown.cli import COMMAND_MODULES, build_app
+
+    for module in set(COMMAND_MODULES.values()):
+        top = {c.split()[0] for c, _ in _commands(build_app([module]))}
+        assert top == {c for c, m in COMMAND_MODULES.items() if m == module}, module
+    assert {c.split()[0] for c, _ in _commands(app)} == set(COMMAND_MODULES)
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    code = (
+        "import sys\n"
+        "from lockdown.cli import main\n"
+        "code = main(['report', '--help'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lockdown.cli.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = out.strip().splitlines()[-1]
+    assert "lockdown.cli.audit_cmd" in loaded
+    for other in ("run_cmd", "serve_cmd", "evidence_cmd", "queue_cmd", "playbooks_cmd"):
+        assert f"lockdown.cli.{other}" not in loaded, loaded
+
+
 def test_readme_documents_every_exit_code() -> None:
     from lockdown.errors import ExitCode
 

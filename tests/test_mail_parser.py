@@ -424,6 +424,42 @@ def test_is_gateway() -> None:
     assert is_gateway("172.20.0.1", ["172.16.0.0/12"])
     assert not is_gateway("172.17.0.2", ["172.17.0.1"])
     assert not is_gateway("unknown", ["172.17.0.1"])
+    assert not is_gateway("172.017.0.1", ["172.17.0.1"])  # leading zero: not an address
+    assert not is_gateway("\u0661.1.1.1", ["1.1.1.1"])  # a non-ASCII digit
+
+
+def _reference_is_gateway(addr: str, gateways: list[str]) -> bool:
+    """What ``is_gateway`` means, spelled with ``ipaddress`` and nothing cached or shortened."""
+    import ipaddress
+
+    a = addr.strip().lower().removeprefix("ipv6:")
+    if a.startswith("::ffff:") and "." in a:
+        a = a[7:]
+    try:
+        ip = ipaddress.ip_address(a)
+    except ValueError:
+        return any(a == g.strip().lower() for g in gateways)
+    for g in gateways:
+        g = g.strip().lower()
+        try:
+            if ip in ipaddress.ip_network(g, strict=False) if "/" in g else ip == ipaddress.ip_address(g):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+_OCTET = st.sampled_from(["0", "1", "17", "172", "255", "256", "01", "007", "1000", "", "\u0661"])
+
+
+@given(
+    st.lists(st.builds(".".join, st.lists(_OCTET, min_size=1, max_size=5)), min_size=1, max_size=40),
+    st.lists(st.sampled_from(["172.17.0.1", "1.1.1.1", "0.0.0.0", "172.16.0.0/12", "255.255.255.255"]), max_size=3),
+)
+def test_gateway_matcher_agrees_with_ipaddress(addrs: list[str], gateways: list[str]) -> None:
+    matcher = GatewayMatcher(gateways)
+    for a in addrs:
+        assert matcher(a) == _reference_is_gateway(a, gateways), (a, gateways)
 
 
 # ----------------------------------------------------------------- chunks
@@ -664,8 +700,45 @@ def _reference_report(lines: list[str], year: int) -> dict[str, Any]:
             if service.endswith("postscreen"):
                 rep.postscreen_connects_from_gateway += n
     rep.lines = len(lines)
-    rp._summarise(rep, c.finish(), matcher)
+    _reference_summary(rep, c.finish(), matcher)
     return rep.as_dict()
+
+
+def _reference_summary(rep: Any, messages: list[Any], matcher: GatewayMatcher) -> None:
+    """``_summarise`` written plainly, one message at a time (the real one is tuned for speed)."""
+    from lockdown.mail.parser import domain_of
+    from lockdown.mail.report import SAMPLE
+
+    rep.messages = len(messages)
+    signature_messages = []
+    for m in messages:
+        outside = [r for r in m.recipients if r.outside]
+        if not outside:
+            continue
+        rep.outside_messages += 1
+        rep.outside_recipients += len(outside)
+        rep.by_client[m.client_addr or "unknown"] += 1
+        rep.by_sender_domain[domain_of(m.sender) or ("<>" if m.sender == "" else "unknown")] += 1
+        domains = list(dict.fromkeys(domain_of(r.address) for r in outside))
+        for d in domains:
+            rep.by_recipient_domain[d] += 1
+        signature = m.sasl_username is None and matcher(m.client_addr)
+        t = m.first_seen
+        if t is not None:
+            rep.first_outside = t if rep.first_outside is None else min(rep.first_outside, t)
+            rep.last_outside = t if rep.last_outside is None else max(rep.last_outside, t)
+            slot = rep.timeline.setdefault(t.astimezone(UTC).replace(second=0, microsecond=0), [0, 0, 0])
+            slot[0] += 1
+            slot[1] += int(signature)
+        if signature:
+            rep.signature_messages += 1
+            for d in domains:
+                rep.signature_by_recipient_domain[d] += 1
+            signature_messages.append(m)
+    rep.sample = signature_messages[:SAMPLE]
+    timed = [m for m in signature_messages if m.first_seen is not None]
+    rep.first_abuse = min(timed, key=lambda m: m.first_seen, default=None)  # the first of the earliest
+    rep.last_abuse = max(reversed(timed), key=lambda m: m.first_seen, default=None)  # the last of the latest
 
 
 @settings(max_examples=300, deadline=None)

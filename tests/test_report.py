@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,46 @@ def test_default_gateways_without_docker_fall_back_to_the_default_pools(log: Pat
     assert d["gateway_source"] == "default-pools"
     assert "172.17.0.1" in d["gateways"] and "192.168.16.1" in d["gateways"]
     assert d["signature_messages"] == 8
+
+
+def test_gateways_come_from_the_live_docker_engine(log: Path, docker_engine: Any) -> None:
+    """Read straight over the daemon's socket, they are the gateways the SDK reports."""
+    expected: set[str] = set()
+    for net in docker_engine.api.networks():
+        for cfg in (net.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Gateway"):
+                expected.add(cfg["Gateway"].split("/")[0])
+    assert expected, "the engine has no network with a gateway"
+    code, out, err = report("--log", str(log), "--year", "2026", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["gateway_source"] == "docker"
+    assert set(d["gateways"]) >= expected
+
+
+def test_a_stale_docker_socket_means_default_pools_without_the_sdk(log: Path, tmp_path: Path) -> None:
+    """A socket file nobody listens on (dockerd died) is 'not reachable', at once."""
+    import socket
+
+    stale = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(stale))
+    assert stale.is_socket()
+    code = (
+        "import sys\n"
+        "from lockdown.cli import main\n"
+        f"rc = main(['report', '--log', {str(log)!r}, '--year', '2026', '--json'])\n"
+        "print('docker' in sys.modules, file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DOCKER_HOST": f"unix://{stale}"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gateway_source"] == "default-pools"
+    assert r.stderr.strip().splitlines()[-1] == "False", "the Docker SDK was imported"
 
 
 def test_html_is_one_self_contained_file(log: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import typer
@@ -22,38 +22,78 @@ _ClickException: type[Exception] = next(
 
 
 class LockdownApp(typer.Typer):
-    """``lockdown.cli:app`` is the console entry point; calling it runs ``main``."""
+    """Calling the app runs ``main`` (as ``python -m lockdown`` and the console script do)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         sys.exit(main())
 
 
-app = LockdownApp(
-    name="lockdown",
-    help="Emergency containment for mail servers in Docker: contain, keep evidence, restore.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    rich_markup_mode=None,
-)
+def run() -> None:
+    """The console entry point (``lockdown = "lockdown.cli:run"``)."""
+    sys.exit(main())
 
 
-def _register() -> None:
-    from lockdown.cli import playbooks_cmd, run_cmd
+#: The module that registers each top-level command. ``main`` imports only the one invoked:
+#: ``lockdown report`` on a large log should not wait for the webhook server's imports.
+#: tests/test_docs.py checks this table against what each module registers.
+COMMAND_MODULES: dict[str, str] = {
+    "run": "run_cmd",
+    "restore": "run_cmd",
+    "status": "run_cmd",
+    "incidents": "run_cmd",
+    "playbooks": "playbooks_cmd",
+    "export": "evidence_cmd",
+    "verify": "evidence_cmd",
+    "serve": "serve_cmd",
+    "watch": "serve_cmd",
+    "audit": "audit_cmd",
+    "report": "audit_cmd",
+    "queue": "queue_cmd",
+}
 
-    run_cmd.register(app)
-    app.add_typer(playbooks_cmd.app, name="playbooks")
-    for name in ("evidence_cmd", "serve_cmd", "audit_cmd", "queue_cmd"):
-        try:
-            module = __import__(f"lockdown.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lockdown.cli.{name}":
-                raise
-            continue
-        module.register(app)
+
+def _new_app() -> LockdownApp:
+    return LockdownApp(
+        name="lockdown",
+        help="Emergency containment for mail servers in Docker: contain, keep evidence, restore.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
 
 
-_register()
+def register_module(target: typer.Typer, name: str) -> None:
+    """Add the commands of ``lockdown.cli.<name>`` to ``target``."""
+    __import__(f"lockdown.cli.{name}", fromlist=["register"]).register(target)
+
+
+def build_app(modules: Iterable[str] | None = None) -> LockdownApp:
+    """The CLI with the commands of ``modules`` (default: all, in help order)."""
+    target = _new_app()
+    for name in modules if modules is not None else dict.fromkeys(COMMAND_MODULES.values()):
+        register_module(target, name)
+    return target
+
+
+_full_app: LockdownApp | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``lockdown.cli.app``: every command, built on first use (tests and docs read it)."""
+    global _full_app
+    if name == "app":
+        if _full_app is None:
+            _full_app = build_app()
+        return _full_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _command_app(args: Sequence[str]) -> typer.Typer:
+    """The app for this command line: only the invoked command's module when the first
+    argument names one, else every command (top-level help, unknown command)."""
+    name = COMMAND_MODULES.get(args[0]) if args else None
+    return __getattr__("app") if name is None else build_app([name])
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
@@ -65,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in args or os.environ.get("LOCKDOWN_TRACEBACK") == "1"
     args = [a for a in args if a != "--traceback"]
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(_command_app(args))
     try:
         rv = command.main(args=args, prog_name="lockdown", standalone_mode=False)
     except typer.Abort:

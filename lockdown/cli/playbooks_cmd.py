@@ -79,3 +79,7 @@ def actions(json_out: JsonOpt = False) -> None:
         out.line(f"{name}: {summary}")
         for p in params:
             out.line(f"    {p['name']}: {p['type']} (default {p['default']})")
+
+
+def register(main_app: typer.Typer) -> None:
+    main_app.add_typer(app, name="playbooks")

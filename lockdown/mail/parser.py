@@ -423,6 +423,11 @@ class GatewayMatcher:
         hit = self._cache.get(addr)
         if hit is not None:
             return hit
+        if not self.networks and addr.isascii() and addr.replace(".", "").isdigit():
+            # Dotted digits: ``ipaddress`` reads them back unchanged or not at all (leading
+            # zeros, a part over 255), so membership decides. A report asks this for every
+            # distinct client address (~100,000 in a busy day's log), each once.
+            return addr in self.addresses
         a = normalize_addr(addr)
         result = a in self.addresses
         if not result and (self.networks or _PLAIN_IPV4.fullmatch(a) is None):
@@ -968,7 +973,7 @@ class Correlator:
             return []
         return self._handle(parsed.time, parsed.service, parsed.queue_id, parsed.message)
 
-    def feed_block(self, text: str, year: int | None = None) -> list[MessageEvent]:
+    def feed_block(self, text: str, year: int | None = None, *, count: int | None = None) -> list[MessageEvent]:
         """``feed_text`` for each line of ``text`` (lines joined by ``\\n``), in one regex pass.
 
         The pass returns only the lines that can matter, already split into
@@ -979,12 +984,13 @@ class Correlator:
         exactly as ``feed_text`` would (one without an RFC 3164 timestamp, such
         as Docker's prefix, or Amavis's ``queued_as``) is fed on its own, in order.
         An empty ``text`` is one empty line (``LineSplitter.feed_block`` says
-        how many lines it holds: skip the call when that is none).
+        how many lines it holds: skip the call when that is none, and pass it
+        as ``count`` to save counting them again).
         """
         if not text:
             self.lines += 1
             return []
-        self.lines += text.count("\n") + 1
+        self.lines += text.count("\n") + 1 if count is None else count
         if year != self._stamp_year:
             self._stamps = _stamp_cache(year)
             self._stamp_year = year

@@ -235,7 +235,9 @@ def gateways_from_ipam(ipam: dict[str, Any]) -> list[str]:
 
 def docker_gateways() -> list[str] | None:
     """Gateways of the host's Docker networks, or None when Docker is not reachable."""
-    nets = _networks_from_socket()
+    reachable, nets = _networks_from_socket()
+    if not reachable:
+        return None
     if nets is None:
         from lockdown import dockerapi
         from lockdown.errors import LockdownError
@@ -253,36 +255,41 @@ def docker_gateways() -> list[str] | None:
     return sorted(set(out))
 
 
-def _networks_from_socket() -> list[Any] | None:
-    """``GET /networks`` straight over the daemon's Unix socket.
+def _networks_from_socket() -> tuple[bool, list[Any] | None]:
+    """``GET /networks`` straight over the daemon's Unix socket: (reachable, networks).
 
     Importing the Docker SDK alone takes about a tenth of a second, as long as a report on a
-    small log. None when ``DOCKER_HOST`` is not a Unix socket or the answer is not a plain
+    small log. Not reachable when the socket cannot be connected to (no daemon, a stale
+    socket file, no permission): the SDK could not do better, so it is not imported. The
+    networks are None when ``DOCKER_HOST`` is not a Unix socket or the answer is not a plain
     ``200`` with a JSON list: the SDK is asked then, and its errors are the ones reported.
     """
     host = os.environ.get("DOCKER_HOST")
     if host and not host.startswith("unix://"):
-        return None
+        return True, None
     import socket
 
     parts: list[bytes] = []
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(30)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        try:
             sock.connect(host[7:] if host else "/var/run/docker.sock")
+        except OSError:
+            return False, None
+        try:
             sock.sendall(b"GET /networks HTTP/1.0\r\nHost: docker\r\n\r\n")
             while chunk := sock.recv(1 << 16):
                 parts.append(chunk)
-    except OSError:
-        return None
+        except OSError:
+            return True, None
     head, sep, body = b"".join(parts).partition(b"\r\n\r\n")
     if not sep or not head.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 ")) or b"chunked" in head.lower():
-        return None
+        return True, None
     try:
         doc = json.loads(body)
     except ValueError:
-        return None
-    return doc if isinstance(doc, list) else None
+        return True, None
+    return True, (doc if isinstance(doc, list) else None)
 
 
 def choose_gateways(explicit: list[str] | None, incident_dir: Path | None = None) -> tuple[list[str], str]:
@@ -488,7 +495,7 @@ def _analyse(
             else:
                 block, count = splitter.feed_block(chunk)
                 lines += count
-                events = feed_block(block, year) if count else []
+                events = feed_block(block, year, count=count) if count else []
                 if events:
                     _on_events(report, events, matcher, timeline)
         for text in splitter.flush():
@@ -551,7 +558,7 @@ def _feed(correlator: Correlator, chunks: Iterable[bytes], year: int | None) -> 
         block, count = splitter.feed_block(chunk)
         lines += count
         if count:
-            events.extend(feed_block(block, year))
+            events.extend(feed_block(block, year, count=count))
     for text in splitter.flush():
         lines += 1
         events.extend(correlator.feed_text(text, year))
@@ -963,8 +970,10 @@ def _tally(
     before = after = 0
     timeline = report.timeline
     minutes: dict[datetime, datetime] = {}
-    by_client, by_sender = report.by_client, report.by_sender_domain
-    by_rcpt, sig_rcpt = report.by_recipient_domain, report.signature_by_recipient_domain
+    clients: list[str] = []
+    senders: list[str] = []
+    rcpt_domains: list[str] = []
+    sig_domains: list[str] = []
     picks = _Picks()
     sample = picks.sample
     first_outside, last_outside = report.first_outside, report.last_outside
@@ -973,17 +982,29 @@ def _tally(
     n_outside = n_recipients = n_signature = 0
     for i in range(len(messages)) if indices is None else indices:
         m = messages[i]
-        outside = [r for r in m.recipients if r.outside]
-        if not outside:
+        domains: list[str] | None = None
+        for r in m.recipients:
+            if r.outside:
+                n_recipients += 1
+                a = r.address
+                at = a.rfind("@")
+                d = a[at + 1 :].lower().rstrip(".") if at >= 0 else ""  # domain_of
+                if domains is None:
+                    domains = [d]
+                elif d not in domains:
+                    domains.append(d)
+        if domains is None:
             continue
         n_outside += 1
-        n_recipients += len(outside)
-        by_client[m.client_addr or "unknown"] += 1
+        clients.append(m.client_addr or "unknown")
         sender = m.sender
-        by_sender[domain_of(sender) or ("<>" if sender == "" else "unknown")] += 1
-        domains = {domain_of(r.address) for r in outside}
-        for d in domains:
-            by_rcpt[d] += 1
+        if sender:
+            at = sender.rfind("@")
+            sd = sender[at + 1 :].lower().rstrip(".") if at >= 0 else ""
+            senders.append(sd or "unknown")
+        else:
+            senders.append("<>" if sender == "" else "unknown")
+        rcpt_domains += domains
         t = m.first_seen
         if t is not None:
             if first_outside is None or t < first_outside:
@@ -1004,8 +1025,7 @@ def _tally(
         if not signature:
             continue
         n_signature += 1
-        for d in domains:
-            sig_rcpt[d] += 1
+        sig_domains += domains
         if len(sample) < SAMPLE:
             sample.append(((group, i), m))
         if t is not None:
@@ -1018,6 +1038,10 @@ def _tally(
                     before += 1
                 else:
                     after += 1
+    report.by_client.update(clients)
+    report.by_sender_domain.update(senders)
+    report.by_recipient_domain.update(rcpt_domains)
+    report.signature_by_recipient_domain.update(sig_domains)
     report.outside_messages += n_outside
     report.outside_recipients += n_recipients
     report.signature_messages += n_signature
