@@ -710,13 +710,13 @@ _QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
 #: string searching for it. Each shape is one ``feed_text`` provably reads the same way
 #: (see ``Correlator._fast_pass``); any other shape falls through to the generic branch.
 _FAST_SHAPES = (
-    r"(client)=([^\[\n,]*+)\[(?i:ipv6:)?+([^\]\n,]*+)\]"
-    r"(, sasl_method=([^,\n]*+), sasl_username=([^,\n]*+))?+(?=\n)"
-    r"|(to)=<([^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), "
+    r"(c)lient=([^\[\n,]*+)\[(?i:ipv6:)?+([^\]\n,]*+)\]"
+    r"(?:(,) sasl_method=([^,\n]*+), sasl_username=([^,\n]*+))?+(?=\n)"
+    r"|(t)o=<([^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), "
     r"status=([^ \n]*+)( [^\n]*+)?+(?=\n)"
     r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)(?=\n)"
     r"|message-id=([^\n]*+)"
-    r"|(removed)(?=\n)"
+    r"|remove(d)(?=\n)"
 )
 
 
@@ -1125,14 +1125,16 @@ class Correlator:
                     delay: float | None = float(delay_text)
                 except ValueError:
                     delay = None
+                recipients = m.recipients
                 r = None
-                for known_r in reversed(m.recipients):
-                    if known_r.address == address:
-                        r = known_r
-                        break
+                if recipients:
+                    for known_r in reversed(recipients):
+                        if known_r.address == address:
+                            r = known_r
+                            break
                 if r is None:
                     r = Recipient(address, relay, status, dsn, t, delay, detail, service)
-                    m.recipients.append(r)
+                    recipients.append(r)
                 else:
                     r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
                         relay, status, dsn, t, delay, detail, service

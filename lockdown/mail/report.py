@@ -50,7 +50,9 @@ from lockdown.mail.parser import (
     parse_line,
 )
 
-CHUNK = 1 << 20
+#: Bytes read at a time. The rows one regex pass over a chunk returns (~1,000 per 128 KiB)
+#: stay in the CPU's cache while Python walks them: 1 MiB chunks were ~10 % slower.
+CHUNK = 128 << 10
 PARALLEL_MIN = 32 << 20
 CONTAINMENT_ACTIONS = ("docker.pause", "ipv6.strip", "docker.stop")
 SAMPLE = 50
