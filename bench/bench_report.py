@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: ``lockdown report --log FILE --json`` against ``pflogsumm`` on the same generated log.
 
-    python3 bench/bench_report.py [--lines 1000000 | --quick] [--keep FILE]
+    python3 bench/bench_report.py [--lines 1000000 | --quick] [--rounds 3] [--keep FILE]
 
 Generates a realistic Postfix 3.7 log (postscreen and smtpd connects, client=,
 cleanup, qmgr, smtp sent/deferred to qq.com and others, lmtp local delivery,
@@ -10,15 +10,14 @@ it in the same run and prints their wall times, the ratio (goal: lockdown at
 least 3x faster) and each one's peak RSS (from wait4).
 
 lockdown is timed with its bytecode cached, as an installed copy runs (see installed_env).
+Each of --rounds rounds (default 3) runs both tools, alternating which goes first; the
+verdict is the ratio of the medians (single runs on the test VM vary by +-25 %).
 
-Measured at full size on the 2-vCPU test VM, two runs after the last change: lockdown
-4.20 s / 209 MiB vs pflogsumm 11.07 s / 59 MiB (2.64x); lockdown 4.28 s / 209 MiB vs
-pflogsumm 9.15 s / 59 MiB (2.14x). Goal MISSED. Eight runs of this round's code gave
-1.99x-3.25x (one reached 3x); the VM was slow and noisy (pflogsumm 9-12 s, 7.5-8.6 s the
-round before). Earlier rounds: 5.21-5.81 s vs 7.55-8.56 s (1.45x-1.47x) with one process,
-9.05 s vs 7.77 s (0.86x), 14.44 s vs 8.52 s (0.59x). A large log is now read by two
-processes, one half each, merged exactly; docs/audit.md ("Performance") has how, where
-the time goes and what 3x would still take.
+Measured on the 2-vCPU test VM, 2026-11-23 afternoon: medians 3.78 s / 195 MiB vs
+10.77 s / 60 MiB (2.85x) and 3.90 s vs 9.64 s (2.47x); single pairs 3.17 s vs 9.14 s and
+2.97 s vs 8.59 s (2.89x). Goal NOT reliably met. Earlier rounds: 1.99x-3.25x over eight
+single runs (median ~2.5x); one process 1.45x; first versions 0.59x-0.86x.
+docs/audit.md ("Performance") has what changed, where the time goes and what is left.
 """
 
 from __future__ import annotations

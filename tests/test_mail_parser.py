@@ -590,10 +590,11 @@ _TIMES = ["Nov 22 23:43:37", "Nov 22 23:43:38", "Nov 22 23:44:01", "Dec  1 00:00
 
 
 def _stamp(fmt: int, i: int) -> str:
-    """A line prefix: RFC 3164, Docker's --timestamps prefix before it, RFC 3339, or Docker's before RFC 3339."""
+    """A line prefix: RFC 3164, Docker's --timestamps prefix before it, RFC 3339, Docker's before
+    RFC 3339, RFC 3164 with a second space, or a timestamp-shaped date that does not exist."""
     t3164 = _TIMES[i % len(_TIMES)]
     iso = f"2026-11-22T23:{43 + i % 3:02d}:{i % 60:02d}.{i:06d}Z"
-    return [t3164, f"{iso} {t3164}", iso.replace("Z", "+01:00"), f"{iso} {iso}"][fmt]
+    return [t3164, f"{iso} {t3164}", iso.replace("Z", "+01:00"), f"{iso} {iso}", f"{t3164} ", "Feb 31 25:61:00"][fmt]
 
 
 @st.composite
@@ -603,7 +604,7 @@ def _mail_log(draw: st.DrawFn) -> list[str]:
     lines: list[str] = []
     n = draw(st.integers(min_value=0, max_value=12))
     for _ in range(n):
-        fmt = draw(st.sampled_from([0, 0, 0, 1, 2, 3]))
+        fmt = draw(st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4, 5]))
         i = draw(st.integers(min_value=0, max_value=200))
 
         def emit(text: str) -> None:

@@ -701,8 +701,6 @@ def _block_pattern(markers: str) -> re.Pattern[str]:
 
 _BLOCK = _block_pattern(_MARKERS + "|connect from |CONNECT from ")
 _BLOCK_NO_CONNECT = _block_pattern(_MARKERS)
-#: A line that does not start with an RFC 3164 timestamp and one space (and is not empty).
-_ODD_LINE = re.compile(rf"\n(?!{_STAMP} [^ \n]|\n|$)")
 
 #: A queue id exactly as ``is_queue_id`` accepts it: short (upper-case hex) or long (with a ``z``).
 _QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
@@ -721,18 +719,21 @@ _FAST_SHAPES = (
 
 
 def _fast_pattern(markers: str, connects: bool) -> re.Pattern[str]:
-    """The block pattern of ``Correlator._fast_pass`` (lines known to start with a timestamp).
+    """The block pattern of ``Correlator._fast_pass``.
 
-    The header is either the usual ``host name[pid]: `` (service name captured) or anything
+    A line that does not start with an RFC 3164 timestamp, a space and a non-space (Docker's
+    prefix, a continuation) is returned whole, in the last group, for ``feed_text``. The
+    header is either the usual ``host name[pid]: `` (service name captured) or anything
     ``_BLOCK`` accepts (whole tag captured); the atomic group commits to the first when it
     matches, which is safe because ``_BLOCK`` splits such a header the same way.
     """
     connect = r"|CONNECT from \[(?i:ipv6:)?+([^\] \n]++)\]|connect from [^\[\n]*+\[(?i:ipv6:)?+([^\]\n]++)\]"
     return re.compile(
-        r"\n([^\n]{15}) (?>[^ \n:]++ ([^ \n:\[\]]++)\[[0-9]++\](?=: )|(?:" + _WORD + r" )?+(" + _WORD + r")): "
+        r"\n(?:(" + _STAMP + r") (?>[^ \n:]++ ([^ \n:\[\]]++)\[[0-9]++\](?=: )|(?:" + _WORD + r" )?+(" + _WORD + r")): "
         r"(?:(" + _QID + r"): (?:" + _FAST_SHAPES + r")"
         + (connect if connects else r"|(?!)()()")
         + r"|(?:([0-9A-Za-z]{5,24}+): )?+((?:" + markers + r")[^\n]*+))"
+        r"|(?!" + _STAMP + r" [^ \n])([^\n]++))"
     )
 
 
@@ -995,19 +996,16 @@ class Correlator:
             self._stamps = _stamp_cache(year)
             self._stamp_year = year
         block = "\n" + text + "\n"
-        odd = [m.start() for m in _ODD_LINE.finditer(block)]
-        if "queued_as: " in text:
-            i = block.find("queued_as: ")
-            while i >= 0:
-                start = block.rfind("\n", 0, i)
-                odd.append(start)
-                i = block.find("queued_as: ", block.find("\n", i))
-            odd = sorted(set(odd))
-        if not odd:
+        if "queued_as: " not in text:
             return self._fast_pass(block, year)
+        cuts: list[int] = []
+        i = block.find("queued_as: ")
+        while i >= 0:
+            cuts.append(block.rfind("\n", 0, i))
+            i = block.find("queued_as: ", block.find("\n", i))
         out: list[MessageEvent] = []
         pos = 0
-        for start in odd:
+        for start in cuts:
             end = block.find("\n", start + 1)
             if start > pos:
                 out.extend(self._fast_pass(block[pos : start + 1], year))
@@ -1018,8 +1016,8 @@ class Correlator:
         return out
 
     def _fast_pass(self, block: str, year: int | None) -> list[MessageEvent]:
-        """The lines of ``block`` (``\\n`` before and after each line; all start with an RFC 3164
-        timestamp and a space), as ``feed_text`` would take them one by one.
+        """The lines of ``block`` (``\\n`` before and after each line), as ``feed_text`` would
+        take them one by one.
 
         A line in one of the usual shapes (``_FAST_SHAPES``) is applied here
         directly: each branch below is what ``_handle`` and its helpers
@@ -1035,14 +1033,19 @@ class Correlator:
         connects = self.connects
         handle, store = self._handle, self._store
         out: list[MessageEvent] = []
+        seen_connects: list[tuple[str, str]] = []
         pattern = (_FAST_COUNT if self._count_connects else _FAST) if self._want_connect else _FAST_NO_CONNECT
         for (
             stamp, name, tag, qid,
             client, c_host, c_addr, sasl, s_method, s_user,
             to, address, relay, delay_text, dsn, status, status_rest,
             sender, size, nrcpt, message_id, removed,
-            connect_bare, connect_addr, g_qid, body,
+            connect_bare, connect_addr, g_qid, body, odd,
         ) in pattern.findall(block):  # fmt: skip
+            if name and (connect_bare or connect_addr):
+                # counted below, once per distinct (name, address): a fifth of a busy log
+                seen_connects.append((name, connect_bare or connect_addr))
+                continue
             if name:
                 known = names.get(name, _MISSING)
                 if known is _MISSING:
@@ -1051,6 +1054,11 @@ class Correlator:
                     continue
                 service, agent = known
             else:
+                if odd:
+                    ev = self._text(odd, year)
+                    if ev:
+                        out.extend(ev)
+                    continue
                 svc = services[tag] if tag in services else _service_of(tag, services)
                 if svc is None:
                     continue
@@ -1180,6 +1188,13 @@ class Correlator:
                 ev = handle(t, service, None, body)
                 if ev:
                     out.extend(ev)
+        if seen_connects:
+            for (name, addr), n in Counter(seen_connects).items():
+                known = names.get(name, _MISSING)
+                if known is _MISSING:
+                    known = names[name] = self._service_agent(name if _is_mail_service(name) else None)
+                if known is not None and (known[1] == "smtpd" or known[1] == "postscreen"):
+                    connects[(known[0], addr)] += n
         return out
 
     def _service_agent(self, service: str | None) -> tuple[str, str] | None:
