@@ -1028,7 +1028,7 @@ class Correlator:
         stamps, services, names = self._stamps, self._services, self._fast_names
         opened, alias, agents = self._open, self._alias, self._agents
         bounded = self.max_open is not None
-        want_outside = self._want_outside
+        want_outside, want_reject = self._want_outside, self._want_reject
         local_domains, learned, filter_relays = self.local_domains, self._learned_local, self._filter_relays
         connects = self.connects
         handle, store = self._handle, self._store
@@ -1178,7 +1178,12 @@ class Correlator:
                     if second is not None and (is_filter_relay(relay) or second in opened):
                         self._link(key, m, second)
             elif g_qid:
-                if is_queue_id(g_qid) or g_qid == "NOQUEUE":
+                if g_qid == "NOQUEUE":
+                    # _handle of a NOQUEUE line: only a reject matters
+                    if want_reject and body.startswith("reject: "):
+                        out.append(self._reject(t, service, body, None))
+                    continue
+                if is_queue_id(g_qid):
                     ev = handle(t, service, g_qid, body)
                 else:
                     ev = handle(t, service, None, f"{g_qid}: {body}")
