@@ -85,6 +85,24 @@ def test_command_table_names_what_each_module_registers() -> None:
     assert {c.split()[0] for c, _ in _commands(app)} == set(COMMAND_MODULES)
 
 
+def test_an_app_with_one_command_still_takes_its_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main`` builds an app of one module's commands; a module with a single command must
+    still be called as ``lockdown NAME``."""
+    from lockdown.cli import _new_app
+
+    one = _new_app()
+
+    @one.command()
+    def hello(json_out: bool = typer.Option(False, "--json")) -> None:
+        """Say hello."""
+        print("hello", json_out)
+
+    root: Any = typer.main.get_command(one)
+    assert set(root.commands) == {"hello"}
+    root.main(args=["hello", "--json"], prog_name="lockdown", standalone_mode=False)
+    assert capsys.readouterr().out == "hello True\n"
+
+
 def test_a_command_imports_only_its_own_module() -> None:
     code = (
         "import sys\n"

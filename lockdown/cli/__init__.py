@@ -52,8 +52,13 @@ COMMAND_MODULES: dict[str, str] = {
 }
 
 
+def _root() -> None:
+    """The group's callback: with one, typer keeps the command name even when an app holds a
+    single command (without, it would run that command directly and refuse its name)."""
+
+
 def _new_app() -> LockdownApp:
-    return LockdownApp(
+    app = LockdownApp(
         name="lockdown",
         help="Emergency containment for mail servers in Docker: contain, keep evidence, restore.",
         no_args_is_help=True,
@@ -61,6 +66,8 @@ def _new_app() -> LockdownApp:
         add_completion=False,
         rich_markup_mode=None,
     )
+    app.callback()(_root)
+    return app
 
 
 def register_module(target: typer.Typer, name: str) -> None:
