@@ -838,6 +838,52 @@ def test_two_processes_give_the_one_process_report(
         assert any(f"{q}: client=" in first and f"{q}: to=<" in second for q in (f"{0x100000 + i * 17:X}" for i in range(600)))
 
 
+def test_a_bug_in_the_first_half_is_raised_not_hidden(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first half runs in a child; an unexpected error there reaches the caller (not a
+    silent fall back to one process), and no process is left behind."""
+
+    from lockdown.mail import report as rp
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("boom in the first half")
+
+    source = _write(tmp_path / "mail.log", _halves_log(300, False, False))
+    monkeypatch.setattr(rp, "_first_half", boom)
+    before = _children()
+    with pytest.raises(RuntimeError, match="ValueError: boom in the first half"):
+        rp.analyse([source], gateways=[_GW], year=2026, parallel_min=1)
+    assert _children() == before  # both children were waited for: no zombie, nothing running
+
+
+def _children() -> set[int]:
+    """Process ids whose parent is this process (zombies included), from /proc."""
+    import os
+    from pathlib import Path
+
+    out: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            out.add(int(stat.parent.name))
+    return out
+
+
+def test_a_first_half_that_dies_means_one_process(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from lockdown.mail import report as rp
+
+    source = _write(tmp_path / "mail.log", _halves_log(300, True, False))
+    one = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=None)
+    monkeypatch.setattr(rp, "_first_half", lambda *a, **k: os._exit(3))
+    again = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=1)
+    assert again.workers == 1
+    assert again.as_dict() == one.as_dict()
+
+
 @settings(max_examples=150, deadline=None)
 @given(_mail_log(), _mail_log(), st.booleans())
 def test_two_processes_give_the_line_by_line_report(head: list[str], tail: list[str], crlf: bool) -> None:
