@@ -13,10 +13,11 @@ lockdown is timed with its bytecode cached, as an installed copy runs (see insta
 Each of --rounds rounds (default 3) runs both tools, alternating which goes first; the
 verdict is the ratio of the medians (single runs on the test VM vary by +-25 %).
 
-Measured on the 2-vCPU test VM, 2026-11-23 afternoon: medians 3.78 s / 195 MiB vs
-10.77 s / 60 MiB (2.85x) and 3.90 s vs 9.64 s (2.47x); single pairs 3.17 s vs 9.14 s and
-2.97 s vs 8.59 s (2.89x). Goal NOT reliably met. Earlier rounds: 1.99x-3.25x over eight
-single runs (median ~2.5x); one process 1.45x; first versions 0.59x-0.86x.
+Measured on the 2-vCPU test VM, 2026-11-23 afternoon, nine runs of three rounds:
+ratios of the medians 4.23x, 3.28x, 3.02x, 3.30x, 3.01x, 2.96x, 3.40x, 3.18x, 2.65x
+(lockdown 2.08-3.61 s, 187-188 MiB; pflogsumm 7.23-10.11 s, 60 MiB). The goal is met on
+a typical run (median round 3.3x, 21 of 27 rounds >= 3x) and missed when the host takes
+CPU away: lockdown reads with both vCPUs and loses more than pflogsumm then.
 docs/audit.md ("Performance") has what changed, where the time goes and what is left.
 """
 

@@ -713,17 +713,18 @@ def _two_halves(
     containment_time: datetime | None,
     year: int | None,
 ) -> Report | None:
-    """``_analyse`` of one plain file by two processes: this one reads the first half, a forked
-    child the second (from the first line that starts after the middle); each summarises its
-    own messages and the partial reports are added up in the order one process would have
-    met the messages (closed ones first, then open ones, each in order).
+    """``_analyse`` of one plain file by two forked processes: one reads the first half, the
+    other the second (from the first line that starts after the middle); each summarises its
+    own messages, and the first adds up the partial reports in the order one process would
+    have met the messages (closed ones first, then open ones, each in order) and sends the
+    result here. Neither frees its messages: both leave with ``os._exit``.
 
     The second half started without the first half's state. That changes nothing for a queue
     id the first half no longer holds. For one it still holds (a message whose lines straddle
     the cut), the second half's lines of that id are fed again, in order, to the first half's
     Correlator, and the child drops what it made of them. Without ``local_domains``, a
     recipient the second half called outside is not when the first half learned its domain as
-    local. None (the caller reads the file again in one process) when the child failed, a
+    local. None (the caller reads the file again in one process) when a child failed, a
     straddling message was re-queued through a content filter, a reused queue id closes a
     message across the cut, a ``queued as`` in the second half names a first-half id, or what
     is learned about local domains could differ.
