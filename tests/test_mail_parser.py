@@ -871,6 +871,35 @@ def _children() -> set[int]:
     return out
 
 
+@pytest.mark.parametrize("failing_fork", [1, 2])
+def test_no_process_to_spare_means_one_process(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, failing_fork: int
+) -> None:
+    """When fork fails (EAGAIN under a process limit), the report still comes, from one process,
+    and the child already started is waited for."""
+    import os
+
+    from lockdown.mail import report as rp
+
+    source = _write(tmp_path / "mail.log", _halves_log(300, True, False))
+    one = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=None)
+    real_fork, calls = os.fork, []
+
+    def fork() -> int:
+        calls.append(1)
+        if len(calls) == failing_fork:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork)
+    before = _children()
+    again = rp.analyse([source], gateways=[_GW], year=2026, parallel_min=1)
+    assert len(calls) == failing_fork
+    assert again.workers == 1
+    assert again.as_dict() == one.as_dict()
+    assert _children() == before
+
+
 def test_a_first_half_that_dies_means_one_process(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 

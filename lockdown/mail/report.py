@@ -477,46 +477,40 @@ def _analyse(
     )
     matcher = GatewayMatcher(gateways)
     correlator = Correlator(local_domains, events=("reject",), count_connects=True)
-    feed, feed_block = correlator.feed_text, correlator.feed_block
+    feed = correlator.feed_text
     timeline = report.timeline
     dedupe = len(sources) > 1
     seen: dict[int, int] = {}
     lines = dups = cut = 0
     for index, source in enumerate(sources):
+        if not dedupe:
+            n, n_cut, events = _feed(correlator, source.open(), year)
+            lines, cut = lines + n, cut + n_cut
+            _on_events(report, events, matcher, timeline)
+            continue
         splitter = LineSplitter()
         for chunk in source.open():
-            if dedupe:
-                texts = splitter.feed(chunk)
-                lines += len(texts)
-                kept = [x for x in texts if might_matter(x)]
-                texts = [x for x in kept if not _duplicate(seen, x, index)]
-                dups += len(kept) - len(texts)
-                for text in texts:
-                    events = feed(text, year)
-                    if events:
-                        _on_events(report, events, matcher, timeline)
-            else:
-                block, count = splitter.feed_block(chunk)
-                lines += count
-                events = feed_block(block, year, count=count) if count else []
+            texts = splitter.feed(chunk)
+            lines += len(texts)
+            kept = [x for x in texts if might_matter(x)]
+            texts = [x for x in kept if not _duplicate(seen, x, index)]
+            dups += len(kept) - len(texts)
+            for text in texts:
+                events = feed(text, year)
                 if events:
                     _on_events(report, events, matcher, timeline)
         for text in splitter.flush():
             lines += 1
-            if dedupe and might_matter(text) and _duplicate(seen, text, index):
-                dups += 1
+            if not might_matter(text):
                 continue
-            if dedupe and not might_matter(text):
+            if _duplicate(seen, text, index):
+                dups += 1
                 continue
             events = feed(text, year)
             if events:
                 _on_events(report, events, matcher, timeline)
         cut += splitter.cut_lines
-    for (service, addr), n in correlator.connects.items():
-        if matcher(addr):
-            report.connects_from_gateway += n
-            if service.endswith("postscreen"):
-                report.postscreen_connects_from_gateway += n
+    _count_connects(report, correlator.connects, matcher)
     report.lines, report.duplicate_lines, report.cut_lines = lines, dups, cut
     _summarise(report, correlator.finish(), matcher)
     return report
@@ -552,7 +546,7 @@ def _range(path: Path, start: int, end: int | None) -> Iterator[bytes]:
 
 
 def _feed(correlator: Correlator, chunks: Iterable[bytes], year: int | None) -> tuple[int, int, list[MessageEvent]]:
-    """Lines, cut lines and events of a stretch of one file, fed as ``_analyse`` feeds it."""
+    """Feed one source (or a stretch of one file) block by block: its lines, cut lines and events."""
     splitter = LineSplitter()
     feed_block = correlator.feed_block
     events: list[MessageEvent] = []
@@ -741,7 +735,12 @@ def _two_halves(
     down_r, down_w = os.pipe()
     up_r, up_w = os.pipe()
     _widen(up_w)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no process to spare (EAGAIN, ENOMEM): one process reads it all
+        for fd in (down_r, down_w, up_r, up_w):
+            os.close(fd)
+        return None
     if pid == 0:  # the child never returns into the caller's code
         code = 1
         keep: list[object] = []
