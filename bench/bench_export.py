@@ -34,7 +34,7 @@ gzip 1.12), default run (1 GiB of logs, 2 rounds, about 85 s in all):
 
 Both use deflate level 6; export is a little faster because zlib's deflate
 beats GNU gzip's own at the same level, and hashing with SHA-NI costs little.
-Peak RSS figures have a floor of about 9 MiB (the launcher, see ``LAUNCHER``).
+Peak RSS figures have a floor of about 9 MiB (the launcher, see ``benchlib``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+import benchlib  # noqa: E402
 from bench_report import generate  # noqa: E402
 
 from lockdown.evidence.store import EvidenceStore  # noqa: E402
@@ -93,29 +94,15 @@ def parse_size(text: str) -> int:
 #: the bench's own peak. The launcher is a bare interpreter (about 10 MiB, the
 #: floor of every figure), and it reports wait4's peak of the command and all
 #: the processes it waited for (the whole tar | gzip | sha256sum pipeline).
-LAUNCHER = """
-import json, os, sys, time
-t0 = time.perf_counter()
-pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as fh:
-    json.dump([time.perf_counter() - t0, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)], fh)
-"""
-
-
 def measure(cmd: list[str], *, env: dict[str, str] | None = None) -> tuple[float, int, bytes]:
     """Wall seconds and peak RSS in bytes of ``cmd`` (with its children), and its stdout."""
-    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as result:
-        proc = subprocess.run(
-            [sys.executable, "-S", "-c", LAUNCHER, result.name, *cmd], stdout=out, stderr=subprocess.PIPE, env=env
-        )
-        elapsed, rss, code = json.loads(result.read() or "[0, 0, -1]")
+    with tempfile.TemporaryFile() as out:
+        elapsed, rss, code = benchlib.measure(cmd, env=env, stdout=out)
         out.seek(0)
         data = out.read()
-    if proc.returncode != 0 or code != 0:
-        err = proc.stderr.decode(errors="replace")[-2000:]
-        raise SystemExit(f"bench: {' '.join(cmd[:3])}... failed ({code}): {err}")
-    return float(elapsed), int(rss), data
+    if code != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:3])}... failed ({code})")
+    return elapsed, rss, data
 
 
 def make_incident(state: Path, size: int, scratch: Path) -> tuple[str, Path]:

@@ -64,6 +64,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import benchlib  # noqa: E402
+
 BUSYBOX = "lockdown-test/busybox:latest"
 LINE = "postfix/smtp[4242]: 0123456789AB: to=<victim@qq.com>, relay=none, delay=1, status=deferred " + "x" * 96
 GOAL_MIB = 100.0
@@ -77,13 +80,9 @@ def parse_size(text: str) -> int:
 
 
 def measured(cmd: list[str], *, stdout: Any = None, env: dict[str, str] | None = None) -> tuple[int, float, int]:
-    """Run ``cmd``; return (exit code, wall seconds, peak RSS in bytes of the child)."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT if stdout else None, env=env)
-    _, wstatus, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(wstatus)
-    return proc.returncode, seconds, usage.ru_maxrss * 1024
+    """Run ``cmd``; return (exit code, wall seconds, peak RSS in bytes of the command itself)."""
+    seconds, rss, code = benchlib.measure(cmd, env=env, stdout=stdout)
+    return code, seconds, rss
 
 
 def sha256_file(path: Path) -> str:

@@ -37,6 +37,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
+
 OUTSIDE = ["qq.com", "qq.com", "qq.com", "163.com", "gmail.com", "yahoo.co.jp", "outlook.com"]
 LOCAL = "example.org"
 
@@ -164,18 +167,14 @@ def installed_env(tmp: Path, log: Path) -> dict[str, str]:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, bytes]:
-    """Wall seconds, peak RSS in MiB (wait4) and stdout of one command."""
-    t0 = time.perf_counter()
+    """Wall seconds, peak RSS in MiB (benchlib's launcher) and stdout of one command."""
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        elapsed = time.perf_counter() - t0
+        elapsed, rss, code = benchlib.measure(cmd, env=env, stdout=out)
         out.seek(0)
         data = out.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return elapsed, usage.ru_maxrss // 1024, data
+    if code != 0:
+        raise SystemExit(f"{cmd[0]} failed with exit code {code}")
+    return elapsed, rss >> 20, data
 
 
 def main() -> int:

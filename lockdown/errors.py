@@ -18,7 +18,7 @@ class ExitCode(IntEnum):
     BUSY = 3  # another run or restore holds the state-dir lock
     PRIVILEGES = 4  # missing root, CAP_NET_ADMIN or Docker socket access
     UNAVAILABLE = 5  # a dependency is unavailable (Docker daemon, netlink)
-    PARTIAL_RESTORE = 6  # restore finished but some undo failed or is held back
+    PARTIAL_RESTORE = 6  # restore finished but some undo failed (held steps exit 0)
     INTERNAL = 70  # a bug: traceback written to a file
     INTERRUPTED = 130  # SIGINT/SIGTERM stopped a run after the current step
 

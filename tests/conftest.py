@@ -60,6 +60,21 @@ def wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def read_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:
+    """One line of the child's stdout, or fail after ``timeout`` (never hang the suite)."""
+    import threading
+
+    stdout = proc.stdout
+    assert stdout is not None
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not got:  # (a select() on the pipe would miss lines the text buffer already holds)
+        raise AssertionError(f"no line on stdout within {timeout}s (exit code {proc.poll()})")
+    return got[0]
+
+
 def run_finished(state: Path, incident_id: str) -> bool:
     """The incident's run has ended (contained, failed, crashed...), as its journal says."""
     from lockdown.engine.incident import read_incident

@@ -359,10 +359,14 @@ def test_dry_run_resolves_targets_and_refuses_what_a_run_would_refuse(lab: Lab, 
     assert steps["pause"]["resolved"]["containers"] == [lab.container]
     assert steps["strip-v6"]["resolved"] == {"interfaces": [lab.host_if], "strip": [f"{lab.env['LAB_HOST6']}/64"]}
 
-    missing = lockdown(state, "run", "relay-incident", "--dry-run", "--var", "container=lkd-no-such-container")
+    missing = lockdown(
+        state, "run", "relay-incident", "--dry-run",
+        "--var", "container=lkd-no-such-container", "--var", f"interfaces={lab.host_if}",
+    )  # never plan against the machine's own interfaces, even in a dry run
     assert missing.returncode == 2
     assert missing.stderr.startswith(
         "lockdown: error: relay-incident.toml step 1 (hold-queue): no such container 'lkd-no-such-container'"
     ), missing.stderr
     assert lab_state(lab) == before
+    assert host_snapshot() == lab.before
     assert not (state / "incidents").exists() or list((state / "incidents").iterdir()) == []

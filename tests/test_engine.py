@@ -376,6 +376,22 @@ def _check_privileges(netns: str, tmp_path: Path, before: dict[str, str]) -> Non
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["status"] == "dry-run" and len(doc["plan"]) == 4
-    assert doc["live_check"] == f"targets not resolved: {pb} step 2 (s1) (sysctl.set) needs root"
+    assert doc["live_check"] == (
+        f"targets not resolved: {pb} step 2 (s1) (sysctl.set) needs root (run it with sudo, as root)"
+    )
     assert read(netns) == before
     assert list(state.iterdir()) == []
+
+
+def test_dry_run_with_docker_down_still_shows_the_plan(tmp_path: Path, state_dir: Path, need_root: None) -> None:
+    """"What would this do?" is asked exactly when Docker misbehaves: the plan comes, and says why
+    the targets were not resolved; nothing is written."""
+    r = run_cli(
+        "run", "relay-incident", "--dry-run", "--json", "--var", "interfaces=lkd-none",
+        env={"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}, state_dir=state_dir,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "dry-run" and "docker.pause" in [e["action"] for e in doc["plan"]]
+    assert doc["live_check"].startswith("targets not resolved: ") and "Docker" in doc["live_check"]
+    assert not state_dir.exists() or list(state_dir.iterdir()) == []

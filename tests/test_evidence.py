@@ -1052,6 +1052,7 @@ def test_case_json_host_identity_comes_from_the_run(real: Real) -> None:
     assert host["ids_from"] == "incident.json"
     assert host["machine_id"] == meta["machine_id"] == Path("/etc/machine-id").read_text().strip()
     assert host["boot_id"] == meta["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert (host["hostname"], host["kernel"]) == (os.uname().nodename, os.uname().release)  # the host itself
     assert (host["hostname"], host["kernel"], host["lockdown_version"]) == (
         meta["host"],
         meta["kernel"],
@@ -1193,8 +1194,11 @@ def test_export_includes_the_report_when_the_incident_has_logs(mail: MailInciden
     assert (doc["messages"], doc["outside_messages"]) == (7, 7)
     for key in ("messages", "outside_messages", "signature_messages", "by_client", "first_abuse", "last_abuse"):
         assert doc[key] == direct[key], key
-    if "172.17.0.1" in doc["gateways"]:
-        assert doc["signature_messages"] == 7
+    # no inspect data in this incident: the gateways are the live engine's or Docker's default pools
+    from lockdown.mail.parser import GatewayMatcher
+
+    assert doc["gateway_source"] in ("docker", "default-pools") and doc["gateways"]
+    assert doc["signature_messages"] == (7 if GatewayMatcher(doc["gateways"])("172.17.0.1") else 0)
     assert doc["incident"]["incident_id"] == top
     html = member_data(members, "report/report.html").decode()
     assert html.startswith("<!doctype html>") or html.lower().startswith("<!doctype html>")
@@ -1257,11 +1261,33 @@ def test_a_report_that_cannot_be_built_does_not_fail_the_export(tmp_path: Path) 
     assert r.stderr.startswith(
         "lockdown: warning: the incident report was not built (the bundle is complete without it): BadGzipFile: "
     )
+    # a bad log is not a bug: no traceback file, and the next step is named
+    assert "traceback" not in doc["report"]
+    assert f"  -> `lockdown report {inc.incident} --html FILE` builds it on its own\n" in r.stderr
     assert verify(out).returncode == 0
     case = case_of(out)
     assert case["report"]["error"] == doc["report"]["error"]
     assert f"the incident report was not built: {doc['report']['error']}" in case["notes"]
     assert member_data(read_members(out), f"evidence/files/host{inc.log}") == inc.log.read_bytes()
+
+
+def test_a_bug_in_the_report_keeps_its_traceback(mail: MailIncident, tmp_path: Path, monkeypatch: Any) -> None:
+    from lockdown.evidence.export import export_incident
+    from lockdown.mail import report as mail_report
+
+    def broken(rep: Any) -> str:
+        raise TypeError("a bug in render_html")
+
+    monkeypatch.setattr(mail_report, "render_html", broken)
+    out = tmp_path / "bug.tar.gz"
+    rep = export_incident(mail.state, mail.incident, out).report
+    assert rep["included"] is False and rep["error"] == "TypeError: a bug in render_html"
+    tb = Path(rep["traceback"])
+    try:
+        assert "TypeError: a bug in render_html" in tb.read_text()
+    finally:
+        tb.unlink()
+    assert verify(out).returncode == 0
 
 
 def test_report_is_skipped_above_the_log_size_cap(mail: MailIncident, tmp_path: Path, monkeypatch: Any) -> None:
@@ -1278,6 +1304,9 @@ def test_report_is_skipped_above_the_log_size_cap(mail: MailIncident, tmp_path: 
         f"run `lockdown report {mail.incident} --html FILE`"
     )
     assert verify(out).returncode == 0
+    # what the bundle on disk says, not only what export returned
+    assert case_of(out)["report"] == json.loads(json.dumps(rep))
+    assert not any("/report/" in m.name for m, _ in read_members(out))
 
 
 # ----------------------------------------------------------------- verify without root, without Docker

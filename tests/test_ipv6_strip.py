@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import netlab
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, read_line, run_cli
 from tests.netlab import get_sysctl, ipn, lockdown, set_sysctl, state, veth
 
 pytestmark = pytest.mark.netns
@@ -313,10 +313,9 @@ def test_lockout_guard_sees_an_established_sshd_connection(netns: str, tmp_path:
     sshd = subprocess.Popen([*cmd, "sshd"], stdout=subprocess.PIPE, text=True)
     client = None
     try:
-        assert sshd.stdout is not None
-        assert json.loads(sshd.stdout.readline()) == {"ready": True}
+        assert json.loads(read_line(sshd)) == {"ready": True}
         client = subprocess.Popen([*cmd, "client"])
-        port = json.loads(sshd.stdout.readline())["peer_port"]
+        port = json.loads(read_line(sshd))["peer_port"]
         pb = _guard_playbook(tmp_path, a0)
 
         refused = lockdown(netns, state_dir, "run", str(pb))

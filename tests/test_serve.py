@@ -33,7 +33,7 @@ import pytest
 
 from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.lock import StateLock
-from tests.conftest import run_cli, run_finished, unavailable, wait_for
+from tests.conftest import read_line, run_cli, run_finished, unavailable, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -819,6 +819,45 @@ def test_the_config_shown_in_docs_triggers_md_loads(tmp_path: Path) -> None:
     assert (cfg.server.port, cfg.watch.max_per_minute, cfg.watch.route) == (9595, 200, "MailRelaySurge")
 
 
+def test_docker_away_at_start_is_said_not_hidden(tmp_path: Path, need_root: None) -> None:
+    """serve starts without Docker (each run checks it again) but says so, with what to do,
+    on stderr and as a JSON line before ``listening``."""
+    routes = """
+[[routes]]
+alert = "MailRelaySurge"
+playbook = "relay-incident"
+vars = { container = "lkd-none", interfaces = "lkd-none" }
+"""
+    config, _ = write_config(tmp_path, routes=routes)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lockdown", "serve", "--config", str(config), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"},
+    )  # fmt: skip
+    try:
+        warning = json.loads(read_line(proc))
+        assert warning["event"] == "warning" and "Docker daemon" in warning["message"] and warning["hint"]
+        assert json.loads(read_line(proc))["event"] == "listening"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert f"lockdown: warning: {warning['message']}\n  -> {warning['hint']}\n" in err
+
+
+def test_a_failure_under_json_is_one_more_line(tmp_path: Path) -> None:
+    config, _ = write_config(tmp_path)
+    (tmp_path / "webhook.token").unlink()  # refused: a configured secret file is missing
+    r = subprocess.run(
+        [sys.executable, "-m", "lockdown", "serve", "--config", str(config), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stdout.splitlines()
+    doc = json.loads(line)
+    assert doc["event"] == "error" and doc["error"]["exit_code"] == 2 and doc["error"]["message"]
+
+
 def test_json_mode_prints_one_object_per_line(tmp_path: Path) -> None:
     """``serve --json``: a ``listening`` object a supervisor can parse, then ``stopped``; no text on stdout."""
     config, state = write_config(tmp_path)
@@ -829,8 +868,7 @@ def test_json_mode_prints_one_object_per_line(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())
+        first = json.loads(read_line(proc))
         assert first["event"] == "listening"
         assert first["state_dir"] == str(state)
         assert {r["alert"] for r in first["routes"]} == {"MailRelaySurge", "SlowAlert"}

@@ -112,8 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in args or os.environ.get("LOCKDOWN_TRACEBACK") == "1"
     args = [a for a in args if a != "--traceback"]
-    command = typer.main.get_command(_command_app(args))
     try:
+        command = typer.main.get_command(_command_app(args))
         rv = command.main(args=args, prog_name="lockdown", standalone_mode=False)
     except typer.Abort:
         print("lockdown: interrupted", file=sys.stderr)
@@ -145,9 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+#: Commands whose --json output is one object per line: an error is one more line.
+_STREAMING = frozenset({"serve", "watch"})
+
+
 def _report(message: str, hint: str | None, code: int, args: Sequence[str]) -> int:
     if _wants_json(args):
-        doc = {"error": {"message": message, "hint": hint, "exit_code": code}}
-        print(json.dumps(doc, indent=2), flush=True)
+        error = {"message": message, "hint": hint, "exit_code": code}
+        if args and args[0] in _STREAMING:
+            print(json.dumps({"event": "error", "error": error}), flush=True)
+        else:
+            print(json.dumps({"error": error}, indent=2), flush=True)
     print(error_line(message, hint), file=sys.stderr, flush=True)
     return code

@@ -99,6 +99,8 @@ def export(
     if result.report.get("error"):
         why = result.report["error"]
         out.info(f"lockdown: warning: the incident report was not built (the bundle is complete without it): {why}")
+        where = f"; the traceback is in {result.report['traceback']}" if result.report.get("traceback") else ""
+        out.info(f"  -> `lockdown report {result.incident_id} --html FILE` builds it on its own{where}")
     if json_out:
         out.json(result.as_dict())
     else:

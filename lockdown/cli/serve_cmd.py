@@ -12,7 +12,7 @@ import typer
 
 from lockdown.cli.common import StateDirOpt
 from lockdown.cli.output import Output
-from lockdown.errors import BadInput, ExitCode
+from lockdown.errors import BadInput, ExitCode, LockdownError
 from lockdown.paths import DEFAULT_STATE_DIR, state_dir
 from lockdown.triggers.config import DEFAULT_CONFIG, Config, Route, load_config
 
@@ -72,6 +72,7 @@ def serve(
     stop, old = _stop_on_signals(out, "stopping; a running step finishes and is journaled first")
 
     def ready(server: WebhookServer) -> None:
+        _show_startup_problems(out, server.dispatcher.startup_problems)
         host = server.host
         shown = f"[{host}]" if ":" in host else host
         routes = ", ".join(f"{r.alert} -> {r.playbook}" for r in cfg.routes) or "none (every alert is ignored)"
@@ -181,6 +182,7 @@ def watch(
     dispatcher = Dispatcher(cfg, root, log=log, stop=stop)
     try:
         dispatcher.prepare(only=chosen.alert)
+        _show_startup_problems(out, dispatcher.startup_problems)
         def say(text: str) -> None:
             out.info(f"lockdown: watch: {text}")
             out.json_line({"event": "watch", "message": text})
@@ -222,3 +224,11 @@ def watch(
 def register(app: typer.Typer) -> None:
     app.command(name="serve")(serve)
     app.command(name="watch")(watch)
+
+
+def _show_startup_problems(out: Output, problems: list[LockdownError]) -> None:
+    """Start-up went on without Docker; say so where the admin looks, with what to do."""
+    for exc in problems:
+        hint = exc.hint or "start the Docker daemon; until then every triggered run will fail"
+        out.info(f"lockdown: warning: {exc.message}\n  -> {hint}")
+        out.json_line({"event": "warning", "message": exc.message, "hint": hint})

@@ -32,6 +32,7 @@ from lockdown.errors import (
     IntegrityError,
     LockdownError,
     PrivilegeError,
+    Unavailable,
 )
 from lockdown.evidence.manifest import host_identity
 from lockdown.evidence.store import EvidenceStore
@@ -121,14 +122,15 @@ def dry_run(playbook: Playbook, *, force: bool = False) -> RunResult:
     With the privileges a run needs, every action's read-only preflight runs, so
     ``auto`` targets and interface globs show what they resolve to, and a run
     that would be refused (no such container, lockout guard) is refused here with
-    the same message and exit code. Without them, the plan is still shown and
-    ``live_check`` says why the targets were not resolved.
+    the same message and exit code. Without them, or with the Docker daemon
+    unreachable, the plan is still shown and ``live_check`` says why the
+    targets were not resolved.
     """
     live_check = "targets resolved against the live system"
     try:
         check_privileges(playbook)
-    except PrivilegeError as exc:
-        live_check = f"targets not resolved: {exc.message}"
+    except (PrivilegeError, Unavailable) as exc:  # no privileges, or Docker down: still show the plan
+        live_check = f"targets not resolved: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
     else:
         for step in playbook.steps:
             step.action.force = force

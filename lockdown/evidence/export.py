@@ -37,7 +37,7 @@ from typing import Any
 
 from lockdown.engine.incident import operator
 from lockdown.engine.journal import GENESIS, line_hash, utcnow
-from lockdown.errors import BadInput, IntegrityError, PrivilegeError
+from lockdown.errors import BadInput, IntegrityError, LockdownError, PrivilegeError
 from lockdown.evidence import manifest as mf
 from lockdown.evidence.manifest import sidecar_path
 from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
@@ -740,6 +740,15 @@ def _build_report(
         json_bytes = json.dumps(doc, indent=1, sort_keys=True, default=str).encode() + b"\n"
     except Exception as exc:  # noqa: BLE001 - the report is optional: record why, never fail the export
         info["error"] = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, (LockdownError, OSError, ValueError, EOFError, tarfile.TarError)):
+            # not a bad log but a bug: keep what is needed to fix it
+            import tempfile
+            import traceback
+
+            fd, tb_path = tempfile.mkstemp(prefix="lockdown-traceback-", suffix=".txt")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(traceback.format_exc())
+            info["traceback"] = tb_path
         return info, []
     info["included"] = True
     info["files"] = [mf.REPORT_HTML, mf.REPORT_JSON]

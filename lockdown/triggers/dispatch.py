@@ -176,6 +176,8 @@ class Dispatcher:
         self.config = config
         self.root = root
         self.log = log
+        #: What start-up found wrong but did not refuse (Docker away): shown by serve and watch.
+        self.startup_problems: list[LockdownError] = []
         self.stop = stop or threading.Event()
         self.metrics = metrics or Metrics(root)
         self.store = DedupStore(root)
@@ -216,14 +218,16 @@ class Dispatcher:
 
         The first alert after start-up is the one that matters, and cold it
         took about 120 ms more (the SDK import, the client, the first
-        connection). A daemon that is away now is not an error: each run checks it.
+        connection). A daemon that is away now does not stop start-up (each
+        run checks it again); it is kept in ``startup_problems`` for the CLI to show.
         """
         from lockdown import dockerapi
 
         try:
-            dockerapi.ping("lockdown serve")
+            dockerapi.ping("lockdown")
         except LockdownError as exc:
-            self.log.write("docker-unavailable-at-start", error=exc.message)
+            self.log.write("docker-unavailable-at-start", error=exc.message, hint=exc.hint)
+            self.startup_problems.append(exc)
 
     def playbook(self, route: Route) -> Playbook:
         """A fresh Playbook (fresh action objects) from the text validated at start-up."""
