@@ -448,25 +448,20 @@ class MailContainer:
         )
 
 
-def _gateways_of(ipam: dict[str, Any]) -> list[str]:
-    from lockdown.mail.report import gateways_from_ipam
-
-    return gateways_from_ipam(ipam)
-
-
 def load_containers(names: Sequence[str] | None = None) -> list[MailContainer]:
     """Running and paused containers (only ``names`` when given), with their networks' IPAM gateways."""
     from lockdown import dockerapi
 
     nets_raw = dockerapi.docker_call("list Docker networks", lambda: dockerapi.api().networks())
     nets = {n["Id"]: n for n in nets_raw or [] if isinstance(n, dict) and n.get("Id")}
-    if names:
-        items = []
+    if names:  # the same names as a playbook's container (name, id, "auto", "all", "service:NAME")
+        items: list[dict[str, Any]] = []
         for name in names:
-            data = dockerapi.inspect_or_none(name)
-            if data is None:
-                raise BadInput(f"--container {name}: no such container", "check the name with `docker ps`")
-            items.append(data)
+            try:
+                refs = dockerapi.resolve_containers(name)
+            except BadInput as exc:
+                raise BadInput(f"--container {name}: {exc.message}", exc.hint) from None
+            items.extend(dockerapi.inspect(ref.id, ref.name) for ref in refs)
     else:
         items = [
             dockerapi.inspect(i["Id"], (i.get("Names") or [i["Id"]])[0].lstrip("/"))
@@ -491,7 +486,7 @@ def load_containers(names: Sequence[str] | None = None) -> list[MailContainer]:
         networks = []
         for netname, n in (ns.get("Networks") or {}).items():
             net = nets.get(n.get("NetworkID") or "", {})
-            gws = _gateways_of(net.get("IPAM") or {}) if net else []
+            gws = dockerapi.gateways_from_ipam(net.get("IPAM") or {}) if net else []
             for key in ("Gateway", "IPv6Gateway"):
                 if n.get(key) and n[key] not in gws:
                     gws.append(n[key])

@@ -189,7 +189,7 @@ def test_unknown_container_is_bad_input(docker_engine: Any, tmp_path: Path) -> N
     name = unique()
     code, doc, err = audit("--container", name, tmp_path=tmp_path)
     assert code == 2
-    assert err.strip().splitlines()[0] == f"lockdown: error: --container {name}: no such container"
+    assert err.strip().splitlines()[0] == f"lockdown: error: --container {name}: no such container {name!r}"
     assert doc["error"]["exit_code"] == 2
 
 

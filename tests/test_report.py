@@ -249,3 +249,16 @@ def test_incident_mode_reads_the_collected_logs(log: Path, tmp_path: Path) -> No
     assert d["containment_time"] is None and d["before_containment"] is None
     text = html.read_text()
     assert "Incident steps" in text and incident in text
+
+
+def test_watch_and_report_read_the_same_gateways_from_docker_networks() -> None:
+    """One reading of ``GET /networks`` for both: a network whose IPAM names no gateway counts
+    its subnet's first address (what Docker gives it), for the watch as for the report."""
+    from lockdown.dockerapi import network_gateways
+
+    nets = [
+        {"Name": "bridge", "IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]}},
+        {"Name": "mail_default", "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}, {"Subnet": "2001:db8:1::/64"}]}},
+        {"Name": "none", "IPAM": {"Config": []}},
+    ]
+    assert network_gateways(nets) == ["172.17.0.1", "172.30.0.1", "2001:db8:1::1"]

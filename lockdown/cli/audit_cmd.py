@@ -18,7 +18,8 @@ def audit(
         typer.Option("--probe", help="Also try to relay over IPv6 to the host's own addresses (never sends DATA)."),
     ] = False,
     container: Annotated[
-        list[str] | None, typer.Option("--container", help="Audit only this container (repeatable).")
+        list[str] | None,
+        typer.Option("--container", help="Audit only this container: name, id, auto, all, service:NAME (repeatable)."),
     ] = None,
     log: Annotated[
         list[Path] | None, typer.Option("--log", help="Also look for abuse in these mail logs (repeatable).")

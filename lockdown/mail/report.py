@@ -213,86 +213,24 @@ def _inspect_gateways(doc: Any) -> list[str]:
     # a network inspect (docker network inspect) carries IPAM instead
     ipam = doc.get("IPAM")
     if isinstance(ipam, dict):
+        from lockdown.dockerapi import gateways_from_ipam
+
         out.extend(gateways_from_ipam(ipam))
-    return out
-
-
-def gateways_from_ipam(ipam: dict[str, Any]) -> list[str]:
-    """Gateway addresses of a network's IPAM config (first host of the subnet when unset)."""
-    out: list[str] = []
-    for cfg in ipam.get("Config") or []:
-        if not isinstance(cfg, dict):
-            continue
-        gw = cfg.get("Gateway")
-        if isinstance(gw, str) and gw:
-            out.append(gw.split("/")[0])
-            continue
-        subnet = cfg.get("Subnet")
-        if isinstance(subnet, str) and subnet:
-            try:
-                out.append(str(next(ipaddress.ip_network(subnet, strict=False).hosts())))
-            except (ValueError, StopIteration):
-                continue
     return out
 
 
 def docker_gateways() -> list[str] | None:
     """Gateways of the host's Docker networks, or None when Docker is not reachable."""
-    reachable, nets = _networks_from_socket()
+    from lockdown import dockerapi
+    from lockdown.errors import LockdownError
+
+    reachable, nets = dockerapi.networks_via_socket()
     if not reachable:
         return None
-    if nets is None:
-        from lockdown import dockerapi
-        from lockdown.errors import LockdownError
-
-        try:
-            nets = dockerapi.docker_call("list Docker networks", lambda: dockerapi.api().networks())
-        except LockdownError:
-            return None
-        except ImportError:
-            return None
-    out: list[str] = []
-    for net in nets or []:
-        if isinstance(net, dict) and isinstance(net.get("IPAM"), dict):
-            out.extend(gateways_from_ipam(net["IPAM"]))
-    return sorted(set(out))
-
-
-def _networks_from_socket() -> tuple[bool, list[Any] | None]:
-    """``GET /networks`` straight over the daemon's Unix socket: (reachable, networks).
-
-    Importing the Docker SDK alone takes about a tenth of a second, as long as a report on a
-    small log. Not reachable when the socket cannot be connected to (no daemon, a stale
-    socket file, no permission): the SDK could not do better, so it is not imported. The
-    networks are None when ``DOCKER_HOST`` is not a Unix socket or the answer is not a plain
-    ``200`` with a JSON list: the SDK is asked then, and its errors are the ones reported.
-    """
-    host = os.environ.get("DOCKER_HOST")
-    if host and not host.startswith("unix://"):
-        return True, None
-    import socket
-
-    parts: list[bytes] = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
-        try:
-            sock.connect(host[7:] if host else "/var/run/docker.sock")
-        except OSError:
-            return False, None
-        try:
-            sock.sendall(b"GET /networks HTTP/1.0\r\nHost: docker\r\n\r\n")
-            while chunk := sock.recv(1 << 16):
-                parts.append(chunk)
-        except OSError:
-            return True, None
-    head, sep, body = b"".join(parts).partition(b"\r\n\r\n")
-    if not sep or not head.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 ")) or b"chunked" in head.lower():
-        return True, None
     try:
-        doc = json.loads(body)
-    except ValueError:
-        return True, None
-    return True, (doc if isinstance(doc, list) else None)
+        return dockerapi.network_gateways(nets)
+    except (LockdownError, ImportError):
+        return None
 
 
 def choose_gateways(explicit: list[str] | None, incident_dir: Path | None = None) -> tuple[list[str], str]:
