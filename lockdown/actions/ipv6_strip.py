@@ -27,31 +27,23 @@ import ipaddress
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lockdown import netlink
 from lockdown.actions.base import Action, StepContext, UndoRecord, fail
 from lockdown.actions.sysctl_set import read_sysctl, write_sysctl
 from lockdown.errors import BadInput, LockdownError
+from lockdown.hostfacts import network_managers as suspect_managers
+from lockdown.hostfacts import plain_ip as _plain_ip
+from lockdown.hostfacts import sshd_ancestors as _sshd_ancestors
+from lockdown.hostfacts import sshd_pids as _sshd_pids
+from lockdown.hostfacts import tcp_established as _tcp_established
 from lockdown.netlink import AF_INET6, Address, Route
 
 SYSCTL_KEYS = ("accept_ra", "autoconf")
 RECHECK_SECONDS = 1.0
 RECORD_VERSION = 1
 _GLOB_CHARS = set("*?[")
-SSHD_NAMES = ("sshd", "sshd-session")
-# What may re-add addresses behind our back, by process name (comm is cut at 15).
-MANAGERS = {
-    "systemd-networkd": "systemd-networkd",
-    "systemd-network": "systemd-networkd",
-    "NetworkManager": "NetworkManager",
-    "dhcpcd": "dhcpcd",
-    "dhclient": "dhclient",
-    "odhcp6c": "odhcp6c",
-    "wicked": "wicked",
-    "connmand": "ConnMan",
-}
 ADDR_PROTO_NAMES = {1: "kernel (loopback)", 2: "kernel SLAAC (router advertisement)", 3: "kernel (link-local)"}
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -167,17 +159,6 @@ class Session:
     how: str
 
 
-def _plain_ip(text: str) -> str | None:
-    """Drop a zone and unmap ``::ffff:a.b.c.d``; None if it is not an address."""
-    try:
-        ip = ipaddress.ip_address(text.split("%")[0].strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
-
-
 def operator_sessions(env: dict[str, str] | None = None) -> list[Session]:
     """The operator's SSH session(s), by the best evidence available.
 
@@ -213,64 +194,6 @@ def operator_sessions(env: dict[str, str] | None = None) -> list[Session]:
             if pid in sshd:
                 out.append(Session(local, f"{remote} port {rport}", f"established sshd connection, pid {pid}"))
     return out
-
-
-def _tcp_established() -> list[tuple[str, str, int, int | None]]:
-    """(local, remote, remote port, pid) of established TCP sockets in this netns."""
-    from lockdown.actions.snapshot_connections import collect_sockets
-
-    out = []
-    for s in collect_sockets():
-        if s.proto == "tcp" and s.state == "ESTABLISHED" and s.remote:
-            local, remote = _plain_ip(s.local), _plain_ip(s.remote)
-            if local and remote and s.rport is not None:
-                for pid in s.pids or (s.pid,):
-                    out.append((local, remote, s.rport, pid))
-    return out
-
-
-def _sshd_ancestors() -> set[int]:
-    import psutil
-
-    try:
-        parents = psutil.Process().parents()
-    except psutil.Error:
-        return set()
-    out = set()
-    for p in parents:
-        try:
-            if p.name() in SSHD_NAMES:
-                out.add(p.pid)
-        except psutil.Error:
-            continue
-    return out
-
-
-def _sshd_pids() -> set[int]:
-    import psutil
-
-    out = set()
-    for p in psutil.process_iter(["name"]):
-        if p.info.get("name") in SSHD_NAMES:
-            out.add(p.pid)
-    return out
-
-
-def suspect_managers() -> list[str]:
-    """Running network managers that may re-add addresses, e.g. ``systemd-networkd (pid 512)``."""
-    import psutil
-
-    found = []
-    for p in psutil.process_iter(["name"]):
-        name = p.info.get("name") or ""
-        for prefix, label in MANAGERS.items():
-            if name.startswith(prefix):
-                found.append(f"{label} (pid {p.pid})")
-                break
-    netplan = Path("/etc/netplan")
-    if netplan.is_dir() and any(netplan.glob("*.yaml")):
-        found.append("netplan (configuration in /etc/netplan, rendered to networkd or NetworkManager)")
-    return found
 
 
 # ------------------------------------------------------------ the action

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lockdown import hostfacts
 from lockdown.actions.base import Action, StepContext, UndoRecord
 
 
@@ -22,9 +23,7 @@ def _read(path: str) -> str | None:
 
 def host_facts() -> dict[str, Any]:
     """Hostname, kernel, boot id, machine id, uptime, users and load."""
-    import psutil
-
-    boot = psutil.boot_time()
+    boot = hostfacts.boot_time()
     uname = platform.uname()
     return {
         "hostname": socket.gethostname(),
@@ -37,10 +36,7 @@ def host_facts() -> dict[str, Any]:
         "uptime_seconds": round(time.time() - boot, 1),
         "load": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
-        "users": [
-            {"name": u.name, "terminal": u.terminal, "host": u.host, "started": u.started, "pid": u.pid}
-            for u in psutil.users()
-        ],
+        "users": hostfacts.logged_in_users(),
         "collected_at": time.time(),
     }
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockdown import netlink
+from lockdown import hostfacts, netlink
 from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.snapshot_connections import collect_sockets
 
 IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
 GLOBAL_SYSCTLS = (
@@ -67,7 +66,7 @@ def network_state() -> dict[str, Any]:
     links = netlink.list_links()
     addresses = netlink.dump_addresses(family=None)
     routes = netlink.dump_routes(family=None, include_local=True)
-    listening = [s.as_dict() for s in collect_sockets() if s.listening]
+    listening = [s.as_dict() for s in hostfacts.collect_sockets() if s.listening]
     return {
         "collected_at": time.time(),
         "links": [link.as_dict() for link in links],

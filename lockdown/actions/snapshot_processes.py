@@ -4,101 +4,25 @@ The postmortem's key line was ``tcp6 :::25 docker-proxy``: a container port
 published on every IPv6 address. So listening sockets are joined to their
 processes, and docker-proxy processes are called out with what they forward.
 
-Processes are read from /proc directly rather than with
-psutil.process_iter(attrs=[...]): psutil parses /proc/<pid>/stat twice per
-process and calls getpwuid() for each one, which took 0.4-0.8 s for 2,000
-processes on the test VM against a 1 s budget that must also cover the
-socket join. Reading stat, status and cmdline once and caching user names
-does the same job several times faster (bench/bench_snapshots.py).
+Processes and sockets are read by lockdown.hostfacts (from /proc directly:
+psutil.process_iter took 0.4-0.8 s for 2,000 processes against a 1 s budget
+that must also cover the socket join; bench/bench_snapshots.py), and a
+docker-proxy command line is understood there too, the same way for this
+snapshot and for ``lockdown audit``.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from lockdown import hostfacts
 from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.snapshot_connections import collect_sockets, listening_by_pid, write_records
-
-DOCKER_PROXY = "docker-proxy"
-
-
-def _boot_time() -> float:
-    import psutil
-
-    return float(psutil.boot_time())
-
-
-def _user(uid: int, cache: dict[int, str]) -> str:
-    name = cache.get(uid)
-    if name is None:
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            name = str(uid)
-        cache[uid] = name
-    return name
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:  # EACCES without root, ENOENT for kernel threads and zombies
-        return None
-
-
-def read_process(pid: int, boot: float, hz: int, users: dict[int, str]) -> dict[str, Any] | None:
-    """One process from /proc, or None if it exited while being read.
-
-    ``exe`` and ``cwd`` are None where they cannot be read (other users'
-    processes without root, kernel threads).
-    """
-    base = f"/proc/{pid}/"
-    try:
-        with open(base + "stat", "rb") as fh:
-            stat = fh.read().decode(errors="replace")
-        with open(base + "status", "rb") as fh:
-            status = fh.read().decode(errors="replace")
-        with open(base + "cmdline", "rb") as fh:
-            raw_cmd = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except PermissionError:
-        return None
-    lpar, rpar = stat.find("("), stat.rfind(")")
-    comm = stat[lpar + 1 : rpar]
-    fields = stat[rpar + 2 :].split()
-    uid = None
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            uid = int(line.split()[1])
-            break
-    cmdline = [a.decode(errors="replace") for a in raw_cmd.split(b"\0")[:-1]] if raw_cmd else []
-    exe = _readlink(base + "exe")
-    name = comm
-    if len(comm) >= 15 and cmdline:
-        # comm is truncated to 15 characters; take the full name as psutil does
-        full = os.path.basename(cmdline[0]).split(" ")[0]
-        if full.startswith(comm):
-            name = full
-        elif exe and os.path.basename(exe).startswith(comm):
-            name = os.path.basename(exe)
-    return {
-        "pid": pid,
-        "ppid": int(fields[1]),
-        "user": _user(uid, users) if uid is not None else None,
-        "uid": uid,
-        "name": name,
-        "state": fields[0],
-        "exe": exe,
-        "cmdline": cmdline,
-        "create_time": round(boot + int(fields[19]) / hz, 2),
-        "cwd": _readlink(base + "cwd"),
-    }
+from lockdown.actions.records import write_records
+from lockdown.hostfacts import DOCKER_PROXY
 
 
 def collect_processes() -> list[dict[str, Any]]:
@@ -107,38 +31,20 @@ def collect_processes() -> list[dict[str, Any]]:
     Sockets come from the current network namespace only; processes from the
     whole pid namespace.
     """
-    boot = _boot_time()
-    hz = os.sysconf("SC_CLK_TCK")
-    users: dict[int, str] = {}
-    procs = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            proc = read_process(int(entry.name), boot, hz, users)
-            if proc is not None:
-                procs.append(proc)
-    listening = listening_by_pid(collect_sockets())
+    procs = hostfacts.read_processes()
+    listening = hostfacts.listening_by_pid(hostfacts.collect_sockets())
     for proc in procs:
         proc["listening"] = listening.get(proc["pid"], [])
-    procs.sort(key=lambda p: p["pid"])
     return procs
-
-
-def docker_proxy_target(cmdline: list[str]) -> dict[str, str]:
-    """``-proto tcp -host-ip :: -host-port 25 -container-ip 172.17.0.2 ...`` as a dict."""
-    out = {}
-    for i, arg in enumerate(cmdline[:-1]):
-        if arg.startswith("-") and not cmdline[i + 1].startswith("-"):
-            out[arg.lstrip("-")] = cmdline[i + 1]
-    return out
 
 
 def docker_proxies(procs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each docker-proxy with what it listens on and where it forwards."""
     out = []
     for p in procs:
-        if p["name"] != DOCKER_PROXY:
+        if not hostfacts.is_docker_proxy(p["name"], p["cmdline"], p["exe"]):
             continue
-        args = docker_proxy_target(p["cmdline"])
+        args = hostfacts.parse_flags(p["cmdline"][1:])
         host_ip, host_port = args.get("host-ip"), args.get("host-port")
         listening = list(p["listening"])
         if not listening and host_port:
