@@ -215,13 +215,22 @@ def _ref_from_list(item: dict[str, Any]) -> ContainerRef:
     )
 
 
+def port_bindings(data: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every published binding of an inspect document: (container port as Docker writes it,
+    e.g. ``25/tcp``; HostIp; HostPort), empty strings where Docker left a field out.
+    The one walk of NetworkSettings.Ports, for the journal's ContainerRef and for the audit."""
+    out = []
+    for cport, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        for b in bindings or []:
+            out.append((str(cport), str(b.get("HostIp") or ""), str(b.get("HostPort") or "")))
+    return out
+
+
 def ref_from_inspect(data: dict[str, Any]) -> ContainerRef:
     ports = []
-    for cport, bindings in (data.get("NetworkSettings", {}).get("Ports") or {}).items():
-        for b in bindings or []:
-            ip = b.get("HostIp", "")
-            host = f"[{ip}]" if ":" in ip else ip
-            ports.append(f"{host}:{b.get('HostPort')}->{cport}")
+    for cport, ip, host_port in port_bindings(data):
+        host = f"[{ip}]" if ":" in ip else ip
+        ports.append(f"{host}:{host_port}->{cport}")
     return ContainerRef(
         id=data["Id"],
         name=data.get("Name", data["Id"][:12]).lstrip("/"),

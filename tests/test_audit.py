@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from lockdown import hostfacts
 from lockdown.audit import (
     AuditResult,
     Finding,
@@ -31,6 +32,7 @@ from lockdown.audit import (
 )
 from tests.conftest import run_cli, sh, unique
 from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, lab, postqueue, wait_smtp
+from tests.netlab import nsexec
 
 FINDING_KEYS = {"id", "severity", "title", "evidence", "fix"}
 CHAIN_IDS = {
@@ -80,12 +82,13 @@ def mail_container(the_lab: Any, *, host_ip: str, env: dict[str, str], **labels:
     return c
 
 
-def audit(*args: str, tmp_path: Path) -> tuple[int, dict[str, Any], str]:
-    """Run ``lockdown audit --json`` with a daemon.json the test controls; return code, document, stderr."""
+def audit(*args: str, tmp_path: Path, netns: str | None = None) -> tuple[int, dict[str, Any], str]:
+    """Run ``lockdown audit --json`` with a daemon.json the test controls (inside ``netns`` when given);
+    return code, document, stderr."""
     daemon = tmp_path / "daemon.json"
     if not daemon.exists():
         daemon.write_text("{}\n")
-    r = run_cli("audit", "--json", "--daemon-json", str(daemon), *args)
+    r = run_cli("audit", "--json", "--daemon-json", str(daemon), *args, netns=netns)
     doc = json.loads(r.stdout) if r.stdout.strip() else {}
     return r.returncode, doc, r.stderr
 
@@ -191,6 +194,57 @@ def test_unknown_container_is_bad_input(docker_engine: Any, tmp_path: Path) -> N
     assert code == 2
     assert err.strip().splitlines()[0] == f"lockdown: error: --container {name}: no such container {name!r}"
     assert doc["error"]["exit_code"] == 2
+
+
+DISABLE_IPV6 = "/proc/sys/net/ipv6/conf/all/disable_ipv6"
+
+
+def test_ipv6_disabled_says_the_ipv6_path_is_not_exposed(docker_engine: Any, netns: str, tmp_path: Path) -> None:
+    """The same vulnerable container, audited from a network namespace with IPv6 on, then off.
+
+    The audit reads /proc/sys/net/ipv6 and the addresses of its own netns, so
+    the namespace stands in for a host booted with IPv6 disabled; the host's
+    own switch is only read, before and after.
+    """
+    host_before = Path(DISABLE_IPV6).read_text()
+    with lab(docker_engine) as the_lab:
+        c = mail_container(the_lab, host_ip="", env=VULNERABLE)
+        port = c.attrs["NetworkSettings"]["Ports"]["25/tcp"][0]["HostPort"]
+        args = ("--container", c.name, "--no-container-logs")
+        _, on, _ = audit(*args, tmp_path=tmp_path, netns=netns)
+        nsexec(netns, "sh", "-c", f"echo 1 > {DISABLE_IPV6}")
+        code, off, err = audit("--probe", *args, tmp_path=tmp_path, netns=netns)
+    assert {"proxy-ipv6-to-ipv4", "ipv6-relay-path"} <= {f["id"] for f in on["findings"]}, on
+    check_shape(off)
+    found = {f["id"]: f for f in off["findings"]}
+    assert not {"proxy-ipv6-to-ipv4", "ipv6-relay-path", "host-ipv6-container-ipv4"} & set(found), off
+    assert found["ipv6-disabled"] == {
+        "id": "ipv6-disabled",
+        "severity": "info",
+        "title": "IPv6 is disabled: the IPv6 -> docker-proxy relay path is not exposed",
+        "evidence": "net.ipv6.conf.all.disable_ipv6 = 1 (read in this network namespace) and no interface has "
+        "a global IPv6 address, so no IPv6 client can connect; docker-proxy would forward IPv6 clients over "
+        f"IPv4 into {c.name} (port {port})",
+        "fix": "nothing to do while IPv6 stays off; before enabling it, publish those ports on an IPv4 address "
+        f'only or set "userland-proxy": false in {tmp_path / "daemon.json"}, then audit again',
+    }
+    assert found["probe-no-target"]["evidence"] == (
+        "the host has no global IPv6 address (IPv6 is disabled: net.ipv6.conf.all.disable_ipv6 = 1)"
+    )
+    # Trusting the gateway is still a fault of its own (IPv4 clients through docker-proxy, other containers).
+    assert found["postfix-trusts-gateway"]["severity"] == "high"
+    assert code == 1, err
+    assert Path(DISABLE_IPV6).read_text() == host_before
+
+
+def test_ipv6_disabled_reads_the_given_namespace_switch(tmp_path: Path) -> None:
+    (tmp_path / "conf" / "all").mkdir(parents=True)
+    (tmp_path / "conf" / "all" / "disable_ipv6").write_text("0\n")
+    assert hostfacts.ipv6_disabled(tmp_path) is None
+    (tmp_path / "conf" / "all" / "disable_ipv6").write_text("1\n")
+    assert hostfacts.ipv6_disabled(tmp_path) == "net.ipv6.conf.all.disable_ipv6 = 1"
+    absent = tmp_path / "absent"
+    assert hostfacts.ipv6_disabled(absent) == f"{absent} is absent: the kernel runs without IPv6 (ipv6.disable=1)"
 
 
 # ------------------------------------------------------------------ abuse in the logs
