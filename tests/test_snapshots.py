@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -393,3 +394,24 @@ def test_without_root_pids_are_missing_but_the_snapshot_succeeds(lab: Lab) -> No
     assert ours == [{"pid": lab.proxy, "listening": ["tcp6 :::25 (from its command line)"],
                      "forwards_to": "172.17.0.2:25"}]
     assert any(n.startswith("not running as root: exe and cwd unreadable for ") for n in _notes(r, "procs"))
+
+
+def test_a_socket_held_by_two_processes_lists_both_holders() -> None:
+    """Since Docker 28 dockerd opens a published port and hands the fd to docker-proxy; the audit's
+    fd-handoff check needs every holder, not psutil's one pid per socket."""
+    from lockdown import hostfacts
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=[srv.fileno()])
+        try:
+            held = {(ln.pid, ln.process) for ln in hostfacts.tcp_listeners() if ln.port == port}
+            (sock,) = [s for s in hostfacts.collect_sockets() if s.lport == port and s.state == "LISTEN"]
+            expected = {(os.getpid(), psutil.Process().name()), (child.pid, psutil.Process(child.pid).name())}
+        finally:
+            child.kill()
+            child.wait()
+    assert held == expected
+    assert sorted(sock.pids) == sorted([os.getpid(), child.pid])
