@@ -32,9 +32,9 @@ from typing import Any
 
 from lockdown import netlink
 from lockdown.actions.base import Action, StepContext, UndoRecord, fail
-from lockdown.actions.sysctl_set import read_sysctl, write_sysctl
 from lockdown.errors import BadInput, LockdownError
 from lockdown.netlink import AF_INET6, Address, Route
+from lockdown.sysctl import read_sysctl, write_sysctl
 
 SYSCTL_KEYS = ("accept_ra", "autoconf")
 RECHECK_SECONDS = 1.0
