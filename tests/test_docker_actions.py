@@ -781,7 +781,7 @@ def test_every_docker_action_takes_the_shared_container_params() -> None:
 
     docker_actions = sorted(n for n in REGISTRY if issubclass(get_action(n), ContainerAction))
     assert docker_actions == [
-        "docker.inspect", "docker.pause", "docker.stop", "logs.container", "logs.files",
+        "docker.inspect", "docker.pause", "docker.stop", "logs.container", "logs.files", "nft.block",
         "postfix.hold_queue",
     ]
     for name in docker_actions:
