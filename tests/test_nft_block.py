@@ -653,3 +653,42 @@ def host_v6_addresses(mine: str) -> list[str]:
         for a in link.get("addr_info", [])
         if a.get("scope") == "global"
     )
+
+
+def test_serve_routes_can_name_either_playbook(tmp_path: Path) -> None:
+    """Both shipped relay playbooks are found by name from a route, with the same vars."""
+    from lockdown.engine.playbook import load_playbook
+    from lockdown.triggers.config import load_config
+
+    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").chmod(0o600)
+    config = tmp_path / "lockdown.toml"
+    config.write_text(
+        f"""state_dir = "{tmp_path}/state"
+[server]
+token_file = "{tmp_path}/token"
+
+[[routes]]
+alert = "MailRelaySurge"
+playbook = "relay-incident"
+vars = {{ container = "mailserver" }}
+
+[[routes]]
+alert = "MailRelaySurgeBusinessHours"
+playbook = "relay-incident-surgical"
+vars = {{ container = "mailserver" }}
+"""
+    )
+    cfg = load_config(config)
+    assert [(r.alert, r.playbook) for r in cfg.routes] == [
+        ("MailRelaySurge", "relay-incident"),
+        ("MailRelaySurgeBusinessHours", "relay-incident-surgical"),
+    ]
+    surgical = load_playbook(cfg.routes[1].playbook, dict(cfg.routes[1].vars))
+    assert [(s.id, s.action_name) for s in surgical.steps][:3] == [
+        ("hold-queue", "postfix.hold_queue"),
+        ("block-inbound-v6", "nft.block"),
+        ("block-outbound-smtp", "nft.block"),
+    ]
+    assert "docker.pause" not in {s.action_name for s in surgical.steps}
+    assert "ipv6.strip" not in {s.action_name for s in surgical.steps}
