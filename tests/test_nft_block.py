@@ -617,6 +617,9 @@ def test_surgical_playbook_closes_the_ipv6_relay_and_keeps_the_container_running
         wait_smtp(port)
         assert smtp_relay(bot.ns, bot.host6, port) == "250"  # the open relay, through docker-proxy
         addrs_before = host_v6_addresses(bot.host_if)
+        tables_before = lockdown_tables()
+        c.reload()
+        state_before = c.attrs["State"]
         r = run_cli(
             "run", "relay-incident-surgical", "--var", f"container={c.name}", "--json", state_dir=state_dir,
             timeout=300,
@@ -634,8 +637,12 @@ def test_surgical_playbook_closes_the_ipv6_relay_and_keeps_the_container_running
         assert f"{bot.host_if} {bot.host6}/64" in addrs_before
         r = run_cli("restore", incident, state_dir=state_dir, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert f"inet {lockdown_table_of(incident)}" not in lockdown_tables()
-        assert smtp_relay(bot.ns, bot.host6, port) == "250"
+        assert counters(state_dir, incident, "block-inbound-v6")[0]["packets"] >= 1  # the bot's SYNs
+        assert lockdown_tables() == tables_before  # our table gone, no other lockdown table touched
+        c.reload()
+        assert c.attrs["State"] == state_before  # never paused, never restarted
+        assert host_v6_addresses(bot.host_if) == addrs_before
+        assert smtp_relay(bot.ns, bot.host6, port) == "250"  # restore reopens (restore gate: issue 17.3)
     finally:
         dlab.cleanup()
         dlab.containers.clear()
