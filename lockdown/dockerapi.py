@@ -398,6 +398,48 @@ def daemon_version() -> dict[str, Any]:
     return data
 
 
+def published_host_ports(data: dict[str, Any], container_ports: tuple[int, ...]) -> list[int]:
+    """Host ports on which a container (its inspect ``data``) publishes any of ``container_ports``/tcp."""
+    out: set[int] = set()
+    for cport, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        number, _, proto = str(cport).partition("/")
+        if proto not in ("", "tcp") or not number.isdigit() or int(number) not in container_ports:
+            continue
+        for b in bindings or []:
+            host_port = str((b or {}).get("HostPort") or "")
+            if host_port.isdigit() and 0 < int(host_port) < 65536:
+                out.add(int(host_port))
+    return sorted(out)
+
+
+def _inspect_network(net_id: str, net_name: str, container: str) -> dict[str, Any]:
+    data: dict[str, Any] = docker_call(
+        f"inspect network {net_name} of {container}", lambda: api().inspect_network(net_id), vanished=net_name
+    )
+    return data
+
+
+def container_subnets(data: dict[str, Any], name: str) -> list[str]:
+    """Subnets (CIDR, IPv4 and IPv6) of every network a container (its inspect ``data``) is on.
+
+    Read from each network's IPAM config (``GET /networks/ID``), so the whole
+    subnet counts, not only the container's own address: Postfix relays from
+    whatever address it has after a restart. A container on the host's
+    network (``--network host``) has none. ActionError if a network vanished.
+    """
+    subnets: set[str] = set()
+    for net_name, info in sorted(((data.get("NetworkSettings") or {}).get("Networks") or {}).items()):
+        net = _inspect_network(str((info or {}).get("NetworkID") or net_name), net_name, name)
+        for cfg in (net.get("IPAM") or {}).get("Config") or []:
+            subnet = (cfg or {}).get("Subnet") if isinstance(cfg, dict) else None
+            if isinstance(subnet, str):
+                try:
+                    subnets.add(str(ipaddress.ip_network(subnet, strict=False)))
+                except ValueError:
+                    continue
+    return sorted(subnets)
+
+
 # ------------------------------------------------------------------ exec
 
 

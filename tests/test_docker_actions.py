@@ -745,3 +745,65 @@ def test_demux_of_docker_stream_frames_survives_any_chunking() -> None:
         for i in range(0, len(stream), size):
             out.write(demux.feed(stream[i : i + size]))
         assert out.getvalue() == b"".join(payloads) and demux.complete, size
+
+
+# ------------------------------------------------------------------ shared targeting
+
+
+def test_no_action_imports_another_action() -> None:
+    """Shared code lives in helper modules (containers.py, base.py), never in a sibling action."""
+    import ast
+
+    from lockdown.actions import REGISTRY
+
+    action_modules = {target.partition(":")[0] for target in REGISTRY.values()}
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for module in sorted(action_modules):
+        tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{module} imports {n}" for n in names if n in action_modules and n != module]
+    # Socket collection moves to the host-facts helper module in its own change (issue 15.5);
+    # this list must then become empty, and the test fails until it is.
+    socket_collection = [
+        "lockdown.actions.ipv6_strip imports lockdown.actions.snapshot_connections",
+        "lockdown.actions.snapshot_network imports lockdown.actions.snapshot_connections",
+        "lockdown.actions.snapshot_processes imports lockdown.actions.snapshot_connections",
+    ]
+    assert sorted(offenders) == socket_collection
+
+
+def test_every_docker_action_takes_the_shared_container_params() -> None:
+    from lockdown.actions import REGISTRY, get_action
+    from lockdown.actions.containers import ContainerAction, ContainerParams
+
+    docker_actions = sorted(n for n in REGISTRY if issubclass(get_action(n), ContainerAction))
+    assert docker_actions == [
+        "docker.inspect", "docker.pause", "docker.stop", "logs.container", "logs.files", "nft.block",
+        "postfix.hold_queue",
+    ]
+    for name in docker_actions:
+        assert issubclass(get_action(name).Params, ContainerParams), name
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ({"action": "docker.pause", "container": " "}, "container: empty; expected a name or id, \"auto\" (the one "
+         "running container publishing port 25), \"all\" (every such container) or \"service:NAME\" (Compose "
+         "service label, e.g. Mailu \"service:smtp\")"),
+        ({"action": "postfix.hold_queue", "label": "=x"}, "label: expected KEY or KEY=VALUE without spaces, got '=x'"),
+        ({"action": "docker.stop", "timeout": 601}, "timeout: expected 0 to 600 seconds, got 601"),
+        ({"action": "logs.container", "since": "yesterday"}, "since: expected a duration (\"24h\", \"90m\", \"7d\"), "
+         "Unix seconds or an RFC 3339 time, got 'yesterday'"),
+        ({"action": "logs.files", "paths": ["var/log"]}, "paths[0]: expected an absolute path, got 'var/log'"),
+    ],
+)
+def test_params_errors_name_the_key(tmp_path: Path, step: dict[str, Any], message: str) -> None:
+    """ParamError raised by a Params dataclass: exit 2, the file, the step and the key."""
+    pb = playbook(tmp_path, {"id": "s", **step})
+    r = run_cli("playbooks", "validate", str(pb))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert error_lines(r)[0] == f"lockdown: error: {pb}: step 1 (s): {message}"

@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "postfix.hold_queue": "lockdown.actions.postfix_hold:PostfixHoldQueue",
     "logs.container": "lockdown.actions.logs_container:LogsContainer",
     "logs.files": "lockdown.actions.logs_files:LogsFiles",
+    "nft.block": "lockdown.actions.nft_block:NftBlock",
 }
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.docker_pause import ContainerTargets, check_target, target_text
+from lockdown.actions.base import StepContext, UndoRecord
+from lockdown.actions.containers import ContainerAction, ContainerParams
 from lockdown.errors import ActionError
 
 
@@ -52,16 +52,11 @@ def network_view(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Params:
-    container: str = "auto"
-    label: str = ""
+class Params(ContainerParams):
     daemon: bool = True
 
-    def __post_init__(self) -> None:
-        check_target(self.container, self.label)
 
-
-class DockerInspect(ContainerTargets, Action[Params]):
+class DockerInspect(ContainerAction[Params]):
     """Record the container's inspect JSON, processes, filesystem diff, networks and ports.
 
     Read-only. Writes, per container, ``docker/<container>/inspect.json``,
@@ -87,15 +82,9 @@ class DockerInspect(ContainerTargets, Action[Params]):
 
     name = "docker.inspect"
     Params = Params
-    requires = ("docker",)
 
     def describe(self) -> str:
-        return "record inspect, top, diff, networks and ports of " + target_text(
-            self.params.container, self.params.label
-        )
-
-    def preflight(self) -> None:
-        self.resolve()
+        return "record inspect, top, diff, networks and ports of " + self.params.target_text()
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         failures = []

@@ -6,49 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.actions.base import Action, StepContext, UndoRecord
-
-TARGET_HELP = (
-    'a name or id, "auto" (the one running container publishing port 25), '
-    '"all" (every such container) or "service:NAME" (Compose service label, e.g. Mailu "service:smtp")'
-)
-
-
-def check_target(container: str, label: str) -> None:
-    """Validate the ``container`` / ``label`` parameters shared by the Docker actions."""
-    if not container.strip():
-        raise ValueError("container", f"empty; expected {TARGET_HELP}")
-    if label and (label.startswith("=") or any(c.isspace() for c in label)):
-        raise ValueError("label", f"expected KEY or KEY=VALUE without spaces, got {label!r}")
-
-
-def target_text(container: str, label: str) -> str:
-    """How a target reads in a plan line."""
-    text = {
-        "auto": "the container publishing port 25",
-        "all": "every container publishing port 25",
-    }.get(container, f"container {container}")
-    return text + (f" (label {label})" if label else "")
-
-
-class ContainerTargets:
-    """Resolution of ``container``/``label`` in preflight, remembered for the journal."""
-
-    params: Any
-
-    def resolve(self) -> list[dockerapi.ContainerRef]:
-        """Resolve once (preflight); later calls return the same containers."""
-        found: list[dockerapi.ContainerRef] | None = getattr(self, "_targets", None)
-        if found is None:
-            found = dockerapi.resolve_containers(self.params.container, label=self.params.label)
-            self._targets = found
-        return found
-
-    def resolved(self) -> dict[str, Any]:
-        found: list[dockerapi.ContainerRef] | None = getattr(self, "_targets", None)
-        if not found:
-            return {}
-        return {"containers": [t.name for t in found], "container_ids": [t.id for t in found]}
+from lockdown.actions.base import StepContext, UndoRecord
+from lockdown.actions.containers import ContainerAction, ContainerParams, state_record
 
 
 def published_note(ports: list[str] | tuple[str, ...]) -> str:
@@ -58,29 +17,12 @@ def published_note(ports: list[str] | tuple[str, ...]) -> str:
     )
 
 
-def state_record(ref: dockerapi.ContainerRef) -> dict[str, Any]:
-    """Id, name, status and restart policy of a container, read now."""
-    data = dockerapi.inspect(ref.id, ref.name)
-    current = dockerapi.ref_from_inspect(data)
-    return {
-        "id": current.id,
-        "name": current.name,
-        "status": current.status,
-        "restart_policy": (data.get("HostConfig") or {}).get("RestartPolicy") or {},
-        "ports": list(current.ports),
-    }
-
-
 @dataclass(frozen=True)
-class Params:
-    container: str = "auto"
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        check_target(self.container, self.label)
+class Params(ContainerParams):
+    pass
 
 
-class DockerPause(ContainerTargets, Action[Params]):
+class DockerPause(ContainerAction[Params]):
     """Pause the mail container(s); restore unpauses only what lockdown paused.
 
     The state before (running or paused, restart policy) is journaled. A
@@ -108,13 +50,9 @@ class DockerPause(ContainerTargets, Action[Params]):
 
     name = "docker.pause"
     Params = Params
-    requires = ("docker",)
 
     def describe(self) -> str:
-        return "pause " + target_text(self.params.container, self.params.label)
-
-    def preflight(self) -> None:
-        self.resolve()
+        return "pause " + self.params.target_text()
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
         entries = []

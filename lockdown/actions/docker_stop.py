@@ -6,23 +6,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.docker_pause import ContainerTargets, check_target, state_record, target_text
+from lockdown.actions.base import ParamError, StepContext, UndoRecord
+from lockdown.actions.containers import ContainerAction, ContainerParams, state_record
 
 
 @dataclass(frozen=True)
-class Params:
-    container: str = "auto"
-    label: str = ""
+class Params(ContainerParams):
     timeout: int = 10
 
     def __post_init__(self) -> None:
-        check_target(self.container, self.label)
+        super().__post_init__()
         if not 0 <= self.timeout <= 600:
-            raise ValueError("timeout", f"expected 0 to 600 seconds, got {self.timeout}")
+            raise ParamError("timeout", f"expected 0 to 600 seconds, got {self.timeout}")
 
 
-class DockerStop(ContainerTargets, Action[Params]):
+class DockerStop(ContainerAction[Params]):
     """Stop the mail container(s); restore starts only what lockdown stopped.
 
     For engines where pause is not available (rootless without cgroup
@@ -49,13 +47,9 @@ class DockerStop(ContainerTargets, Action[Params]):
 
     name = "docker.stop"
     Params = Params
-    requires = ("docker",)
 
     def describe(self) -> str:
-        return f"stop {target_text(self.params.container, self.params.label)} (SIGKILL after {self.params.timeout} s)"
-
-    def preflight(self) -> None:
-        self.resolve()
+        return f"stop {self.params.target_text()} (SIGKILL after {self.params.timeout} s)"
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
         entries = []

@@ -31,7 +31,6 @@ from typing import Any
 
 from lockdown import netlink
 from lockdown.actions.base import Action, StepContext, UndoRecord, fail
-from lockdown.actions.sysctl_set import read_sysctl, write_sysctl
 from lockdown.errors import BadInput, LockdownError
 from lockdown.hostfacts import network_managers as suspect_managers
 from lockdown.hostfacts import plain_ip as _plain_ip
@@ -39,6 +38,7 @@ from lockdown.hostfacts import sshd_ancestors as _sshd_ancestors
 from lockdown.hostfacts import sshd_pids as _sshd_pids
 from lockdown.hostfacts import tcp_established as _tcp_established
 from lockdown.netlink import AF_INET6, Address, Route
+from lockdown.sysctl import read_sysctl, write_sysctl
 
 SYSCTL_KEYS = ("accept_ra", "autoconf")
 RECHECK_SECONDS = 1.0

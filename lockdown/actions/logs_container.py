@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from lockdown import dockerapi
-from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.docker_pause import ContainerTargets, check_target, target_text
+from lockdown.actions.base import ParamError, StepContext, UndoRecord
+from lockdown.actions.containers import ContainerAction, ContainerParams
 from lockdown.errors import ActionError
 
 _DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd])$")
@@ -43,21 +43,19 @@ def parse_since(value: str, now: float | None = None) -> float | None:
 
 
 @dataclass(frozen=True)
-class Params:
-    container: str = "auto"
-    label: str = ""
+class Params(ContainerParams):
     since: str = ""
     timestamps: bool = True
 
     def __post_init__(self) -> None:
-        check_target(self.container, self.label)
+        super().__post_init__()
         try:
             parse_since(self.since)
         except ValueError as exc:
-            raise ValueError("since", str(exc)) from None
+            raise ParamError("since", str(exc)) from None
 
 
-class LogsContainer(ContainerTargets, Action[Params]):
+class LogsContainer(ContainerAction[Params]):
     """Stream the container's log (stdout and stderr, as ``docker logs``) into evidence.
 
     Writes ``logs/<container>.log``: the same bytes as ``docker logs -t
@@ -89,14 +87,10 @@ class LogsContainer(ContainerTargets, Action[Params]):
 
     name = "logs.container"
     Params = Params
-    requires = ("docker",)
 
     def describe(self) -> str:
         since = f" since {self.params.since}" if self.params.since else ""
-        return f"save the log{since} of {target_text(self.params.container, self.params.label)}"
-
-    def preflight(self) -> None:
-        self.resolve()
+        return f"save the log{since} of {self.params.target_text()}"
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         since = parse_since(self.params.since)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.docker_pause import ContainerTargets, check_target, target_text
+from lockdown.actions.base import ParamError, StepContext, UndoRecord
+from lockdown.actions.containers import ContainerAction, ContainerParams
 from lockdown.errors import ActionError
 
 #: Postfix logs in docker-mailserver (/var/log/mail/mail.log) and in plain Debian images.
@@ -41,23 +41,21 @@ def evidence_name(path: str) -> str:
 def _check_paths(key: str, paths: list[str]) -> None:
     for i, p in enumerate(paths):
         if not p.startswith("/") or "\0" in p:
-            raise ValueError(f"{key}[{i}]", f"expected an absolute path, got {p!r}")
+            raise ParamError(f"{key}[{i}]", f"expected an absolute path, got {p!r}")
 
 
 @dataclass(frozen=True)
-class Params:
-    container: str = "auto"
-    label: str = ""
+class Params(ContainerParams):
     paths: list[str] = field(default_factory=lambda: list(DEFAULT_PATHS))
     host_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_target(self.container, self.label)
+        super().__post_init__()
         _check_paths("paths", self.paths)
         _check_paths("host_paths", self.host_paths)
 
 
-class LogsFiles(ContainerTargets, Action[Params]):
+class LogsFiles(ContainerAction[Params]):
     """Copy files and directories from the container (archive API) and the host into evidence.
 
     Container paths are fetched with Docker's archive API (``docker cp``),
@@ -92,13 +90,12 @@ class LogsFiles(ContainerTargets, Action[Params]):
 
     name = "logs.files"
     Params = Params
-    requires = ("docker",)
 
     def describe(self) -> str:
         parts = []
         if self.params.container != "none" and self.params.paths:
             parts.append(
-                f"{', '.join(self.params.paths)} from {target_text(self.params.container, self.params.label)}"
+                f"{', '.join(self.params.paths)} from {self.params.target_text()}"
             )
         if self.params.host_paths:
             parts.append(f"{', '.join(self.params.host_paths)} from the host")

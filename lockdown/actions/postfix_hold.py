@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.actions.base import Action, StepContext, UndoRecord
-from lockdown.actions.docker_pause import ContainerTargets, check_target, target_text
+from lockdown.actions.base import StepContext, UndoRecord
+from lockdown.actions.containers import ContainerAction, ContainerParams
 from lockdown.errors import ActionError, BadInput, IntegrityError
 
 ACTION = "postfix.hold_queue"
@@ -238,15 +238,11 @@ def pending_ids(entry: dict[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Params:
-    container: str = "auto"
-    label: str = ""
-
-    def __post_init__(self) -> None:
-        check_target(self.container, self.label)
+class Params(ContainerParams):
+    pass
 
 
-class PostfixHoldQueue(ContainerTargets, Action[Params]):
+class PostfixHoldQueue(ContainerAction[Params]):
     """Save the Postfix queue as evidence, then put every queued message on hold.
 
     Runs through ``docker exec`` while the container is still running:
@@ -278,14 +274,10 @@ class PostfixHoldQueue(ContainerTargets, Action[Params]):
 
     name = ACTION
     Params = Params
-    requires = ("docker",)
     held_undo = DECISION
 
     def describe(self) -> str:
-        return f"save and hold the Postfix queue of {target_text(self.params.container, self.params.label)}"
-
-    def preflight(self) -> None:
-        self.resolve()
+        return f"save and hold the Postfix queue of {self.params.target_text()}"
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
         entries = []
