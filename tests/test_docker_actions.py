@@ -765,14 +765,7 @@ def test_no_action_imports_another_action() -> None:
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{module} imports {n}" for n in names if n in action_modules and n != module]
-    # Socket collection moves to the host-facts helper module in its own change (issue 15.5);
-    # this list must then become empty, and the test fails until it is.
-    socket_collection = [
-        "lockdown.actions.ipv6_strip imports lockdown.actions.snapshot_connections",
-        "lockdown.actions.snapshot_network imports lockdown.actions.snapshot_connections",
-        "lockdown.actions.snapshot_processes imports lockdown.actions.snapshot_connections",
-    ]
-    assert sorted(offenders) == socket_collection
+    assert offenders == []
 
 
 def test_every_docker_action_takes_the_shared_container_params() -> None:
