@@ -84,7 +84,7 @@ def instant(starts_at: str | None) -> str:
         when -= datetime.timedelta(minutes=offset)
     except (ValueError, OverflowError):
         return starts_at
-    return when.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    return f"{when.year:04d}-{when:%m-%dT%H:%M:%S}.{millis:03d}Z"
 
 
 def dedup_key(route: str, fingerprint: str | None, starts_at: str | None) -> str | None:
