@@ -423,7 +423,11 @@ class WebhookServer:
             return
         finally:
             self._reading.discard(task)
-        answer = await self._route(request)
+        try:
+            answer = await self._route(request)
+        except Exception as exc:  # noqa: BLE001 - a bug in one request: answer it, log it, keep serving
+            self.dispatcher.log.write("http-error", remote=remote, error=f"{type(exc).__name__}: {exc}"[:500])
+            answer = Answer(500, {"error": "internal error handling this request; see the server log"})
         await self._write(writer, answer)
 
     async def _read_request(self, reader: asyncio.StreamReader, remote: str | None) -> Request:
