@@ -397,6 +397,26 @@ def test_connections_beyond_max_connections_get_503_at_once(tmp_path: Path, netn
         srv.stop()
 
 
+def test_slow_uploads_cannot_pile_up_body_memory(quick: Server) -> None:
+    """32 clients announce a 1 MiB body and send it slowly: that is the 32 MiB budget; the next
+    upload gets 503 at once, /healthz still answers, and a small alert still goes through later."""
+    head = b"POST /v1/alerts/generic HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n"
+    uploads = []
+    for _ in range(32):
+        sock = quick.connect()
+        sock.sendall(head + b"x" * 1000)
+        uploads.append(sock)
+    time.sleep(0.3)
+    try:
+        answer = raw_request(quick, head + b"x" * 1000)
+        assert status_and_doc(answer) == (503, {"error": "server busy: too many request bodies in flight; retry later"})
+        assert quick.request("GET", "/healthz", timeout=1).status == 200
+    finally:
+        for sock in uploads:
+            sock.close()
+    wait_for(lambda: generic(quick, {"alert": "Unrouted"}).status == 200, what="the budget to be given back")
+
+
 # ---------------------------------------------------------------- 14: fingerprints
 
 

@@ -303,6 +303,9 @@ class Answer:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+_RETRY = {"Retry-After": RETRY_AFTER}
+
+
 def _allow(method: str) -> dict[str, str]:
     return {"Allow": method}
 
@@ -341,6 +344,9 @@ class WebhookServer:
         self._open = 0
         self._lingering = 0
         self._pending = 0
+        #: Body bytes being read or handled: slow uploads on many connections cannot pile up memory.
+        self._body_bytes = 0
+        self._body_budget = max(32 * 1024 * 1024, 4 * srv.max_body)
         self._reading: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -384,6 +390,8 @@ class WebhookServer:
                 await asyncio.wait(list(self._tasks), timeout=self.config.server.request_timeout + 5)
             for task in list(self._tasks):
                 task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2.0)
 
     # ------------------------------------------------------------ one connection
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -428,6 +436,8 @@ class WebhookServer:
         except Exception as exc:  # noqa: BLE001 - a bug in one request: answer it, log it, keep serving
             self.dispatcher.log.write("http-error", remote=remote, error=f"{type(exc).__name__}: {exc}"[:500])
             answer = Answer(500, {"error": "internal error handling this request; see the server log"})
+        finally:
+            self._body_bytes -= len(request.body)
         await self._write(writer, answer)
 
     async def _read_request(self, reader: asyncio.StreamReader, remote: str | None) -> Request:
@@ -448,10 +458,17 @@ class WebhookServer:
         length = int(next(iter(headers.lengths)))
         if length > srv.max_body:
             raise HttpError(413, f"body too large: the limit is {srv.max_body} bytes")
+        if self._body_bytes + length > self._body_budget:
+            raise HttpError(503, "server busy: too many request bodies in flight; retry later", headers=_RETRY)
+        self._body_bytes += length
         try:
             body = await reader.readexactly(length)
         except asyncio.IncompleteReadError:
+            self._body_bytes -= length
             raise _Gone from None
+        except BaseException:  # cut off by the deadline (cancelled) or a reset: the budget is given back
+            self._body_bytes -= length
+            raise
         return Request(method, path, headers, body, remote)
 
     @staticmethod
@@ -556,7 +573,7 @@ class WebhookServer:
         srv = self.config.server
         if self._pending >= srv.workers + srv.queue:
             self.auth.forget(check)
-            return Answer(503, {"error": "server busy: too many requests; retry later"}, headers={"Retry-After": "5"})
+            return Answer(503, {"error": "server busy: too many requests; retry later"}, headers=_RETRY)
         self._pending += 1
         try:
             answer = await self._loop.run_in_executor(self.pool, self._handle_alert, source, request)
