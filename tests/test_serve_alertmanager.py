@@ -23,7 +23,7 @@ import pytest
 from lockdown.engine.incident import list_incident_ids
 from tests.conftest import unavailable, wait_for
 from tests.test_serve import TOKEN, Server, in_netns
-from tests.test_serve_hostile import idle, quick_config
+from tests.test_serve_hostile import idle, quick_config, server_log
 
 pytestmark = pytest.mark.netns
 
@@ -127,8 +127,8 @@ def test_the_same_alert_from_the_webhook_and_from_api_v2_is_one_incident(
         am_call(netns, am_port, "POST", "/api/v2/alerts", [{"labels": labels, "startsAt": NS_STARTS_AT}])
         incident_id = wait_for(lambda: (ids := list_incident_ids(state)) and ids[0], what="Alertmanager's webhook")
         idle(srv)
-        log = [json.loads(x) for x in (state / "triggers" / "server.log").read_text().splitlines()]
-        webhook = next(x for x in log if x.get("result") == "started")
+        webhook = wait_for(lambda: next((x for x in server_log(srv) if x.get("result") == "started"), None),
+                           what="the webhook's trigger line in server.log")  # fmt: skip
         assert webhook["startsAt"] == NS_STARTS_AT  # the webhook carries nanoseconds
         (alert,) = am_call(netns, am_port, "GET", "/api/v2/alerts")
         assert alert["startsAt"] == "2026-11-30T19:52:14.180Z"  # the API gives milliseconds

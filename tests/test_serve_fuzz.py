@@ -33,7 +33,10 @@ FUZZ = settings(
 )
 ANSWERS = {200, 202, 400, 404, 405, 411, 413, 414, 431, 503}
 
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    | st.sampled_from(["\x1b[2J\x1b[1;32m✓ verified", "\x00\r\n", "\u202e"])
+)  # fmt: skip
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=30,
@@ -65,6 +68,11 @@ bodies = st.one_of(
     st.tuples(st.just("/v1/alerts/generic"), generic.map(lambda d: json.dumps(d).encode())),
     st.tuples(st.sampled_from(["/v1/alerts/generic", "/v1/alerts/alertmanager"]), st.binary(max_size=300)),
     st.tuples(st.just("/v1/alerts/generic"), json_values.map(lambda d: json.dumps(d).encode())),
+    st.tuples(st.just("/v1/alerts/generic"), st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n)),
+    st.tuples(
+        st.just("/v1/alerts/generic"),
+        st.integers(4000, 6000).map(lambda n: b'{"alert": "QuickAlert", "n": ' + b"9" * n + b"}"),
+    ),
 )
 
 
@@ -89,6 +97,9 @@ def fuzzed(tmp_path: Path, netns: str) -> Iterator[Server]:
     finally:
         code, err = srv.stop()
     assert code == 0, err
+    # whatever the bodies held, nothing raw reaches a terminal or the log
+    assert "\x1b" not in err and "\x1b" not in "".join(srv.stdout)
+    assert b"\x1b" not in (state / "triggers" / "server.log").read_bytes()
 
 
 @FUZZ

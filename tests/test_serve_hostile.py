@@ -417,6 +417,39 @@ def test_slow_uploads_cannot_pile_up_body_memory(quick: Server) -> None:
     wait_for(lambda: generic(quick, {"alert": "Unrouted"}).status == 200, what="the budget to be given back")
 
 
+def test_every_credential_comparison_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: the token and the signature are compared only through hmac.compare_digest
+    (a timing measurement over loopback would be too noisy to fail reliably)."""
+    import hashlib
+    import hmac
+
+    from lockdown.triggers import server as server_mod
+    from lockdown.triggers.config import ServerConfig
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(server_mod.hmac, "compare_digest", recording)
+    auth = server_mod.Authenticator(ServerConfig(token=b"right-token-16-bytes", hmac_secret=b"s" * 16))
+    headers = server_mod.Headers()
+    headers.add("Authorization", "Bearer wrong-token")
+    assert not auth.check(headers, b"{}").ok
+    assert compared == [(b"wrong-token", b"right-token-16-bytes")]
+    compared.clear()
+    stamp = str(int(time.time()))
+    good = hmac.new(b"s" * 16, stamp.encode() + b":{}", hashlib.sha256).hexdigest()
+    headers = server_mod.Headers()
+    headers.add("X-Grafana-Alerting-Signature", good)
+    headers.add("X-Grafana-Alerting-Signature-Timestamp", stamp)
+    assert auth.check(headers, b"{}").ok
+    assert compared == [(good.encode(), good.encode())]
+    assert auth.check(headers, b"{}") == server_mod.AuthCheck(False, "replayed signature")
+
+
 # ---------------------------------------------------------------- 14: fingerprints
 
 
