@@ -275,28 +275,8 @@ def _route_vars(reader: _Reader, where: str, raw: Any) -> dict[str, str]:
     return out
 
 
-def load_config(path: Path, *, read_secrets: bool = True) -> Config:
-    """Parse and validate ``path``. ``read_secrets`` (the server) also reads the secret files.
-
-    The server refuses to start without authentication, so with
-    ``read_secrets`` at least one of ``server.token_file`` and
-    ``server.hmac_secret_file`` is required.
-    """
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such config file", "write one (see docs/triggers.md) or pass --config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: cannot read: {exc}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{path}: invalid TOML: {exc}") from None
-    top = _Reader(path, doc, "")
-    warnings: list[str] = []
-    state = top.path("state_dir")
-
-    srv = top.sub("server")
+def _server_config(path: Path, srv: _Reader, read_secrets: bool, warnings: list[str]) -> ServerConfig:
+    """The ``[server]`` table; with ``read_secrets`` (serve itself) also its secrets and listen checks."""
     server = ServerConfig()
     listen = srv.string("listen") or DEFAULT_LISTEN
     try:
@@ -338,6 +318,31 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
             server.token = read_secret(server.token_file, f"{path}: server.token_file", warnings)
         if server.hmac_secret_file is not None:
             server.hmac_secret = read_secret(server.hmac_secret_file, f"{path}: server.hmac_secret_file", warnings)
+    return server
+
+
+def load_config(path: Path, *, read_secrets: bool = True) -> Config:
+    """Parse and validate ``path``. ``read_secrets`` (the server) also reads the secret files.
+
+    The server refuses to start without authentication, so with
+    ``read_secrets`` at least one of ``server.token_file`` and
+    ``server.hmac_secret_file`` is required.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such config file", "write one (see docs/triggers.md) or pass --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read: {exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{path}: invalid TOML: {exc}") from None
+    top = _Reader(path, doc, "")
+    warnings: list[str] = []
+    state = top.path("state_dir")
+
+    server = _server_config(path, top.sub("server"), read_secrets, warnings)
 
     raw_routes = doc.get("routes", [])
     if not isinstance(raw_routes, list) or not all(isinstance(r, dict) for r in raw_routes):
