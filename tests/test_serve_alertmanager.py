@@ -121,8 +121,9 @@ def test_the_same_alert_from_the_webhook_and_from_api_v2_is_one_incident(
 ) -> None:
     config, state = quick_config(tmp_path)
     srv = Server(config, state, netns).start()
-    am, am_port = start_alertmanager(alertmanager_bin, tmp_path, netns, srv.port)
+    am: subprocess.Popen[bytes] | None = None
     try:
+        am, am_port = start_alertmanager(alertmanager_bin, tmp_path, netns, srv.port)
         labels = {"alertname": "QuickAlert", "instance": "mail:9154", "severity": "critical"}
         am_call(netns, am_port, "POST", "/api/v2/alerts", [{"labels": labels, "startsAt": NS_STARTS_AT}])
         incident_id = wait_for(lambda: (ids := list_incident_ids(state)) and ids[0], what="Alertmanager's webhook")
@@ -152,8 +153,9 @@ def test_the_same_alert_from_the_webhook_and_from_api_v2_is_one_incident(
         assert resp.json()["alerts"][0]["reason"] == "same fingerprint and startsAt"
     finally:
         srv.stop()
-        am.terminate()
-        am.wait(30)
+        if am is not None:
+            am.terminate()
+            am.wait(30)
     again = Server(config, state, netns).start()
     try:
         resp = again.post("/v1/alerts/alertmanager", rebuilt)
