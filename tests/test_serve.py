@@ -9,6 +9,7 @@ thread), so nothing on the host's network is touched.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import hmac
 import http.client
@@ -357,20 +358,24 @@ def test_bearer_token_and_custom_header(server: Server) -> None:
     assert list_incident_ids(server.state) == []
 
 
-def test_hmac_signature_right_wrong_and_expired(server: Server) -> None:
-    body = json.dumps({"alert": "Unrouted", "note": "signed"}).encode()
+def test_hmac_signature_right_wrong_expired_and_replayed(server: Server) -> None:
     now = int(time.time())
+    bodies = iter(json.dumps({"alert": "Unrouted", "note": f"signed {i}"}).encode() for i in range(100))
+    body = next(bodies)
 
-    def post(sig: str, stamp: int | str) -> int:
+    def post(sig: str, stamp: int | str, data: bytes | None = None) -> int:
         headers = {
             "Content-Type": "application/json",
             "X-Grafana-Alerting-Signature": sig,
             "X-Grafana-Alerting-Signature-Timestamp": str(stamp),
         }
-        return server.request("POST", "/v1/alerts/generic", body, headers).status
+        return server.request("POST", "/v1/alerts/generic", body if data is None else data, headers).status
 
     assert post(sign(body, now), now) == 200
-    assert post(sign(body, now).upper(), now) == 200  # hex is hex
+    assert post(sign(body, now), now) == 401  # the same signed request again: a replay
+    other = next(bodies)
+    assert post(sign(other, now).upper(), now, other) == 200  # hex is hex
+    assert post(sign(other, now), now, other) == 401  # ... and the same signature in lower case is a replay
     assert post(sign(body, now, "not-the-secret"), now) == 401
     assert post(sign(body + b" ", now), now) == 401  # body changed
     assert post(sign(body, now), now + 1) == 401  # timestamp is part of the signature
@@ -382,6 +387,25 @@ def test_hmac_signature_right_wrong_and_expired(server: Server) -> None:
     assert post(sign(body, now), "") == 401
     assert post("", now) == 401
     assert post(sign(body, now), "12x") == 401
+    assert post(sign(body, now), "\u00b2".encode("utf-8").decode("latin-1")) == 401  # '²': isdigit(), not int()
+    log = [json.loads(x) for x in (server.state / "triggers" / "server.log").read_text().splitlines()]
+    assert [x.get("reason") for x in log if x["event"] == "unauthorized"].count("replayed signature") == 2
+
+
+def test_a_signed_request_answered_503_can_be_retried(server: Server) -> None:
+    """Grafana retries a 503 with the very same signed request: that is not a replay."""
+    body = json.dumps({"alert": "MailRelaySurge", "fingerprint": "retry-me"}).encode()
+    now = int(time.time())
+    headers = {"X-Grafana-Alerting-Signature": sign(body, now), "X-Grafana-Alerting-Signature-Timestamp": str(now)}
+    lock = StateLock(server.state, "run").acquire()
+    try:
+        assert server.request("POST", "/v1/alerts/generic", body, headers).status == 503
+    finally:
+        lock.release()
+    resp = server.request("POST", "/v1/alerts/generic", body, headers)
+    assert resp.status == 202, resp.body
+    assert server.request("POST", "/v1/alerts/generic", body, headers).status == 401  # now it is a replay
+    wait_for(lambda: run_finished(server.state, resp.json()["incident_id"]), what="the run")
 
 
 # ---------------------------------------------------------------- error codes
@@ -391,10 +415,10 @@ def test_every_error_code(server: Server) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     resp = server.request("POST", "/v1/alerts/generic", b'{"alert": "x",', auth)
     assert resp.status == 400
-    reason = "Expecting property name enclosed in double quotes at line 1 column 15"
-    assert resp.json() == {"error": f"malformed JSON: {reason}"}
+    reason = "Expecting property name enclosed in double quotes: line 1 column 15 (char 14)"
+    assert resp.json() == {"error": f"JSON body: not valid JSON ({reason})"}
     resp = server.request("POST", "/v1/alerts/generic", b"\xff\xfe", auth)
-    assert (resp.status, resp.json()) == (400, {"error": "malformed JSON: not UTF-8"})
+    assert (resp.status, resp.json()) == (400, {"error": "JSON body: not UTF-8"})
     resp = server.post("/v1/alerts/alertmanager", {**am_payload("MailRelaySurge"), "version": "3"})
     assert (resp.status, resp.json()) == (
         400,
@@ -459,19 +483,31 @@ def test_503_from_a_different_route_while_one_runs_and_duplicate_for_the_same(se
     wait_for(lambda: run_finished(server.state, slow_id), what="the slow run")
 
 
-def test_503_when_every_worker_and_queue_slot_is_taken(tmp_path: Path, netns: str) -> None:
+def test_503_when_every_worker_and_queue_slot_is_taken_and_healthz_still_answers(tmp_path: Path, netns: str) -> None:
+    """The only worker is stuck (the test holds the dedup lock its alert waits for): a second
+    alert gets 503 at once, while /healthz, answered by the loop, still says ok."""
     config, state = write_config(tmp_path, extra_server="workers = 1\nqueue = 0")
     srv = Server(config, state, netns).start()
+    lock = os.open(state / "triggers" / "dedup.lock", os.O_RDWR)
     try:
-        hog = srv.connect()
-        hog.sendall(b"POST /v1/alerts/generic HTTP/1.1\r\nHost: x\r\n")  # holds the only worker
-        time.sleep(0.3)
-        resp = srv.request("GET", "/healthz")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        held: list[Response] = []
+        first = threading.Thread(
+            target=lambda: held.append(srv.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge")))
+        )
+        first.start()
+        time.sleep(0.5)  # the first alert is in the only worker, waiting for the dedup lock
+        resp = srv.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge", fingerprint="other"))
         assert (resp.status, resp.headers["retry-after"]) == (503, "5")
         assert resp.json() == {"error": "server busy: too many requests; retry later"}
-        hog.close()
-        wait_for(lambda: srv.request("GET", "/healthz").status == 200, what="the worker to be free")
+        health = srv.request("GET", "/healthz", timeout=1)
+        assert (health.status, health.json()["status"]) == (200, "ok")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        first.join(30)
+        assert held and held[0].status == 202, held
+        wait_for(lambda: run_finished(state, held[0].json()["incident_id"]), what="the run")
     finally:
+        os.close(lock)
         srv.stop()
 
 
@@ -761,11 +797,12 @@ def test_sample_config_loads_and_its_route_validates(tmp_path: Path) -> None:
     # with the secrets where the sample says, it loads as serve loads it
     text = sample.read_text().replace("/etc/lockdown/", f"{tmp_path}/")
     for name in ("webhook.token", "webhook.hmac"):
-        (tmp_path / name).write_text("s3cret\n")
+        (tmp_path / name).write_text("s3cret-of-16-bytes\n")
         (tmp_path / name).chmod(0o600)
     (tmp_path / "lockdown.toml").write_text(text)
     full = load_config(tmp_path / "lockdown.toml")
-    assert (full.server.token, full.server.hmac_secret, full.warnings) == (b"s3cret", b"s3cret", [])
+    secret = b"s3cret-of-16-bytes"
+    assert (full.server.token, full.server.hmac_secret, full.warnings) == (secret, secret, [])
 
 
 @pytest.mark.parametrize("unit", UNITS)

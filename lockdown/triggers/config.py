@@ -12,6 +12,7 @@ Relative paths are taken from the config file's directory.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -31,6 +32,8 @@ GRAFANA_TIMESTAMP_HEADER = "X-Grafana-Alerting-Signature-Timestamp"
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _ALERT_RE = re.compile(r"^[^\x00-\x1f]{1,200}$")
 _MAX_SECRET = 4096
+#: A shorter secret can be guessed; 16 bytes is what ``head -c 12 /dev/urandom | base64`` gives.
+MIN_SECRET = 16
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,16 @@ class ServerConfig:
     max_body: int = 1024 * 1024
     workers: int = 8
     queue: int = 32
-    #: Seconds a client has to send its whole request (headers and body).
+    #: Seconds a client has to send its whole request (headers and body), counted from accept.
     request_timeout: float = 10.0
+    #: Connections open at once (most of them slow clients); beyond that, 503 at once.
+    max_connections: int = 512
+    #: Alerts in one request; more gets 413 (Alertmanager groups are far smaller).
+    max_alerts: int = 1000
+    #: Listening on anything but loopback without TLS must be asked for.
+    allow_insecure_listen: bool = False
+    #: Seconds a generic alert without a fingerprint is a repeat of the same alert (same identity).
+    generic_dedup_window: float = 3600.0
 
     @property
     def listen(self) -> str:
@@ -192,24 +203,56 @@ def read_secret(path: Path, where: str, warnings: list[str]) -> bytes:
     """The secret in ``path`` with surrounding whitespace removed.
 
     Raises BadInput (naming ``where``, e.g. ``lockdown.toml: server.token_file``)
-    when it cannot be read or is empty; adds a warning when others may read it.
+    when it cannot be read, is empty or shorter than ``MIN_SECRET`` bytes, is a
+    symlink (whoever controls the link picks the secret), is writable by group
+    or others, or is not owned by the user serve runs as: each lets someone
+    else choose the secret. Others merely able to read it get a warning.
     """
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"{where}: {path} is not a regular file")
-        with open(path, "rb") as fh:
-            data = fh.read(_MAX_SECRET + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInput(
+                f"{where}: {path} is a symbolic link; refusing to follow it",
+                f"point the config at the file itself ({os.path.realpath(path)})",
+            ) from None
         raise BadInput(f"{where}: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        _check_secret_file(path, st, where, warnings)
+        try:
+            data = fh.read(_MAX_SECRET + 1)
+        except OSError as exc:
+            raise BadInput(f"{where}: cannot read {path}: {exc.strerror}") from None
     if len(data) > _MAX_SECRET:
         raise BadInput(f"{where}: {path} is larger than {_MAX_SECRET} bytes; expected one secret")
     secret = data.strip()
     if not secret:
         raise BadInput(f"{where}: {path} is empty")
+    if len(secret) < MIN_SECRET:
+        raise BadInput(
+            f"{where}: {path} holds {len(secret)} bytes; a secret needs at least {MIN_SECRET}",
+            f"make a new one: head -c 32 /dev/urandom | base64 > {path}",
+        )
+    return secret
+
+
+def _check_secret_file(path: Path, st: os.stat_result, where: str, warnings: list[str]) -> None:
+    """Refuse a secret file someone other than the service user could have written."""
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{where}: {path} is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise BadInput(
+            f"{where}: {path} is owned by uid {st.st_uid}, not by the user serve runs as (uid {os.geteuid()})",
+            f"run chown {os.geteuid()} {path}",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BadInput(
+            f"{where}: {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
+            f"run chmod 600 {path}",
+        )
     if st.st_mode & stat.S_IROTH:
         warnings.append(f"{where}: {path} is world-readable; run chmod 600 {path}")
-    return secret
 
 
 def _route_vars(reader: _Reader, where: str, raw: Any) -> dict[str, str]:
@@ -230,6 +273,52 @@ def _route_vars(reader: _Reader, where: str, raw: Any) -> dict[str, str]:
                 f"{where}.vars.{key}", f"expected a string, number, boolean or list of strings, got {value!r}"
             )
     return out
+
+
+def _server_config(path: Path, srv: _Reader, read_secrets: bool, warnings: list[str]) -> ServerConfig:
+    """The ``[server]`` table; with ``read_secrets`` (serve itself) also its secrets and listen checks."""
+    server = ServerConfig()
+    listen = srv.string("listen") or DEFAULT_LISTEN
+    try:
+        server.host, server.port = parse_listen(listen)
+    except ValueError as exc:
+        raise srv.err("listen", f"{exc}, got {listen!r}") from None
+    server.token_file = srv.path("token_file")
+    server.token_header = srv.header("token_header", None)
+    server.hmac_secret_file = srv.path("hmac_secret_file")
+    server.hmac_header = srv.header("hmac_header", GRAFANA_SIGNATURE_HEADER) or GRAFANA_SIGNATURE_HEADER
+    server.hmac_timestamp_header = (
+        srv.header("hmac_timestamp_header", GRAFANA_TIMESTAMP_HEADER) or GRAFANA_TIMESTAMP_HEADER
+    )
+    server.replay_window = srv.number("replay_window", 300.0, 1, 3600)
+    server.max_body = int(srv.integer("max_body", 1024 * 1024, 1024, 64 * 1024 * 1024) or 0)
+    server.workers = int(srv.integer("workers", 8, 1, 256) or 0)
+    server.queue = int(srv.integer("queue", 32, 0, 10000) or 0)
+    server.request_timeout = srv.number("request_timeout", 10.0, 0.1, 300)
+    server.max_connections = int(srv.integer("max_connections", 512, 1, 100_000) or 0)
+    server.max_alerts = int(srv.integer("max_alerts", 1000, 1, 1_000_000) or 0)
+    server.generic_dedup_window = srv.number("generic_dedup_window", 3600.0, 0, 30 * 86400)
+    server.allow_insecure_listen = srv.boolean("allow_insecure_listen", False)
+    if read_secrets and not server.allow_insecure_listen and not ipaddress.ip_address(server.host).is_loopback:
+        raise BadInput(
+            f"{path}: server.listen: {listen} is reachable from other hosts and serve speaks plain HTTP "
+            "(tokens and alerts would cross the network in clear text)",
+            "listen on 127.0.0.1 behind a TLS proxy, or set server.allow_insecure_listen = true "
+            "if that network is trusted",
+        )
+    if server.token_header and server.token_file is None:
+        raise srv.err("token_header", "needs server.token_file (the token it carries)")
+    if read_secrets:
+        if server.token_file is None and server.hmac_secret_file is None:
+            raise BadInput(
+                f"{path}: server: no authentication configured: set server.token_file and/or server.hmac_secret_file",
+                "lockdown serve refuses to run an unauthenticated webhook; see docs/triggers.md",
+            )
+        if server.token_file is not None:
+            server.token = read_secret(server.token_file, f"{path}: server.token_file", warnings)
+        if server.hmac_secret_file is not None:
+            server.hmac_secret = read_secret(server.hmac_secret_file, f"{path}: server.hmac_secret_file", warnings)
+    return server
 
 
 def load_config(path: Path, *, read_secrets: bool = True) -> Config:
@@ -253,37 +342,7 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
     warnings: list[str] = []
     state = top.path("state_dir")
 
-    srv = top.sub("server")
-    server = ServerConfig()
-    listen = srv.string("listen") or DEFAULT_LISTEN
-    try:
-        server.host, server.port = parse_listen(listen)
-    except ValueError as exc:
-        raise srv.err("listen", f"{exc}, got {listen!r}") from None
-    server.token_file = srv.path("token_file")
-    server.token_header = srv.header("token_header", None)
-    server.hmac_secret_file = srv.path("hmac_secret_file")
-    server.hmac_header = srv.header("hmac_header", GRAFANA_SIGNATURE_HEADER) or GRAFANA_SIGNATURE_HEADER
-    server.hmac_timestamp_header = (
-        srv.header("hmac_timestamp_header", GRAFANA_TIMESTAMP_HEADER) or GRAFANA_TIMESTAMP_HEADER
-    )
-    server.replay_window = srv.number("replay_window", 300.0, 1, 3600)
-    server.max_body = int(srv.integer("max_body", 1024 * 1024, 1024, 64 * 1024 * 1024) or 0)
-    server.workers = int(srv.integer("workers", 8, 1, 256) or 0)
-    server.queue = int(srv.integer("queue", 32, 0, 10000) or 0)
-    server.request_timeout = srv.number("request_timeout", 10.0, 0.1, 300)
-    if server.token_header and server.token_file is None:
-        raise srv.err("token_header", "needs server.token_file (the token it carries)")
-    if read_secrets:
-        if server.token_file is None and server.hmac_secret_file is None:
-            raise BadInput(
-                f"{path}: server: no authentication configured: set server.token_file and/or server.hmac_secret_file",
-                "lockdown serve refuses to run an unauthenticated webhook; see docs/triggers.md",
-            )
-        if server.token_file is not None:
-            server.token = read_secret(server.token_file, f"{path}: server.token_file", warnings)
-        if server.hmac_secret_file is not None:
-            server.hmac_secret = read_secret(server.hmac_secret_file, f"{path}: server.hmac_secret_file", warnings)
+    server = _server_config(path, top.sub("server"), read_secrets, warnings)
 
     raw_routes = doc.get("routes", [])
     if not isinstance(raw_routes, list) or not all(isinstance(r, dict) for r in raw_routes):

@@ -27,7 +27,7 @@ from lockdown.errors import (
     Unavailable,
 )
 from lockdown.triggers.config import Config, Route
-from lockdown.triggers.dedup import DedupStore, EventLog, append_trigger, dedup_key
+from lockdown.triggers.dedup import DedupStore, EventLog, append_trigger, dedup_key, identity_key
 
 #: Histogram buckets for seconds from trigger to contained.
 BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -180,7 +180,7 @@ class Dispatcher:
         self.startup_problems: list[LockdownError] = []
         self.stop = stop or threading.Event()
         self.metrics = metrics or Metrics(root)
-        self.store = DedupStore(root)
+        self.store = DedupStore(root, on_unreadable=self._unreadable)
         self._sources: dict[str, _Source] = {}
         self._runs: set[threading.Thread] = set()
         self._runs_lock = threading.Lock()
@@ -229,6 +229,18 @@ class Dispatcher:
             self.log.write("docker-unavailable-at-start", error=exc.message, hint=exc.hint)
             self.startup_problems.append(exc)
 
+    def _unreadable(self, incident_id: str, why: str) -> None:
+        self.log.write("incident-unreadable", incident_id=incident_id, error=why, decision="not a duplicate")
+
+    def _key(self, route: Route, alert: Alert) -> tuple[str | None, float | None]:
+        """The dedup key and, for an identity key, until when it holds (Unix time)."""
+        if alert.fingerprint:
+            return dedup_key(route.alert, alert.fingerprint, alert.starts_at), None
+        window = self.config.server.generic_dedup_window
+        if window <= 0:
+            return None, None
+        return identity_key(route.alert, alert.raw), time.time() + window
+
     def playbook(self, route: Route) -> Playbook:
         """A fresh Playbook (fresh action objects) from the text validated at start-up."""
         src = self._sources[route.alert]
@@ -265,7 +277,7 @@ class Dispatcher:
         route = self.config.route_for(alert.name) if alert.name else None
         if route is None or route.alert not in self._sources:
             return Outcome(alert.name, "ignored", reason="no route for this alert")
-        key = dedup_key(route.alert, alert.fingerprint, alert.starts_at)
+        key, expires = self._key(route, alert)
         note = {
             "source": source,
             "route": route.alert,
@@ -291,7 +303,7 @@ class Dispatcher:
         with self.store.exclusive():
             repeat = self.store.find_repeat(route.alert, key)
             if repeat is None:
-                return self._start(source, route, key, alert, payload, received, t0, remote, note)
+                return self._start(source, route, (key, expires), alert, payload, received, t0, remote, note)
         # recorded outside the section, so repeats in a flood fsync in parallel
         return self._duplicate(alert, repeat[0], repeat[1], note)
 
@@ -299,7 +311,7 @@ class Dispatcher:
         self,
         source: str,
         route: Route,
-        key: str | None,
+        keyed: tuple[str | None, float | None],
         alert: Alert,
         payload: Any,
         received: str,
@@ -308,10 +320,12 @@ class Dispatcher:
         note: dict[str, Any],
     ) -> Outcome:
         """Start a run. Called inside ``store.exclusive()``."""
+        key, expires = keyed
         trigger = {
             "kind": source,
             "route": route.alert,
             "dedup_key": key,
+            "dedup_expires": expires,
             "fingerprint": alert.fingerprint,
             "startsAt": alert.starts_at,
             "payload": payload,
@@ -337,7 +351,7 @@ class Dispatcher:
             self._runs.add(thread)
         thread.start()  # the lock passes with the run; execute() releases it
         try:
-            self.store.record(route.alert, key, incident_id)
+            self.store.record(route.alert, key, incident_id, expires=expires)
         except OSError as exc:  # incident.json holds the key; open() adopts it after a restart
             self.log.write("dedup-record-failed", incident_id=incident_id, error=str(exc))
         return Outcome(alert.name, "started", incident_id, f"playbook {run.playbook.name}")

@@ -14,31 +14,37 @@ resolved, ignored), 400 (malformed JSON or payload, with the reason), 401
 500 (a failure not worth a retry), 503 (worth a retry: another incident holds
 the state dir, the Docker daemon is away, the server is full or shutting down).
 
-Robustness: a bounded pool of workers (``server.workers``) behind a bounded
-queue (``server.queue``); a connection beyond both gets 503 at once. Each
-request must arrive whole within ``server.request_timeout`` seconds (a
-watchdog shuts the socket of a slow client), and each socket operation has the
-same timeout. One request per connection (HTTP/1.0 style, ``Connection: close``).
+Robustness (see :class:`WebhookServer`): one asyncio loop reads every
+connection; each has ``server.request_timeout`` seconds from accept to send its
+whole request, so slow clients cost a coroutine each and never a worker.
+Whole, authenticated alert requests go to a bounded pool of workers
+(``server.workers``, ``server.queue`` more waiting); beyond that, or beyond
+``server.max_connections`` open connections, 503 at once. Bodies are bounded
+(``server.max_body``, ``server.max_alerts`` alerts, ``WEBHOOK_MAX_DEPTH``
+levels). One request per connection (HTTP/1.0 style, ``Connection: close``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import email.utils
 import hashlib
 import hmac
-import http.server
+import http
 import json
 import os
-import selectors
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockdown import jsonsafe
 from lockdown.engine.journal import utcnow
 from lockdown.errors import Unavailable
 from lockdown.triggers.config import Config, ServerConfig
@@ -51,7 +57,12 @@ GENERIC = "/v1/alerts/generic"
 POST_PATHS = {ALERTMANAGER: "alertmanager", GRAFANA: "grafana", GENERIC: "generic"}
 GET_PATHS = ("/healthz", "/metrics")
 RETRY_AFTER = "5"
-_REJECT_BODY = b'{"error": "server busy: too many requests; retry later"}\n'
+#: Bodies nest at most this deep: lockdown wraps a payload in its own records (incident.json's
+#: trigger.payload, the journal's run-start), which must stay within jsonsafe.MAX_DEPTH to be read back.
+WEBHOOK_MAX_DEPTH = jsonsafe.MAX_DEPTH - 16
+#: Signed requests remembered at most (only authenticated senders can add to it).
+MAX_SEEN_SIGNATURES = 100_000
+_REJECT_BODY = b'{"error": "server busy: too many connections; retry later"}\n'
 _REJECT = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Retry-After: 5\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REJECT_BODY), _REJECT_BODY)
@@ -129,15 +140,51 @@ PARSERS = {"alertmanager": parse_alertmanager, "grafana": parse_grafana, "generi
 # ---------------------------------------------------------------- auth
 
 
+@dataclass(frozen=True)
+class AuthCheck:
+    """The outcome of authenticating one request; ``signature`` is remembered against replay."""
+
+    ok: bool
+    why: str | None = None
+    signature: str | None = None
+
+
 @dataclass
 class Authenticator:
     """Bearer token (or the same token in a custom header) and/or Grafana-style HMAC-SHA256.
 
     Any one configured method that checks out is enough. Every comparison
-    is ``hmac.compare_digest``.
+    is ``hmac.compare_digest``. A signature already accepted within the
+    replay window is refused: a captured request cannot be sent again.
     """
 
     config: ServerConfig
+    _seen: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, headers: Any, body: bytes, now: float | None = None) -> AuthCheck:
+        if self.token_ok(headers):
+            return AuthCheck(True)
+        now = time.time() if now is None else now
+        if not self.signature_ok(headers, body, now):
+            return AuthCheck(False)
+        signature = str(headers.get(self.config.hmac_header)).strip().lower()
+        with self._lock:
+            if len(self._seen) >= MAX_SEEN_SIGNATURES // 2:
+                self._seen = {k: v for k, v in self._seen.items() if v > now}
+            if signature in self._seen and self._seen[signature] > now:
+                return AuthCheck(False, "replayed signature")
+            if len(self._seen) >= MAX_SEEN_SIGNATURES:
+                return AuthCheck(False, "too many signed requests in the replay window")
+            # valid while the timestamp is within the window: remember it that long
+            self._seen[signature] = now + 2 * self.config.replay_window + 1
+        return AuthCheck(True, signature=signature)
+
+    def forget(self, check: AuthCheck) -> None:
+        """The request was not acted on (503): its sender's retry of the same request must pass."""
+        if check.signature is not None:
+            with self._lock:
+                self._seen.pop(check.signature, None)
 
     def token_ok(self, headers: Any) -> bool:
         token = self.config.token
@@ -178,365 +225,412 @@ class Authenticator:
         return hmac.compare_digest(expected.encode(), signature.strip().lower().encode("latin-1", "replace"))
 
 
-# ---------------------------------------------------------------- slow clients
+# ---------------------------------------------------------------- HTTP on asyncio
+
+#: The request line's limit (414 beyond), as ``http.server`` has it.
+MAX_LINE = 65536
+#: Header lines and header bytes (431 beyond).
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 65536
+#: Connections answered 503 that may still linger (so the client reads the 503, not a reset).
+MAX_LINGERING = 256
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_VERSION_RE = re.compile(r"HTTP/1\.[0-9]")
+_LENGTH_RE = re.compile(r"[0-9]{1,15}")
 
 
-class Watchdog:
-    """Shuts the socket of a client that has not sent its whole request in time."""
+class HttpError(Exception):
+    """A request answered with ``code`` before it reaches a handler; ``linger`` drains what the client still sends."""
+
+    def __init__(self, code: int, message: str, *, headers: dict[str, str] | None = None, linger: bool = True):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.linger = linger
+
+
+class _Gone(Exception):
+    """The client closed the connection before sending a whole request: nothing to answer."""
+
+
+class Headers:
+    """Request headers, case-insensitive, the last of repeated ones (Content-Length is checked for repeats)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._items: dict[int, tuple[float, socket.socket]] = {}
-        self._next = 0
-        self._fired: set[int] = set()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="lockdown-http-watchdog", daemon=True)
-        self._thread.start()
+        self._items: dict[str, str] = {}
+        self.lengths: set[str] = set()
 
-    def add(self, sock: socket.socket, seconds: float) -> int:
-        with self._cond:
-            self._next += 1
-            self._items[self._next] = (time.monotonic() + seconds, sock)
-            self._cond.notify()
-            return self._next
+    def add(self, name: str, value: str) -> None:
+        key = name.lower()
+        if key == "content-length":
+            self.lengths.add(value.strip())
+        self._items[key] = value
 
-    def remove(self, token: int) -> None:
-        with self._cond:
-            self._items.pop(token, None)
-            self._fired.discard(token)
-
-    def fired(self, token: int | None) -> bool:
-        """True when the deadline of ``token`` passed and its socket was shut."""
-        with self._cond:
-            return token in self._fired
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                now = time.monotonic()
-                for token, (deadline, sock) in list(self._items.items()):
-                    if deadline <= now:
-                        del self._items[token]
-                        self._fired.add(token)
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_RDWR)
-                wait = min((d for d, _ in self._items.values()), default=now + 60) - now
-                self._cond.wait(max(0.01, wait))
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._items.get(name.lower(), default)
 
 
-class Rejecter:
-    """503 for connections beyond the pool, answered from the accept loop without reading the request.
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: Headers
+    body: bytes
+    remote: str | None
 
-    The answer is sent at once; the socket then lingers (at most 2 s, at most
-    256 of them, in one thread) reading what the client still sends, so that
-    closing it does not reset the connection before the client reads the 503.
+
+@dataclass
+class Answer:
+    code: int
+    doc: Any = None
+    text: str | None = None
+    headers: dict[str, str] | None = None
+
+    def encode(self) -> bytes:
+        body = self.text.encode() if self.text is not None else json.dumps(self.doc, sort_keys=True).encode() + b"\n"
+        ctype = "text/plain; version=0.0.4; charset=utf-8" if self.text is not None else "application/json"
+        phrase = http.HTTPStatus(self.code).phrase
+        lines = [
+            f"HTTP/1.0 {self.code} {phrase}",
+            "Server: lockdown",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            f"Content-Type: {ctype}",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in (self.headers or {}).items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+_RETRY = {"Retry-After": RETRY_AFTER}
+
+
+def _allow(method: str) -> dict[str, str]:
+    return {"Allow": method}
+
+
+class WebhookServer:
+    """The webhook on an asyncio loop: every connection has one deadline, counted from accept.
+
+    A connection costs a coroutine, not a thread, so slow clients (one header
+    byte every few seconds) cannot fill a pool: each is cut off
+    ``server.request_timeout`` seconds after it was accepted, whatever it
+    sends, and ``/healthz`` is answered by the loop itself. Only a whole,
+    authenticated alert request takes a worker thread (``server.workers``,
+    with ``server.queue`` more waiting); beyond those, or beyond
+    ``server.max_connections`` open connections, the answer is 503 at once.
     """
-
-    LINGER = 2.0
-    MAX = 256
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._incoming: list[socket.socket] = []
-        self._count = 0
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="lockdown-http-reject", daemon=True)
-        self._thread.start()
-
-    def reject(self, sock: socket.socket) -> None:
-        try:
-            sock.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                while sock.recv(65536):
-                    pass
-            sock.send(_REJECT)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            sock.close()
-            return
-        with self._cond:
-            if self._closed or self._count >= self.MAX:
-                sock.close()
-                return
-            self._count += 1
-            self._incoming.append(sock)
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        deadlines: dict[socket.socket, float] = {}
-        while True:
-            with self._cond:
-                while not self._incoming and not deadlines and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    break
-                for sock in self._incoming:
-                    sel.register(sock, selectors.EVENT_READ)
-                    deadlines[sock] = time.monotonic() + self.LINGER
-                self._incoming.clear()
-            done: list[socket.socket] = []
-            for key, _ in sel.select(timeout=0.1):
-                sock = key.fileobj  # type: ignore[assignment]
-                try:
-                    if not sock.recv(65536):
-                        done.append(sock)
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    done.append(sock)
-            now = time.monotonic()
-            done += [s for s, d in deadlines.items() if d <= now and s not in done]
-            for sock in done:
-                sel.unregister(sock)
-                deadlines.pop(sock, None)
-                sock.close()
-            if done:
-                with self._cond:
-                    self._count -= len(done)
-        for sock in deadlines:
-            sock.close()
-        sel.close()
-
-
-# ---------------------------------------------------------------- the server
-
-
-class WebhookServer(http.server.ThreadingHTTPServer):
-    """ThreadingHTTPServer with a bounded pool instead of a thread per connection."""
-
-    daemon_threads = True
-    request_queue_size = 1024  # listen backlog: a flood waits in the kernel, not in threads
 
     def __init__(self, config: Config, dispatcher: Dispatcher, metrics: Metrics) -> None:
         srv = config.server
-        self.address_family = socket.AF_INET6 if ":" in srv.host else socket.AF_INET
         self.config = config
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.auth = Authenticator(srv)
         self.pool = ThreadPoolExecutor(max_workers=srv.workers, thread_name_prefix="lockdown-http")
-        self.slots = threading.BoundedSemaphore(srv.workers + srv.queue)
-        self.watchdog = Watchdog()
-        self.rejecter = Rejecter()
-        super().__init__((srv.host, srv.port), WebhookHandler)
+        self.metrics_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockdown-metrics")
+        self.sock = socket.socket(socket.AF_INET6 if ":" in srv.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((srv.host, srv.port))
+            self.sock.listen(1024)  # a flood waits in the kernel's backlog, not in memory
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()  # bound to the loop on first use (3.10+)
+        self._open = 0
+        self._lingering = 0
+        self._pending = 0
+        #: Body bytes being read or handled: slow uploads on many connections cannot pile up memory.
+        self._body_bytes = 0
+        self._body_budget = max(32 * 1024 * 1024, 4 * srv.max_body)
+        self._reading: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def port(self) -> int:
-        return int(self.server_address[1])
+        return int(self.sock.getsockname()[1])
 
     @property
     def host(self) -> str:
-        address = self.server_address[0]
-        return address.decode() if isinstance(address, bytes) else str(address)
+        return str(self.sock.getsockname()[0])
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.metrics.response(503)
-            self._reject(request)
-            return
+    # ------------------------------------------------------------ life cycle
+    def serve_forever(self) -> None:
+        """Run the loop until :meth:`shutdown` (from another thread)."""
         try:
-            self.pool.submit(self._work, request, client_address)
-        except RuntimeError:  # the pool is shutting down
-            self.slots.release()
-            self._reject(request)
-
-    def _work(self, request: Any, client_address: Any) -> None:
-        try:
-            self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 - one connection's failure must not end the worker
-            self.handle_error(request, client_address)
+            self._loop.run_until_complete(self._main())
         finally:
-            self.shutdown_request(request)
-            self.slots.release()
+            self._loop.close()
 
-    def _reject(self, sock: socket.socket) -> None:
-        self.rejecter.reject(sock)
+    def shutdown(self) -> None:
+        """Stop accepting, cut off clients still sending, let handlers in progress answer."""
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            self._loop.call_soon_threadsafe(self._request_stop)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        self.dispatcher.log.write("http-error", remote=str(client_address[0]) if client_address else None)
+    def _request_stop(self) -> None:
+        self._stopping.set()
 
     def server_close(self) -> None:
-        super().server_close()
-        self.watchdog.close()
-        self.rejecter.close()
+        self.sock.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.metrics_pool.shutdown(wait=True, cancel_futures=True)
 
+    async def _main(self) -> None:
+        server = await asyncio.start_server(self._connection, sock=self.sock, limit=MAX_LINE + 2, backlog=1024)
+        async with server:
+            await self._stopping.wait()
+            server.close()
+            for task in list(self._reading):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=self.config.server.request_timeout + 5)
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2.0)
 
-class WebhookHandler(http.server.BaseHTTPRequestHandler):
-    server: WebhookServer
-    server_version = "lockdown"
-    sys_version = ""
-    protocol_version = "HTTP/1.0"
+    # ------------------------------------------------------------ one connection
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._open += 1
+        try:
+            if self._open > self.config.server.max_connections:
+                await self._reject(reader, writer)
+                return
+            await self._serve_one(reader, writer, task)
+        except (OSError, asyncio.CancelledError, _Gone):
+            pass  # the client went away, or serve is stopping
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not end the loop
+            self.dispatcher.log.write("http-error", error=f"{type(exc).__name__}: {exc}"[:500])
+        finally:
+            self._open -= 1
+            self._tasks.discard(task)
+            writer.close()
 
-    def version_string(self) -> str:
-        return self.server_version
-
-    def setup(self) -> None:
-        super().setup()
-        seconds = self.server.config.server.request_timeout
-        self.connection.settimeout(seconds)  # each socket operation
-        self._deadline: int | None = self.server.watchdog.add(self.connection, seconds)  # the whole request
-
-    def finish(self) -> None:
-        self._clear_deadline()
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def _clear_deadline(self) -> None:
-        if self._deadline is not None:
-            self.server.watchdog.remove(self._deadline)
-            self._deadline = None
-
-    def _timed_out(self) -> bool:
-        """The watchdog cut this client off: whatever was parsed is incomplete, answer nothing."""
-        if self._deadline is not None and self.server.watchdog.fired(self._deadline):
-            self.close_connection = True
-            return True
-        return False
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # every decision is logged by the dispatcher; a flood must not flood stderr
-
-    # ------------------------------------------------------------ responses
-    def _send(self, code: int, doc: Any, *, headers: dict[str, str] | None = None, text: str | None = None) -> None:
-        body = text.encode() if text is not None else json.dumps(doc, sort_keys=True).encode() + b"\n"
-        self.server.metrics.response(code)
-        self.send_response(code)
-        ctype = "text/plain; version=0.0.4; charset=utf-8" if text is not None else "application/json"
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-        self.close_connection = True
-
-    def _error(self, code: int, message: str, *, linger: bool = False, headers: dict[str, str] | None = None) -> None:
-        self._send(code, {"error": message}, headers=headers)
-        if linger:
-            self._linger()
-
-    def _linger(self) -> None:
-        """Read and drop what the client still sends, so our answer is not lost to a reset."""
-        self._clear_deadline()
-        with contextlib.suppress(OSError):
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(1.0)
-            end = time.monotonic() + 2.0
-            received = 0
-            while time.monotonic() < end and received < 4 * self.server.config.server.max_body:
-                chunk = self.connection.recv(65536)
-                if not chunk:
-                    break
-                received += len(chunk)
-
-    # ------------------------------------------------------------ methods
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0]
-
-    def do_GET(self) -> None:
-        if self._timed_out():
+    async def _serve_one(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[Any]
+    ) -> None:
+        srv = self.config.server
+        peer = writer.get_extra_info("peername")
+        remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self._reading.add(task)
+        try:
+            request = await asyncio.wait_for(self._read_request(reader, remote), srv.request_timeout)
+        except TimeoutError:
+            return  # whatever arrived is incomplete: answer nothing, close
+        except HttpError as exc:
+            await self._write(writer, Answer(exc.code, {"error": exc.message}, headers=exc.headers))
+            if exc.linger:
+                await self._linger(reader, writer)
             return
-        path = self._path()
-        self._clear_deadline()
-        if path == "/healthz":
-            self._send(200, {"status": "ok", "runs_in_progress": len(self.server.dispatcher.running())})
-        elif path == "/metrics":
-            self._send(200, None, text=self.server.metrics.render())
-        elif path in POST_PATHS:
-            self._error(405, "method not allowed: use POST", headers={"Allow": "POST"})
-        else:
-            self._error(404, "not found")
+        finally:
+            self._reading.discard(task)
+        try:
+            answer = await self._route(request)
+        except Exception as exc:  # noqa: BLE001 - a bug in one request: answer it, log it, keep serving
+            self.dispatcher.log.write("http-error", remote=remote, error=f"{type(exc).__name__}: {exc}"[:500])
+            answer = Answer(500, {"error": "internal error handling this request; see the server log"})
+        finally:
+            self._body_bytes -= len(request.body)
+        await self._write(writer, answer)
 
-    def _not_post(self) -> None:
-        if self._timed_out():
-            return
-        path = self._path()
+    async def _read_request(self, reader: asyncio.StreamReader, remote: str | None) -> Request:
+        """Read one request: the line, the headers and (for an alert) the whole body."""
+        method, path = await self._request_line(reader)
+        headers = await self._headers(reader)
+        if method == "GET" and path in GET_PATHS:
+            return Request(method, path, headers, b"", remote)
+        if method != "POST" or path not in POST_PATHS:
+            raise self._not_here(method, path)
+        srv = self.config.server
+        if headers.get("Transfer-Encoding") is not None:
+            raise HttpError(411, "send the body with a Content-Length")
+        if not headers.lengths:
+            raise HttpError(411, "Content-Length required")
+        if len(headers.lengths) > 1 or not _LENGTH_RE.fullmatch(next(iter(headers.lengths))):
+            raise HttpError(400, "invalid Content-Length")
+        length = int(next(iter(headers.lengths)))
+        if length > srv.max_body:
+            raise HttpError(413, f"body too large: the limit is {srv.max_body} bytes")
+        if self._body_bytes + length > self._body_budget:
+            raise HttpError(503, "server busy: too many request bodies in flight; retry later", headers=_RETRY)
+        self._body_bytes += length
+        try:
+            body = await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            self._body_bytes -= length
+            raise _Gone from None
+        except BaseException:  # cut off by the deadline (cancelled) or a reset: the budget is given back
+            self._body_bytes -= length
+            raise
+        return Request(method, path, headers, body, remote)
+
+    @staticmethod
+    def _not_here(method: str, path: str) -> HttpError:
         if path in POST_PATHS:
-            self._error(405, "method not allowed: use POST", headers={"Allow": "POST"}, linger=True)
-        elif path in GET_PATHS:
-            self._error(405, "method not allowed: use GET", headers={"Allow": "GET"}, linger=True)
-        else:
-            self._error(404, "not found", linger=True)
+            return HttpError(405, "method not allowed: use POST", headers=_allow("POST"))
+        if path in GET_PATHS:
+            return HttpError(405, "method not allowed: use GET", headers=_allow("GET"))
+        return HttpError(404, "not found")
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_post
+    @staticmethod
+    async def _request_line(reader: asyncio.StreamReader) -> tuple[str, str]:
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            raise HttpError(414, f"request line too long: the limit is {MAX_LINE} bytes", linger=False) from None
+        except asyncio.IncompleteReadError:
+            raise _Gone from None
+        parts = raw.decode("latin-1").rstrip("\r\n").split(" ")
+        if len(parts) != 3 or not _TOKEN_RE.fullmatch(parts[0]) or not _VERSION_RE.fullmatch(parts[2]):
+            raise HttpError(400, "malformed request line", linger=False)
+        return parts[0], parts[1].split("?", 1)[0]
 
-    def do_HEAD(self) -> None:
-        self._not_post()
+    @staticmethod
+    async def _headers(reader: asyncio.StreamReader) -> Headers:
+        headers = Headers()
+        total = 0
+        for _ in range(MAX_HEADERS + 1):
+            try:
+                raw = await reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError:
+                break
+            except asyncio.IncompleteReadError:
+                raise _Gone from None
+            total += len(raw)
+            if total > MAX_HEADER_BYTES:
+                break
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if not line:
+                return headers
+            name, sep, value = line.partition(":")
+            if not sep or not _TOKEN_RE.fullmatch(name):
+                raise HttpError(400, "malformed header line", linger=False)
+            headers.add(name, value.strip())
+        raise HttpError(
+            431,
+            f"request header fields too large: at most {MAX_HEADERS} lines and {MAX_HEADER_BYTES} bytes",
+            linger=False,
+        )
 
-    def do_POST(self) -> None:
-        if self._timed_out():
+    # ------------------------------------------------------------ answering
+    async def _write(self, writer: asyncio.StreamWriter, answer: Answer) -> None:
+        self.metrics.response(answer.code)
+        writer.write(answer.encode())
+        await asyncio.wait_for(writer.drain(), self.config.server.request_timeout)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read and drop what the client still sends (2 s at most), so our answer is not lost to a reset."""
+        with contextlib.suppress(OSError, TimeoutError, RuntimeError):
+            if writer.can_write_eof():
+                writer.write_eof()
+            budget = 4 * self.config.server.max_body
+
+            async def drain() -> None:
+                received = 0
+                while received < budget:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        return
+                    received += len(chunk)
+
+            await asyncio.wait_for(drain(), 2.0)
+
+    async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """503 before reading anything; linger (bounded) so the client sees it."""
+        self.metrics.response(503)
+        writer.write(_REJECT)
+        if self._lingering >= MAX_LINGERING:
             return
+        self._lingering += 1
+        try:
+            await self._linger(reader, writer)
+        finally:
+            self._lingering -= 1
+
+    async def _route(self, request: Request) -> Answer:
+        if request.path == "/healthz":
+            return Answer(200, {"status": "ok", "runs_in_progress": len(self.dispatcher.running())})
+        if request.path == "/metrics":
+            text = await self._loop.run_in_executor(self.metrics_pool, self.metrics.render)
+            return Answer(200, text=text)
+        return await self._alert(request)
+
+    async def _alert(self, request: Request) -> Answer:
+        source = POST_PATHS[request.path]
+        check = self.auth.check(request.headers, request.body)
+        if not check.ok:
+            fields = {"reason": check.why} if check.why else {}
+            self.dispatcher.log.write("unauthorized", source=source, remote=request.remote, **fields)
+            self.metrics.trigger(source, "unauthorized")
+            return Answer(401, {"error": "unauthorized"}, headers={"WWW-Authenticate": "Bearer"})
+        srv = self.config.server
+        if self._pending >= srv.workers + srv.queue:
+            self.auth.forget(check)
+            return Answer(503, {"error": "server busy: too many requests; retry later"}, headers=_RETRY)
+        self._pending += 1
+        try:
+            answer = await self._loop.run_in_executor(self.pool, self._handle_alert, source, request)
+        finally:
+            self._pending -= 1
+        if answer.code == 503:
+            self.auth.forget(check)  # a retry of this very request must get through
+        return answer
+
+    def _handle_alert(self, source: str, request: Request) -> Answer:
+        """Parse and dispatch one authenticated alert request (in a worker thread)."""
         t0 = time.monotonic()
         received = utcnow()
-        path = self._path()
-        source = POST_PATHS.get(path)
-        if source is None:
-            if path in GET_PATHS:
-                self._error(405, "method not allowed: use GET", headers={"Allow": "GET"}, linger=True)
-            else:
-                self._error(404, "not found", linger=True)
-            return
-        srv = self.server.config.server
-        if self.headers.get("Transfer-Encoding"):
-            self._error(411, "send the body with a Content-Length", linger=True)
-            return
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            self._error(411, "Content-Length required", linger=True)
-            return
-        if not length_text.strip().isdigit():
-            self._error(400, "invalid Content-Length", linger=True)
-            return
-        length = int(length_text)
-        if length > srv.max_body:
-            self._error(413, f"body too large: the limit is {srv.max_body} bytes", linger=True)
-            return
-        body = self.rfile.read(length) if length else b""
-        if len(body) != length or self._timed_out():
-            self.close_connection = True
-            return  # the client went away or the watchdog cut it off
-        self._clear_deadline()
-        auth = self.server.auth
-        if not (auth.token_ok(self.headers) or auth.signature_ok(self.headers, body)):
-            self.server.dispatcher.log.write("unauthorized", source=source, remote=self.client_address[0])
-            self.server.metrics.trigger(source, "unauthorized")
-            self._error(401, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
-            return
         try:
-            doc = json.loads(body.decode("utf-8"))  # RFC 8259: JSON on the wire is UTF-8
-        except UnicodeDecodeError:
-            self._error(400, "malformed JSON: not UTF-8")
-            return
-        except json.JSONDecodeError as exc:
-            self._error(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-            return
-        try:
+            doc = parse_body(request.body, self.config.server.max_alerts)
             alerts = PARSERS[source](doc)
+        except HttpError as exc:
+            return Answer(exc.code, {"error": exc.message})
         except PayloadError as exc:
-            self._error(400, f"invalid {source} payload: {exc}")
-            return
+            return Answer(400, {"error": f"invalid {source} payload: {exc}"})
         outcomes = [
-            self.server.dispatcher.handle(
-                source, alert, payload=doc, received=received, t0=t0, remote=self.client_address[0]
-            )
+            self.dispatcher.handle(source, alert, payload=doc, received=received, t0=t0, remote=request.remote)
             for alert in alerts
         ]
         code, doc_out = summarise(outcomes)
-        self._send(code, doc_out, headers={"Retry-After": RETRY_AFTER} if code == 503 else None)
+        return Answer(code, doc_out, headers={"Retry-After": RETRY_AFTER} if code == 503 else None)
+
+
+#: Bodies with more ``{``/``[`` bytes than this are parsed one at a time (_BIG_PARSE): bounded memory.
+_SMALL_BODY_CONTAINERS = 4096
+_BIG_PARSE = threading.Lock()
+
+
+def parse_body(body: bytes, max_alerts: int) -> Any:
+    """The JSON of a webhook body. Raises HttpError: 400 (malformed, too deep), 413 (too many alerts).
+
+    Bodies may nest at most ``WEBHOOK_MAX_DEPTH`` levels: lockdown stores the
+    payload inside its own records (``incident.json``, the journal), which
+    must stay within ``jsonsafe.MAX_DEPTH`` to be read back.
+    """
+    try:
+        text = body.decode("utf-8")  # RFC 8259: JSON on the wire is UTF-8
+    except UnicodeDecodeError:
+        raise HttpError(400, "JSON body: not UTF-8") from None
+    # Parsed, ``{}`` takes 25 times its 3 bytes; a body that may hold many objects is parsed one at a time.
+    many = body.count(b"{") + body.count(b"[") > _SMALL_BODY_CONTAINERS
+    with _BIG_PARSE if many else contextlib.nullcontext():
+        try:
+            doc = jsonsafe.loads(text, max_depth=WEBHOOK_MAX_DEPTH, what="JSON body")
+        except jsonsafe.JSONError as exc:
+            raise HttpError(400, str(exc)) from None
+    alerts = doc.get("alerts") if isinstance(doc, dict) else None
+    if isinstance(alerts, list) and len(alerts) > max_alerts:
+        raise HttpError(
+            413, f"too many alerts: {len(alerts)} in one request; the limit is {max_alerts} (server.max_alerts)"
+        )
+    return doc
 
 
 _PRIORITY = ("started", "duplicate", "resolved", "ignored")
@@ -607,7 +701,7 @@ def serve(
         routes={r.alert: r.playbook for r in config.routes},
         pid=os.getpid(),
     )
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25}, name="lockdown-http")
+    thread = threading.Thread(target=server.serve_forever, name="lockdown-http")
     thread.start()
     try:
         if on_ready is not None:
