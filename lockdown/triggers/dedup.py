@@ -135,7 +135,7 @@ class DedupStore:
         key = entry.get("key")
         if isinstance(key, str):
             self._keys[key] = incident_id
-        if incident_id >= self._routes.get(route, ""):
+        if inc.incident_order(incident_id) >= inc.incident_order(self._routes.get(route, "")):
             self._routes[route] = incident_id
 
     def _adopt_unrecorded(self) -> None:
