@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
-from lockdown.cli.output import FAIL, HELD, OK, Output
+from lockdown.cli.output import FAIL, HELD, OK, Output, error_line
 from lockdown.engine import incident as inc
 from lockdown.engine import runner
 from lockdown.engine.playbook import load_playbook, parse_var_overrides
@@ -159,11 +159,12 @@ def status(
     else:
         _print_view(out, view)
     if view.damage:
-        raise IntegrityError(
-            f"incident {incident_id} is damaged: {view.damage}",
-            hint="the steps above are what its readable parts say; "
-            f"`lockdown restore {incident_id} --force` undoes them",
-        )
+        message = f"incident {incident_id} is damaged: {view.damage}"
+        hint = f"the steps shown are what its readable parts say; `lockdown restore {incident_id} --force` undoes them"
+        if json_out:  # the view is the one JSON document; the error goes to stderr only
+            out.info(error_line(message, hint))
+            raise typer.Exit(int(ExitCode.FAILED))
+        raise IntegrityError(message, hint)
 
 
 def _journal_line(view: inc.IncidentView) -> str:
