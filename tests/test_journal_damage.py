@@ -253,3 +253,76 @@ def test_incident_id_with_a_trailing_newline_is_refused(state_dir: Path) -> None
         "lockdown: error: invalid incident id '20261130T195214Z-relay-incident-3f2a\\n': "
         "expected something like 20261122T234500Z-relay-incident-3f2a"
     )
+
+
+# ----------------------------------------------------------------- one reader
+
+
+HELD_UNDO = {"containers": [{"container": "lkd-mail", "held": ["4A1B2C3D4E"], "already_held": []}]}
+
+
+def held_queue_incident(state: Path) -> str:
+    """An incident whose queue hold was kept by a restore without --release-queue, written
+    through lockdown's own journal writer (the hash chain is valid)."""
+    from lockdown.engine.journal import Journal
+
+    incident = "20261130T195214.180831Z-relay-incident-3f2a"
+    path = state / "incidents" / incident
+    os.makedirs(path / "evidence")
+    (path / "playbook.toml").write_text('[[steps]]\nid = "hold"\naction = "postfix.hold_queue"\n')
+    (path / "incident.json").write_text(json.dumps({"incident_id": incident, "playbook": {"name": "relay"}}))
+    (path / "manifest.json").write_text('{"files": []}')
+    journal = Journal.create(path)
+    plan = [{"number": 1, "id": "hold", "action": "postfix.hold_queue", "describe": "hold", "params": {}}]
+    journal.append("run-start", incident=incident, plan=plan)
+    journal.append("intent", step="hold", action="postfix.hold_queue", params={}, resolved={}, undo=HELD_UNDO)
+    journal.append("applied", step="hold", action="postfix.hold_queue", notes=[], result={}, seconds=0.1)
+    journal.append("run-end", status="contained", steps={"hold": "ok"})
+    journal.append("restore-end", status="restored", steps={"hold": "held"}, decisions=[])
+    journal.close()
+    return incident
+
+
+def test_status_metrics_and_case_json_agree_on_a_held_queue(tmp_path: Path, state_dir: Path) -> None:
+    """The queue is still held after that restore: containment is active, and the step is held."""
+    from lockdown.triggers.dispatch import Metrics
+
+    incident = held_queue_incident(state_dir)
+    r = run_cli("status", incident, "--json", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["containment_active"], doc["restore_status"]) == (True, "restored")
+    assert doc["held"] == [{"id": "hold", "action": "postfix.hold_queue", "decision": "release-queue"}]
+    r = run_cli("status", incident, state_dir=state_dir)
+    assert "  containment active: YES (1 step(s) held until you decide, see below)" in r.stdout.splitlines()
+
+    assert "lockdown_containment_active 1" in Metrics(state_dir).render().splitlines()
+
+    bundle = tmp_path / "b.tar.gz"
+    r = run_cli("export", incident, "-o", str(bundle), "--no-report", "--json", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["containment_active"] is True
+    import tarfile
+
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile(f"{incident}/case.json")
+        assert member is not None
+        case = json.loads(member.read())
+    assert case["containment_active"] is True
+    assert [(s["id"], s["state"]) for s in case["timeline"]["steps"]] == [("hold", "applied")]
+    r = run_cli("verify", str(bundle))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_damaged_journal_exports_and_verifies_without_an_internal_error(tmp_path: Path, state_dir: Path) -> None:
+    incident = held_queue_incident(state_dir)
+    path = state_dir / "incidents" / incident
+    lines = lines_of(path)
+    write_lines(path, [*lines[:2], nested(974), *lines[3:]])
+    bundle = tmp_path / "b.tar.gz"
+    r = run_cli("export", incident, "-o", str(bundle), "--no-report", state_dir=state_dir)
+    assert r.returncode == 1, r.stderr
+    assert "internal error" not in r.stderr
+    r = run_cli("verify", str(bundle))
+    assert r.returncode == 1
+    assert error(r) == "lockdown: error: journal.jsonl: journal line 3: nested deeper than 64 levels"
