@@ -1,7 +1,8 @@
 """Crashes at every durable boundary, and at random moments: the promise is exact undo.
 
 The CLI is killed from the test side (tests/crashlab.py), never through a
-hook in lockdown. After every kill, ``restore --last`` must give back exactly
+hook in lockdown; each command runs in a process of its own, forked from a
+zygote that imported the CLI once. After every kill, ``restore --last`` must give back exactly
 the state from before the run (sysctls read from /proc in the test's own
 namespace, addresses and routes from ``ip -j``), exit 0, and ``status`` must
 find the journal intact.
@@ -18,16 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from tests import netlab
-from tests.conftest import sh
-from tests.crashlab import Zygote, boundaries, cli_then, lockdown_killed_at
+from tests.crashlab import Zygote
 
 KEYS = ("net.ipv4.ip_forward", "net.ipv4.icmp_echo_ignore_all")
 PATHS = ["/proc/sys/" + key.replace(".", "/") for key in KEYS]
-
-
-def sysctls(ns: str) -> dict[str, str]:
-    """The namespace's sysctls, read from /proc in one process."""
-    return dict(zip(KEYS, sh("ip", "netns", "exec", ns, "cat", *PATHS).stdout.split(), strict=True))
 
 
 def sysctl_playbook(tmp: Path, before: dict[str, str]) -> Path:
@@ -46,16 +41,15 @@ def incidents(state: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else []
 
 
-def restore_and_status(ns: str, state: Path, where: str, *, then: list[str] | None = None) -> dict[str, Any]:
-    """``restore --last`` then ``status --json`` (and ``then``), the real CLI in one fresh process."""
-    commands = [["restore", "--last"], ["@cat", *PATHS], ["status", "--json"]] + ([then] if then else [])
-    restore, cat, status, *rest = cli_then(ns, state, *commands)
-    assert restore["code"] == 0, f"{where}: restore --last exited {restore['code']}: {restore['stderr']}"
-    assert status["code"] == 0, f"{where}: status exited {status['code']}: {status['stderr']}"
-    for r in rest:
-        assert r["code"] == 0, f"{where}: {then} exited {r['code']}: {r['stderr']}"
-    doc: dict[str, Any] = json.loads(status["stdout"])
-    doc["sysctls after restore"] = dict(zip(KEYS, cat["stdout"].split(), strict=True))
+def restore_and_status(z: Zygote, where: str) -> dict[str, Any]:
+    """``restore --last``, the sysctls from /proc, then ``status --json``: the real CLI, fresh processes."""
+    code, out, err = z.run("restore", "--last")
+    assert code == 0, f"{where}: restore --last exited {code}: {out}{err}"
+    values = dict(zip(KEYS, z.cat(*PATHS).split(), strict=True))
+    code, out, err = z.run("status", "--json")
+    assert code == 0, f"{where}: status exited {code}: {err}"
+    doc: dict[str, Any] = json.loads(out)
+    doc["sysctls after restore"] = values
     return doc
 
 
@@ -64,49 +58,54 @@ INTACT: dict[str, object] = {"intact": True, "problem": None, "empty": False, "u
 
 def test_run_killed_at_every_boundary_is_restored_exactly(netns: str, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    before = sysctls(netns)
-    pb = sysctl_playbook(tmp_path, before)
-    assert [r["code"] for r in cli_then(netns, state, ["run", str(pb)], ["restore", "--last"])] == [0, 0]
-    total = boundaries(netns, state, tmp_path, "run", str(pb))
-    assert sysctls(netns) != before
-    restore_and_status(netns, state, "clean run")
-    assert sysctls(netns) == before
-    assert total >= 20, f"only {total} boundaries counted: the harness no longer sees the journal"
-    for at in range(1, total + 1):
-        where = f"run killed before boundary {at} of {total}"
-        known = set(incidents(state))
-        r = lockdown_killed_at(netns, state, at, "run", str(pb))
-        assert r.returncode == -signal.SIGKILL, f"{where}: exited {r.returncode}: {r.stderr}"
-        new = sorted(set(incidents(state)) - known)
-        assert len(new) <= 1, f"{where}: {new}"
-        doc = restore_and_status(netns, state, where)
-        assert doc["sysctls after restore"] == before, where
-        if new:  # --last is the incident this run created, not an older one from the same second
-            assert doc["incident_id"] == new[0], where
-        assert {k: doc["journal"][k] for k in INTACT} == INTACT, f"{where}: {doc['journal']}"
-        assert doc["containment_active"] is False, where
+    z = Zygote(netns, state, tmp_path)
+    try:
+        before = dict(zip(KEYS, z.cat(*PATHS).split(), strict=True))
+        pb = sysctl_playbook(tmp_path, before)
+        assert z.run("run", str(pb))[0] == 0  # the state dir exists before counting: same boundaries each time
+        assert restore_and_status(z, "first run")["sysctls after restore"] == before
+        total = z.boundaries("run", str(pb))
+        assert total >= 20, f"only {total} boundaries counted: the harness no longer sees the journal"
+        assert restore_and_status(z, "counted run")["sysctls after restore"] == before
+        for at in range(1, total + 1):
+            where = f"run killed before boundary {at} of {total}"
+            known = set(incidents(state))
+            code, _, err = z.run("run", str(pb), crash_at=at)
+            assert code == -signal.SIGKILL, f"{where}: exited {code}: {err}"
+            new = sorted(set(incidents(state)) - known)
+            assert len(new) <= 1, f"{where}: {new}"
+            doc = restore_and_status(z, where)
+            assert doc["sysctls after restore"] == before, where
+            if new:  # --last is the incident this run created, not an older one from the same second
+                assert doc["incident_id"] == new[0], where
+            assert {k: doc["journal"][k] for k in INTACT} == INTACT, f"{where}: {doc['journal']}"
+            assert doc["containment_active"] is False, where
+    finally:
+        z.close()
 
 
 def test_restore_killed_at_every_boundary_can_run_again(netns: str, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    before = sysctls(netns)
-    pb = sysctl_playbook(tmp_path, before)
-    assert cli_then(netns, state, ["run", str(pb)])[0]["code"] == 0
-    total = boundaries(netns, state, tmp_path, "restore", "--last")
-    assert sysctls(netns) == before
-    assert total >= 10, f"only {total} boundaries counted"
-    assert cli_then(netns, state, ["run", str(pb)])[0]["code"] == 0
-    for at in range(1, total + 1):
-        where = f"restore killed before boundary {at} of {total}"
-        assert sysctls(netns) != before, where
-        r = lockdown_killed_at(netns, state, at, "restore", "--last")
-        assert r.returncode == -signal.SIGKILL, f"{where}: exited {r.returncode}: {r.stderr}"
-        last = at == total
-        doc = restore_and_status(netns, state, where, then=None if last else ["run", str(pb)])
-        # (the next round's run came after the restore, the reading of /proc and status)
-        assert {k: doc["journal"][k] for k in INTACT} == INTACT, f"{where}: {doc['journal']}"
-        assert doc["sysctls after restore"] == before, where
-        assert doc["containment_active"] is False, where
+    z = Zygote(netns, state, tmp_path)
+    try:
+        before = dict(zip(KEYS, z.cat(*PATHS).split(), strict=True))
+        pb = sysctl_playbook(tmp_path, before)
+        assert z.run("run", str(pb))[0] == 0
+        total = z.boundaries("restore", "--last")
+        assert z.cat(*PATHS).split() == list(before.values())
+        assert total >= 10, f"only {total} boundaries counted"
+        for at in range(1, total + 1):
+            where = f"restore killed before boundary {at} of {total}"
+            assert z.run("run", str(pb))[0] == 0
+            assert z.cat(*PATHS).split() != list(before.values())
+            code, _, err = z.run("restore", "--last", crash_at=at)
+            assert code == -signal.SIGKILL, f"{where}: exited {code}: {err}"
+            doc = restore_and_status(z, where)
+            assert doc["sysctls after restore"] == before, where
+            assert {k: doc["journal"][k] for k in INTACT} == INTACT, f"{where}: {doc['journal']}"
+            assert doc["containment_active"] is False, where
+    finally:
+        z.close()
 
 
 STRESS_KEYS = (
@@ -145,16 +144,16 @@ def test_stress_run_sigkill_at_random_restore_last(netns: str, tmp_path: Path) -
             pid = z.start("run", str(pb))
             time.sleep(rng.uniform(0, work * 1.1))
             os.kill(pid, signal.SIGKILL)  # a child that already exited is a zombie until reaped: harmless
-            code, log = z.reap(pid)
-            assert code in (0, -signal.SIGKILL), f"{where}: run exited {code}: {log}"
+            code, _, err = z.reap(pid)
+            assert code in (0, -signal.SIGKILL), f"{where}: run exited {code}: {err}"
             killed += code == -signal.SIGKILL
             changed += z.cat(*STRESS_PATHS).split() != list(before.values())
-            code, log = z.run("restore", "--last")
-            assert code == 0, f"{where}: restore --last exited {code}: {log}"
-            assert z.cat(*STRESS_PATHS).split() == list(before.values()), f"{where}: not restored: {log}"
-        code, log = z.run("incidents", "--json")
-        assert code == 0, log
-        listed = json.loads(log)["incidents"]
+            code, out, err = z.run("restore", "--last")
+            assert code == 0, f"{where}: restore --last exited {code}: {err}"
+            assert z.cat(*STRESS_PATHS).split() == list(before.values()), f"{where}: not restored: {out}{err}"
+        code, out, err = z.run("incidents", "--json")
+        assert code == 0, err
+        listed = json.loads(out)["incidents"]
     finally:
         z.close()
     assert killed >= cycles // 3, f"only {killed} of {cycles} runs were killed (seed {seed})"
@@ -184,10 +183,10 @@ def test_stress_ipv6_strip_sigkill_at_random_restore_last(netns: str, tmp_path: 
             pid = z.start("run", str(pb))
             time.sleep(rng.uniform(0, work))
             os.kill(pid, signal.SIGKILL)
-            code, log = z.reap(pid)
-            assert code in (0, -signal.SIGKILL), f"{where}: run exited {code}: {log}"
-            code, log = z.run("restore", "--last")
-            assert code == 0, f"{where}: restore --last exited {code}: {log}"
+            code, _, err = z.reap(pid)
+            assert code in (0, -signal.SIGKILL), f"{where}: run exited {code}: {err}"
+            code, _, err = z.run("restore", "--last")
+            assert code == 0, f"{where}: restore --last exited {code}: {err}"
             netlab.assert_same_state(before, netlab.state(netns, [a0, a1]))
     finally:
         z.close()
