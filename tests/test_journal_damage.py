@@ -176,6 +176,19 @@ def test_incident_without_journal_is_empty_not_tampered(state_dir: Path, files: 
     assert r.stdout.splitlines()[-1].split() == [incident, "-", "-", "-", "empty"]
 
 
+def test_a_symlink_among_incidents_is_not_listed(tmp_path: Path, state_dir: Path) -> None:
+    real = "20261130T195214.180831Z-relay-incident-3f2a"
+    os.makedirs(state_dir / "incidents" / real)
+    (tmp_path / "elsewhere").mkdir()
+    (state_dir / "incidents" / "20991231T235959Z-relay-incident-beef").symlink_to(tmp_path / "elsewhere")
+    r = run_cli("incidents", "--json", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    assert [i["incident_id"] for i in json.loads(r.stdout)["incidents"]] == [real]
+    r = run_cli("restore", "--last", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"incident {real}: empty: nothing was changed (the incident has no journal line)\n"
+
+
 # ----------------------------------------------------------------- incident.json
 
 

@@ -234,11 +234,15 @@ def _run_in_progress(root: Path, incident_id: str) -> bool:
 
 
 def list_incident_ids(root: Path) -> list[str]:
-    """Every incident id in ``root``, oldest first (:func:`incident_order`)."""
+    """Every incident id in ``root``, oldest first (:func:`incident_order`).
+
+    A symlink is not an incident (``incident_path`` refuses it): listing it
+    would make every command that lists incidents fail on it.
+    """
     base = incidents_dir(root)
     if not base.is_dir():
         return []
-    ids = (p.name for p in base.iterdir() if p.is_dir() and INCIDENT_ID_RE.match(p.name))
+    ids = (p.name for p in base.iterdir() if INCIDENT_ID_RE.match(p.name) and p.is_dir() and not p.is_symlink())
     return sorted(ids, key=incident_order)
 
 
