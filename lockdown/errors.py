@@ -64,10 +64,6 @@ class Unavailable(LockdownError):
     exit_code = ExitCode.UNAVAILABLE
 
 
-class StepFailed(LockdownError):
-    exit_code = ExitCode.FAILED
-
-
 class ActionError(LockdownError):
     """Raised by an action when its change could not be made.
 
@@ -86,7 +82,3 @@ class IntegrityError(LockdownError):
 
 class PartialRestore(LockdownError):
     exit_code = ExitCode.PARTIAL_RESTORE
-
-
-class Interrupted(LockdownError):
-    exit_code = ExitCode.INTERRUPTED

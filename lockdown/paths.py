@@ -11,10 +11,14 @@ import re
 from pathlib import Path
 
 from lockdown.errors import BadInput, IncidentNotFound
+from lockdown.layout import INCIDENTS_DIR
 
 DEFAULT_STATE_DIR = Path("/var/lib/lockdown")
-INCIDENT_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,64}-[0-9a-f]{4,8}$")
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]*$")
+#: An incident id: creation time (to the microsecond; whole seconds for ids of
+#: older versions), playbook slug, random suffix. ``\Z``, not ``$``: ``$`` also
+#: matches before a trailing newline.
+INCIDENT_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}(?:\.[0-9]{6})?Z-[A-Za-z0-9._-]{1,64}-[0-9a-f]{4,8}\Z")
+SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]*\Z")
 
 
 def state_dir(explicit: str | Path | None = None) -> Path:
@@ -26,7 +30,7 @@ def state_dir(explicit: str | Path | None = None) -> Path:
 
 
 def incidents_dir(root: Path) -> Path:
-    return root / "incidents"
+    return root / INCIDENTS_DIR
 
 
 def ensure_dir(path: Path) -> Path:
@@ -91,17 +95,6 @@ def check_relative_name(name: str, what: str = "path") -> str:
         if part in ("", ".", "..") or not SAFE_NAME_RE.match(part):
             raise BadInput(f"invalid {what} {name!r}: bad component {part!r}")
     return name
-
-
-def resolve_inside(base: Path, name: str) -> Path:
-    """``base/name``, refusing anything (including symlinks) that leaves ``base``."""
-    check_relative_name(name)
-    target = base / name
-    real_base = base.resolve()
-    real = target.resolve()
-    if real != real_base and real_base not in real.parents:
-        raise BadInput(f"{name!r} resolves outside {base}")
-    return target
 
 
 def incident_path(root: Path, incident_id: str) -> Path:

@@ -19,6 +19,7 @@ import pytest
 
 from tests import netlab
 from tests.conftest import REPO, read_line, run_cli
+from tests.crashlab import lockdown_killed_at
 from tests.netlab import get_sysctl, ipn, lockdown, set_sysctl, state, veth
 
 pytestmark = pytest.mark.netns
@@ -117,17 +118,18 @@ def test_default_targets_only_interfaces_with_global_addresses(netns: str, tmp_p
 def test_crash_at_journal_points_then_restore(
     netns: str, tmp_path: Path, state_dir: Path, crash_after: int
 ) -> None:
-    """seq 2 is the intent (nothing changed yet), seq 3 is ``applied`` (all changed, run never ended)."""
+    """Killed (from the test side, tests/crashlab.py) before the journal line after seq
+    ``crash_after``: after seq 2 the intent is journaled and the strip was made but not
+    recorded as applied; after seq 3 it is ``applied`` and the run never ended."""
     a0, a1 = _setup(netns)
     before = state(netns, [a0, a1])
     pb = netlab.playbook(tmp_path, STRIP.format(dev=a0))
 
-    run = lockdown(netns, state_dir, "run", str(pb), env={"LOCKDOWN_TEST_CRASH_AFTER_SEQ": str(crash_after)})
+    run = lockdown_killed_at(netns, state_dir, crash_after + 1, "run", str(pb), journal_writes_only=True)
     assert run.returncode == -signal.SIGKILL
     phases = [e["phase"] for e in netlab.journal(state_dir)]
     assert phases == ["run-start", "intent", "applied"][:crash_after]
-    if crash_after == 3:
-        assert netlab.global_addresses(netns, a0) == []
+    assert netlab.global_addresses(netns, a0) == []
 
     restore = lockdown(netns, state_dir, "restore", "--last")
     assert restore.returncode == 0, restore.stdout + restore.stderr

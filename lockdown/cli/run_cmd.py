@@ -12,11 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
-from lockdown.cli.output import FAIL, HELD, OK, Output
+from lockdown.cli.output import FAIL, HELD, OK, Output, error_line
 from lockdown.engine import incident as inc
 from lockdown.engine import runner
 from lockdown.engine.playbook import load_playbook, parse_var_overrides
-from lockdown.errors import ExitCode, PartialRestore
+from lockdown.errors import ExitCode, IntegrityError, PartialRestore
+
+EMPTY = "empty: nothing was changed (the incident has no journal line)"
 
 RUN_EXIT = {
     "contained": ExitCode.OK,
@@ -127,6 +129,8 @@ def restore(
                 out.line(f"  {s.state:<11} {s.id:<22} {s.action}")
         elif result.status == "nothing-to-do":
             out.line(f"incident {incident_id}: nothing to undo")
+        elif result.status == "empty":
+            out.line(f"incident {incident_id}: {EMPTY}")
         else:
             mark = OK if result.status == "restored" else FAIL
             out.line(f"{mark} restore of {incident_id}: {result.status}")
@@ -152,19 +156,36 @@ def status(
     view = inc.read_incident(base, incident_id)
     if json_out:
         out.json(view.as_dict())
-        return
-    _print_view(out, view)
+    else:
+        _print_view(out, view)
+    if view.damage:
+        message = f"incident {incident_id} is damaged: {view.damage}"
+        hint = f"the steps shown are what its readable parts say; `lockdown restore {incident_id} --force` undoes them"
+        if json_out:  # the view is the one JSON document; the error goes to stderr only
+            out.info(error_line(message, hint))
+            raise typer.Exit(int(ExitCode.FAILED))
+        raise IntegrityError(message, hint)
+
+
+def _journal_line(view: inc.IncidentView) -> str:
+    if view.empty:
+        return EMPTY
+    if not view.chain.intact:
+        return f"BROKEN: {view.chain.problem}"
+    return "intact" + (f" ({view.chain.problem})" if view.chain.problem else "")
 
 
 def _print_view(out: Output, view: inc.IncidentView) -> None:
     d = view.as_dict()
     out.line(f"incident {view.id}  ({d['playbook']}, trigger {d['trigger']}, created {d['created']})")
     out.line(f"  run: {view.run_status or '-'}   restore: {view.restore_status or '-'}")
-    out.line(f"  containment active: {'YES' if view.containment_active else 'no'}")
-    chain = "intact" if view.chain.intact else f"BROKEN: {view.chain.problem}"
-    if view.chain.intact and view.chain.problem:
-        chain += f" ({view.chain.problem})"
-    out.line(f"  journal: {chain}")
+    active = "YES" if view.containment_active else "no"
+    if view.held:
+        active += f" ({len(view.held)} step(s) held until you decide, see below)"
+    out.line(f"  containment active: {active}")
+    out.line(f"  journal: {_journal_line(view)}")
+    if view.meta_problem:
+        out.line(f"  {inc.INCIDENT_JSON}: DAMAGED: {view.meta_problem}")
     rows = []
     for s in view.steps:
         state = s.state + (f" (held: {s.held})" if s.held else "")
@@ -179,20 +200,23 @@ def _print_view(out: Output, view: inc.IncidentView) -> None:
 
 
 def incidents(json_out: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
-    """List incidents, newest last."""
+    """List incidents in the order they were created, newest last. A damaged one is listed as such."""
     out = Output(json_out)
     base = root(state_dir)
     views: list[dict[str, Any]] = []
     for incident_id in inc.list_incident_ids(base):
         v = inc.read_incident(base, incident_id)
+        d = v.as_dict()
         views.append(
             {
                 "incident_id": v.id,
-                "playbook": v.meta.get("playbook", {}).get("name"),
+                "playbook": d["playbook"],
                 "run_status": v.run_status,
                 "restore_status": v.restore_status,
                 "containment_active": v.containment_active,
                 "journal_intact": v.chain.intact,
+                "empty": v.empty,
+                "damage": v.damage,
                 "held": len(v.held),
             }
         )
@@ -209,11 +233,11 @@ def incidents(json_out: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
                 v["run_status"] or "-",
                 v["restore_status"] or "-",
                 "ACTIVE" if v["containment_active"] else "-",
-                "ok" if v["journal_intact"] else "BROKEN",
+                "empty" if v["empty"] else "DAMAGED" if v["damage"] else "ok",
             ]
             for v in views
         ],
-        ["incident", "run", "restore", "containment", "journal"],
+        ["incident", "run", "restore", "containment", "files"],
     )
 
 

@@ -16,22 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lockdown import jsonsafe
 from lockdown.errors import IntegrityError
+from lockdown.layout import HEAD, JOURNAL
 from lockdown.paths import atomic_write, create_file, fsync_dir
 
 GENESIS = "0" * 64
-JOURNAL = "journal.jsonl"
-HEAD = "journal.head"
 
-# Test hook for crash-safety tests: SIGKILL this process right after the
-# journal line with this seq is durable. Real crashes, deterministic points.
-_CRASH_AFTER_ENV = "LOCKDOWN_TEST_CRASH_AFTER_SEQ"
+__all__ = ["GENESIS", "HEAD", "JOURNAL", "ChainReport", "Journal", "check_chain", "read_journal"]
 
 
 def utcnow() -> str:
@@ -46,17 +43,45 @@ def encode(entry: dict[str, Any]) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def parse_line(raw: bytes, number: int) -> dict[str, Any]:
+    """One journal line as an object. Raises :class:`jsonsafe.JSONError` naming the line.
+
+    The only place a journal line is parsed: nesting is bounded (a line nested
+    ~970 deep parses with ``json.loads`` and then breaks every recursive walk
+    of it), so a hostile or damaged line is a damaged line, never an internal error.
+    """
+    what = f"journal line {number}"
+    entry = jsonsafe.loads(raw, what=what)
+    if not isinstance(entry, dict):
+        raise jsonsafe.JSONError(f"{what} is not an object")
+    return entry
+
+
 @dataclass
 class ChainReport:
-    """The outcome of checking a journal's hash chain."""
+    """The outcome of checking a journal's hash chain.
+
+    ``entries`` holds every line that could be read, also after a problem:
+    ``status`` shows them and ``restore --force`` undoes what they say.
+    ``empty`` is a journal that never got its first line (nothing was changed).
+    """
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     intact: bool = True
     problem: str | None = None
     torn_tail: bytes = b""
+    empty: bool = False
+    unreadable: list[int] = field(default_factory=list)
+    complete_lines: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"intact": self.intact, "problem": self.problem, "lines": len(self.entries)}
+        return {
+            "intact": self.intact,
+            "problem": self.problem,
+            "lines": len(self.entries),
+            "empty": self.empty,
+            "unreadable_lines": list(self.unreadable),
+        }
 
 
 def check_chain(data: bytes, head: str | None) -> ChainReport:
@@ -64,12 +89,15 @@ def check_chain(data: bytes, head: str | None) -> ChainReport:
 
     A last line without a newline is a torn write from a crash; it is
     reported in ``torn_tail`` and, on its own, does not break the chain.
+    ``head`` may be one line behind the journal at any position, the first
+    line included (a crash between the append and the head update).
     """
     report = ChainReport()
     lines = data.split(b"\n")
     if lines and lines[-1] != b"":
         report.torn_tail = lines[-1]
     lines = lines[:-1]
+    report.complete_lines = len(lines)
     prev = GENESIS
     hashes: list[str] = []
 
@@ -82,47 +110,45 @@ def check_chain(data: bytes, head: str | None) -> ChainReport:
     # --force`` uses, every line that is still readable.
     for number, raw in enumerate(lines, start=1):
         try:
-            entry = json.loads(raw)
-        except ValueError:
-            broken(f"journal line {number} is not valid JSON")
+            entry = parse_line(raw, number)
+        except jsonsafe.JSONError as exc:
+            broken(str(exc))
+            report.unreadable.append(number)
             prev = line_hash(raw)
-            continue
-        if not isinstance(entry, dict):
-            broken(f"journal line {number} is not an object")
-            prev = line_hash(raw)
+            hashes.append(prev)
             continue
         if entry.get("prev") != prev:
             broken(
-                f"journal line {number} (seq {entry.get('seq')}) does not chain to the line "
+                f"journal line {number} (seq {entry.get('seq')!r}) does not chain to the line "
                 "before it: a line was edited, inserted or removed"
             )
         elif entry.get("seq") != number:
-            broken(f"journal line {number} has seq {entry.get('seq')}, expected {number}")
+            broken(f"journal line {number} has seq {entry.get('seq')!r}, expected {number}")
         prev = line_hash(raw)
         hashes.append(prev)
         report.entries.append(entry)
     if not report.intact:
         return report
     if head is not None:
-        head = head.strip()
-        if hashes and head == hashes[-1]:
-            pass
-        elif len(hashes) >= 2 and head == hashes[-2]:
-            pass  # crash between append and head update
-        elif not hashes and head == GENESIS:
-            pass
-        elif head in hashes:
-            report.intact = False
-            report.problem = (
-                f"journal has {len(hashes) - hashes.index(head) - 1} line(s) after its recorded head: "
-                "lines were appended without the journal"
-            )
-        else:
-            report.intact = False
-            report.problem = "journal head does not match any line: the journal was truncated or rewritten"
+        _check_head(report, hashes, head.strip())
     if report.torn_tail and report.intact:
         report.problem = "journal ends with an incomplete line (a crash while writing); it is ignored"
     return report
+
+
+def _check_head(report: ChainReport, hashes: list[str], head: str) -> None:
+    """``head`` names the last line, or the one before it (``GENESIS`` before the first)."""
+    positions = [GENESIS, *hashes]  # positions[i]: the head after i lines
+    if head in positions[-2:]:
+        return
+    report.intact = False
+    if head in hashes:
+        report.problem = (
+            f"journal has {len(hashes) - hashes.index(head) - 1} line(s) after its recorded head: "
+            "lines were appended without the journal"
+        )
+    else:
+        report.problem = "journal head does not match any line: the journal was truncated or rewritten"
 
 
 class Journal:
@@ -146,12 +172,18 @@ class Journal:
         journal._open()
         return journal
 
+    def moved(self, directory: Path) -> None:
+        """The incident directory was renamed (atomic creation); the open fd stays valid."""
+        self.directory = directory
+        self.path = directory / JOURNAL
+        self.head_path = directory / HEAD
+
     @classmethod
     def open(cls, directory: Path, *, allow_broken: bool = False) -> Journal:
         """Open for appending. A torn last line is moved into a ``repair`` entry.
 
         ``allow_broken`` appends after a broken chain (``restore --force``); the
-        new lines chain to the last line as it is now.
+        new lines chain to the last complete line as it is now, readable or not.
         """
         journal = cls(directory)
         report = journal.read()
@@ -160,12 +192,7 @@ class Journal:
                 f"{journal.path}: {report.problem}",
                 hint="the incident's journal is damaged; inspect it before restoring by hand",
             )
-        data = journal.path.read_bytes()
-        journal._seq = len(report.entries)
-        if not report.intact:
-            complete = data.split(b"\n")[:-1]
-            last_seq = json.loads(complete[-1]).get("seq", len(complete)) if complete else 0
-            journal._seq = last_seq if isinstance(last_seq, int) else len(complete)
+        data = journal.path.read_bytes() if journal.path.exists() else b""
         if report.torn_tail:
             keep = len(data) - len(report.torn_tail)
             with open(journal.path, "r+b") as fh:
@@ -173,7 +200,11 @@ class Journal:
                 os.fsync(fh.fileno())
             data = data[:keep]
         lines = data.split(b"\n")[:-1]
+        journal._seq = len(lines)
         journal._prev = line_hash(lines[-1]) if lines else GENESIS
+        if not journal.path.exists():
+            os.close(create_file(journal.path))
+            fsync_dir(directory)
         journal._open()
         if report.torn_tail:
             journal.append(
@@ -197,7 +228,7 @@ class Journal:
         return read_journal(self.directory)
 
     def append(self, phase: str, **fields: Any) -> dict[str, Any]:
-        """Write one entry durably and return it."""
+        """Write one entry durably, then move the head to it, and return it."""
         if self._fd is None:
             raise RuntimeError("journal is not open")
         self._seq += 1
@@ -208,28 +239,27 @@ class Journal:
         os.fsync(self._fd)
         self._prev = line_hash(raw)
         atomic_write(self.head_path, self._prev.encode())
-        crash_at = os.environ.get(_CRASH_AFTER_ENV)
-        if crash_at and crash_at.isdigit() and int(crash_at) == self._seq:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
         return entry
 
 
 def read_journal(directory: Path) -> ChainReport:
+    """The chain report of the journal in ``directory``.
+
+    No journal line at all, with no head or a ``GENESIS`` head, is an *empty*
+    journal: the incident was created (by an older version, or by hand) but
+    nothing was ever journaled, so nothing was changed. It is not damage.
+    """
     path = directory / JOURNAL
     head_path = directory / HEAD
-    data = path.read_bytes() if path.exists() else b""
-    head = head_path.read_text() if head_path.exists() else None
-    if not path.exists():
-        return ChainReport(intact=False, problem=f"{path} is missing")
+    data = path.read_bytes() if path.is_file() else b""
+    head = head_path.read_text("ascii", "replace").strip() if head_path.is_file() else None
+    if not data and head in (None, GENESIS):
+        return ChainReport(empty=True)
+    if not path.is_file():
+        return ChainReport(intact=False, problem=f"{path} is missing, but {head_path} names a line")
     if head is None:
         report = check_chain(data, None)
         report.intact = False
         report.problem = report.problem or f"{head_path} is missing"
         return report
     return check_chain(data, head)
-
-
-def iter_phase(entries: list[dict[str, Any]], phase: str) -> Iterator[dict[str, Any]]:
-    return (e for e in entries if e.get("phase") == phase)

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from lockdown.errors import Busy, PrivilegeError
+from lockdown.layout import LOCK
 from lockdown.paths import ensure_dir
 
 
@@ -18,7 +19,7 @@ class StateLock:
 
     def __init__(self, root: Path, operation: str) -> None:
         self.root = root
-        self.path = root / "lock"
+        self.path = root / LOCK
         self.operation = operation
         self._fd: int | None = None
 

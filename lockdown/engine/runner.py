@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import __version__
-from lockdown.actions import get_action
+from lockdown.actions import REGISTRY, get_action
 from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.engine import incident as inc
 from lockdown.engine.journal import Journal, utcnow
@@ -159,7 +159,6 @@ class Run:
         trigger: dict[str, Any] | None = None,
         on_event: EventHandler | None = None,
         stop: threading.Event | None = None,
-        skip_preflight: bool = False,
     ) -> None:
         self.playbook = playbook
         self.root = root
@@ -167,7 +166,6 @@ class Run:
         self.trigger = trigger or {"kind": "api"}
         self.emit = on_event or _noop
         self.stop = stop or threading.Event()
-        self.skip_preflight = skip_preflight
         self.lock = StateLock(root, "run")
         self.incident_id: str | None = None
         self.incident_dir: Path | None = None
@@ -175,42 +173,28 @@ class Run:
         self.evidence: EvidenceStore | None = None
 
     def start(self) -> str:
-        """Check privileges, lock, preflight, create the incident, journal ``run-start``."""
-        if not self.skip_preflight:
-            check_privileges(self.playbook)
+        """Check privileges, lock, preflight, then create the incident with ``run-start`` journaled.
+
+        The incident directory is built under a temporary name and renamed to
+        its id only once its first journal line is durable: a crash at any
+        point leaves either no incident or one whose journal says what ran.
+        """
+        check_privileges(self.playbook)
         self.lock.acquire()
         try:
             for step in self.playbook.steps:
                 step.action.force = self.force
-            if not self.skip_preflight:
-                preflight(self.playbook)
-            self.incident_id = inc.new_incident_id(self.playbook.name)
+            preflight(self.playbook)
+            self.incident_id = inc.new_incident_id(self.root, self.playbook.name)
             self.lock.update(self.incident_id)
-            self.incident_dir = inc.create_incident_dir(self.root, self.incident_id)
-            atomic_write(self.incident_dir / inc.PLAYBOOK_COPY, self.playbook.text.encode())
-            meta = {
-                "incident_id": self.incident_id,
-                "created": utcnow(),
-                "playbook": {
-                    "name": self.playbook.name,
-                    "path": str(self.playbook.path),
-                    "sha256": self.playbook.sha256,
-                },
-                "vars": self.playbook.vars,
-                "trigger": self.trigger,
-                "operator": inc.operator(),
-                "host": socket.gethostname(),
-                "machine_id": host_identity()["machine_id"],
-                "boot_id": host_identity()["boot_id"],
-                "kernel": platform.release(),
-                "lockdown_version": __version__,
-            }
+            staging = inc.stage_incident_dir(self.root, self.incident_id)
+            meta = self._meta()
+            atomic_write(staging / inc.PLAYBOOK_COPY, self.playbook.text.encode())
             atomic_write(
-                self.incident_dir / inc.INCIDENT_JSON,
+                staging / inc.INCIDENT_JSON,
                 json.dumps(meta, indent=1, sort_keys=True, default=str).encode() + b"\n",
             )
-            self.journal = Journal.create(self.incident_dir)
-            self.evidence = EvidenceStore(self.incident_dir)
+            self.journal = Journal.create(staging)
             self.journal.append(
                 "run-start",
                 incident=self.incident_id,
@@ -221,11 +205,37 @@ class Run:
                 lockdown_version=__version__,
                 plan=self.playbook.plan(),
             )
+            self.incident_dir = inc.publish_incident_dir(staging, self.incident_id)
+            self.journal.moved(self.incident_dir)
+            self.evidence = EvidenceStore(self.incident_dir)
         except BaseException:
+            if self.journal is not None:
+                self.journal.close()
             self.lock.release()
             raise
         self.emit("start", {"incident_id": self.incident_id, "plan": self.playbook.plan()})
         return self.incident_id
+
+    def _meta(self) -> dict[str, Any]:
+        """What ``incident.json`` records about this run."""
+        host = host_identity()
+        return {
+            "incident_id": self.incident_id,
+            "created": utcnow(),
+            "playbook": {
+                "name": self.playbook.name,
+                "path": str(self.playbook.path),
+                "sha256": self.playbook.sha256,
+            },
+            "vars": self.playbook.vars,
+            "trigger": self.trigger,
+            "operator": inc.operator(),
+            "host": socket.gethostname(),
+            "machine_id": host["machine_id"],
+            "boot_id": host["boot_id"],
+            "kernel": platform.release(),
+            "lockdown_version": __version__,
+        }
 
     def execute(self) -> RunResult:
         assert self.journal is not None and self.incident_id is not None
@@ -344,7 +354,7 @@ def run_playbook(
 @dataclass
 class RestoreResult:
     incident_id: str
-    status: str  # restored | partial | nothing-to-do | dry-run
+    status: str  # restored | partial | nothing-to-do | empty | dry-run
     steps: list[StepResult]
     held: list[dict[str, Any]]
     journal_problem: str | None = None
@@ -378,11 +388,19 @@ def restore(
     with StateLock(root, "restore") as lock:
         lock.update(incident_id)
         view = inc.read_incident(root, incident_id)
-        problem = view.chain.problem
+        if view.empty:
+            return RestoreResult(incident_id, "empty", [], [], None)
+        problem = view.chain.problem or view.meta_problem
         if not view.chain.intact and not force:
             raise IntegrityError(
                 f"incident {incident_id}: {problem}; refusing to restore from a journal that may have been altered",
                 hint="check it with `lockdown status`; `lockdown restore --force` undoes what the readable lines say",
+            )
+        if view.meta_problem and not force:
+            raise IntegrityError(
+                f"incident {incident_id}: {view.meta_problem}; refusing to restore an incident whose files "
+                "may have been altered",
+                hint="check it with `lockdown status`; `lockdown restore --force` undoes what the journal says",
             )
         todo = [s for s in reversed(view.steps) if s.needs_undo]
         held_out = []
@@ -432,7 +450,6 @@ def _undo_step(
     emit: EventHandler,
 ) -> StepResult:
     assert s.undo is not None
-    cls = get_action(s.action)
     ctx = StepContext(
         incident_id=view.id,
         incident_dir=view.path,
@@ -445,7 +462,9 @@ def _undo_step(
     t0 = time.monotonic()
     journal.append("undo-intent", step=s.id, action=s.action)
     try:
-        cls.undo(ctx, s.undo)
+        if s.action not in REGISTRY:
+            raise ActionError(f"unknown action {s.action!r}: this lockdown cannot undo it")
+        get_action(s.action).undo(ctx, s.undo)
     except Exception as exc:  # noqa: BLE001 - record it and go on with the rest
         seconds = time.monotonic() - t0
         error = _error_text(exc)

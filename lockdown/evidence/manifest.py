@@ -38,18 +38,22 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lockdown import __version__
+from lockdown.engine.journal import parse_line
+from lockdown.engine.steps import StepReader
 from lockdown.errors import IntegrityError
 from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
+from lockdown.jsonsafe import JSONError
+from lockdown.layout import HEAD as HEAD
+from lockdown.layout import INCIDENT_JSON as INCIDENT_JSON
+from lockdown.layout import JOURNAL as JOURNAL
+from lockdown.layout import PLAYBOOK_COPY
+from lockdown.layout import TRIGGERS as TRIGGERS
 from lockdown.paths import SAFE_NAME_RE
 
 CASE_JSON = "case.json"
 CASE_FORMAT = "lockdown-evidence-bundle"
 CASE_VERSION = 1
-JOURNAL = "journal.jsonl"
-HEAD = "journal.head"
-INCIDENT_JSON = "incident.json"
-PLAYBOOK = "playbook.toml"
-TRIGGERS = "triggers.jsonl"
+PLAYBOOK = PLAYBOOK_COPY
 
 REPORT_DIR = "report"
 REPORT_HTML = f"{REPORT_DIR}/report.html"
@@ -161,13 +165,12 @@ def parse_manifest(data: bytes) -> list[ManifestEntry]:
 
 
 def iter_journal_entries(lines: Iterable[bytes]) -> Iterable[dict[str, Any]]:
-    """Parsed journal lines; a line that is not a JSON object yields ``{}``."""
-    for raw in lines:
+    """Parsed journal lines (``engine.journal.parse_line``); an unreadable line yields ``{}``."""
+    for number, raw in enumerate(lines, start=1):
         try:
-            entry = json.loads(raw)
-        except ValueError:
-            entry = {}
-        yield entry if isinstance(entry, dict) else {}
+            yield parse_line(raw, number)
+        except JSONError:
+            yield {}
 
 
 class TimelineBuilder:
@@ -175,77 +178,40 @@ class TimelineBuilder:
 
     Used by export (from the live journal, line by line) and by verify (from
     the bundle's journal) so that ``case.json`` can be recomputed and compared.
+    The meaning of each entry is decided by the journal's one reader,
+    :class:`lockdown.engine.steps.StepReader`; this only keeps its timeline.
     """
 
     def __init__(self) -> None:
-        self.run: dict[str, Any] = {"started": None, "ended": None, "status": None}
-        self.steps: dict[str, dict[str, Any]] = {}
-        self.restores: list[dict[str, Any]] = []
-        self.run_start: dict[str, Any] | None = None
-        self.lines = 0
-        self._undoable: set[str] = set()
+        self.reader = StepReader()
 
     def add(self, entry: dict[str, Any]) -> None:
-        self.lines += 1
-        phase = entry.get("phase")
-        when = entry.get("time")
-        if phase == "run-start":
-            self.run_start = entry
-            self.run["started"] = when
-            for item in entry.get("plan") or []:
-                if isinstance(item, dict) and isinstance(item.get("id"), str):
-                    self.steps[item["id"]] = {
-                        "number": item.get("number"),
-                        "id": item["id"],
-                        "action": item.get("action"),
-                        "state": "not-run",
-                        "started": None,
-                        "ended": None,
-                        "undo_started": None,
-                        "undo_ended": None,
-                    }
-            return
-        if phase == "run-end":
-            self.run["ended"] = when
-            self.run["status"] = entry.get("status")
-            return
-        if phase == "interrupted":
-            self.run["interrupted"] = when
-            return
-        if phase == "restore-end":
-            self.restores.append({"ended": when, "status": entry.get("status")})
-            return
-        sid = entry.get("step")
-        if not isinstance(sid, str) or sid not in self.steps:
-            return
-        step = self.steps[sid]
-        if phase in ("intent", "intent-update") and entry.get("undo") is not None:
-            self._undoable.add(sid)
-        if phase == "intent":
-            step["started"] = when
-            step["state"] = "running"
-        elif phase in ("applied", "failed"):
-            step["ended"] = when
-            step["state"] = phase
-        elif phase == "undo-intent":
-            step["undo_started"] = when
-            step["state"] = "undoing"
-        elif phase in ("undone", "undo-failed"):
-            step["undo_ended"] = when
-            step["state"] = phase
+        self.reader.add(entry)
+
+    @property
+    def lines(self) -> int:
+        return self.reader.lines
+
+    @property
+    def run_start(self) -> dict[str, Any] | None:
+        return self.reader.run_start
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.reader.run
 
     def as_dict(self) -> dict[str, Any]:
-        steps = sorted(self.steps.values(), key=lambda s: (s["number"] is None, s["number"] or 0))
-        return {"run": dict(self.run), "steps": [dict(s) for s in steps], "restores": list(self.restores)}
+        steps = sorted(self.reader.steps.values(), key=lambda s: (s.number is None, s.number or 0))
+        return {
+            "run": dict(self.reader.run),
+            "steps": [s.timeline() for s in steps],
+            "restores": [dict(r) for r in self.reader.restores],
+        }
 
     @property
     def containment_active(self) -> bool:
-        """A step with an undo record was applied (or interrupted after its intent) and is not undone."""
-        return any(
-            s["state"] in ("applied", "failed", "running", "undoing", "undo-failed")
-            for sid, s in self.steps.items()
-            if sid in self._undoable
-        )
+        """The same answer as ``lockdown status`` gives: the one reader decides."""
+        return self.reader.containment_active
 
 
 def timeline_of(entries: Iterable[dict[str, Any]]) -> TimelineBuilder:

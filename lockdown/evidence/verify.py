@@ -74,14 +74,20 @@ class VerifyReport:
     checks: list[Check] = field(default_factory=list)
     incident_id: str | None = None
     sha256: str | None = None
+    #: Checks the caller chose to skip (``--no-sidecar``): "not checked" is not a pass otherwise.
+    waived: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
-        return all(c.ok is not False for c in self.checks)
+        return all(c.ok is True or (c.ok is None and c.name in self.waived) for c in self.checks)
 
     @property
     def failure(self) -> str | None:
-        return next((c.detail for c in self.checks if c.ok is False), None)
+        """The first failed check, else the first one that was not run and not waived."""
+        failed = next((c.detail for c in self.checks if c.ok is False), None)
+        if failed is None:
+            failed = next((c.detail for c in self.checks if c.ok is None and c.name not in self.waived), None)
+        return failed
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -468,7 +474,7 @@ def verify_bundle(bundle: Path, *, require_sidecar: bool = True) -> VerifyReport
 
     Integrity failures do not raise: they are in the report (``raise_for_failure``).
     """
-    report = VerifyReport(bundle)
+    report = VerifyReport(bundle, waived=frozenset() if require_sidecar else frozenset({"sidecar"}))
     try:
         fd = os.open(bundle, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:

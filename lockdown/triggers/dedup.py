@@ -199,7 +199,7 @@ class DedupStore:
                 self._expires[key] = float(expires)
             else:
                 self._expires.pop(key, None)
-        if incident_id >= self._routes.get(route, ""):
+        if inc.incident_order(incident_id) >= inc.incident_order(self._routes.get(route, "")):
             self._routes[route] = incident_id
 
     def _adopt_unrecorded(self) -> None:
