@@ -453,7 +453,8 @@ def test_inbound_through_docker_proxy_on_a_real_container(
     r = run_cli("run", str(pb), "--json", state_dir=state_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
-    table = "inet lockdown_" + doc["incident_id"].split("-")[0].lower() + "_" + doc["incident_id"].split("-")[-1]
+    stamp, suffix = doc["incident_id"].split("-")[0], doc["incident_id"].split("-")[-1]
+    table = "inet lockdown_" + stamp.lower().replace(".", "_") + "_" + suffix
     no_stray_table.append(table)
     assert table in lockdown_tables()
     # the default ports are those the container publishes for 25 (docker-proxy's port)
@@ -667,7 +668,7 @@ def test_serve_routes_can_name_either_playbook(tmp_path: Path) -> None:
     from lockdown.engine.playbook import load_playbook
     from lockdown.triggers.config import load_config
 
-    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "token").write_text("s3cret-0123456789abcdef\n")
     (tmp_path / "token").chmod(0o600)
     config = tmp_path / "lockdown.toml"
     config.write_text(

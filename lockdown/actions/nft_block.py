@@ -54,10 +54,15 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9_]")
 
 
 def table_name(incident_id: str) -> str:
-    """``20261122T234500Z-relay-incident-3f2a`` -> ``lockdown_20261122t234500z_3f2a``."""
+    """``20261122T234500.123456Z-relay-incident-3f2a`` -> ``lockdown_20261122t234500_123456z_3f2a``.
+
+    Ids without microseconds (older versions) keep their shape; anything else is hashed.
+    """
     parts = incident_id.split("-")
-    if len(parts) >= 2 and re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", parts[0]) and re.fullmatch(r"[0-9a-f]+", parts[-1]):
-        return f"lockdown_{parts[0].lower()}_{parts[-1]}"
+    stamp = parts[0]
+    stamp_ok = re.fullmatch(r"[0-9]{8}T[0-9]{6}(\.[0-9]{6})?Z", stamp) is not None
+    if len(parts) >= 2 and stamp_ok and re.fullmatch(r"[0-9a-f]+", parts[-1]):
+        return f"lockdown_{stamp.lower().replace('.', '_')}_{parts[-1]}"
     return "lockdown_" + hashlib.sha256(incident_id.encode()).hexdigest()[:12]
 
 

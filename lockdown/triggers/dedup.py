@@ -254,6 +254,10 @@ class DedupStore:
             if self.on_unreadable is not None:
                 self.on_unreadable(incident_id, f"{type(exc).__name__}: {exc}"[:500])
             return None
+        if view.damage is not None:  # the reader reports damage instead of raising: same decision
+            if self.on_unreadable is not None:
+                self.on_unreadable(incident_id, view.damage[:500])
+            return None
         if view.run_status == "running":
             return "the route's incident is still running"
         if view.containment_active:
