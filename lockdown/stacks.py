@@ -245,25 +245,34 @@ def recognise(docs: Iterable[dict[str, Any]], networks: Sequence[dict[str, Any]]
     return stacks
 
 
+def shown(text: str, limit: int = 120) -> str:
+    """A value read from Docker (env, image, label) made safe to print: no control characters, bounded."""
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return flat[:limit] + ("..." if len(text) > limit else "")
+
+
 def _signs(m: Member, nets: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool]]:
     """(kind, reason, strong) for each sign one container shows."""
     out: list[tuple[str, str, bool]] = []
+    name = shown(m.name)
     for pattern, kind in _IMAGE_SIGNS:
         if pattern.search(m.image.lower()):
-            out.append((kind, f"{m.name}: image {m.image}", True))
+            out.append((kind, f"{name}: image {shown(m.image)}", True))
     if m.service.endswith("-mailcow"):
-        out.append((MAILCOW, f"{m.name}: label com.docker.compose.service={m.service}", True))
+        out.append((MAILCOW, f"{name}: label com.docker.compose.service={shown(m.service)}", True))
     elif m.service in _WEAK_SERVICES:
-        out.append((_WEAK_SERVICES[m.service], f"{m.name}: label com.docker.compose.service={m.service}", False))
+        out.append((_WEAK_SERVICES[m.service], f"{name}: label com.docker.compose.service={m.service}", False))
     for var, kind in _ENV_SIGNS:
         if var in m.env:
-            out.append((kind, f"{m.name}: env {var}={m.env[var]}", True))
+            out.append((kind, f"{name}: env {var}={shown(m.env[var])}", True))
     for net_name, net_id in sorted(m.network_ids.items()):
         if net_name.endswith("mailcow-network"):
-            out.append((MAILCOW, f"{m.name}: network {net_name}", True))
+            out.append((MAILCOW, f"{name}: network {shown(net_name)}", True))
         for subnet in _subnets(nets.get(net_id, {})):
             if subnet == str(MAILCOW_SUBNET):
-                out.append((MAILCOW, f"{m.name}: network {net_name} subnet {subnet} (mailcow's IPV4_NETWORK)", False))
+                out.append(
+                    (MAILCOW, f"{name}: network {shown(net_name)} subnet {subnet} (mailcow's IPV4_NETWORK)", False)
+                )
     return out
 
 
@@ -288,7 +297,7 @@ def _recognise_group(project: str, members: list[Member], nets: dict[str, dict[s
             return None
         kind = KINDS[POSTFIX]
         why = [
-            f"{m.name}: " + ("publishes 25/tcp" if 25 in m.publishes else f"image {m.image}")
+            f"{shown(m.name)}: " + ("publishes 25/tcp" if 25 in m.publishes else f"image {shown(m.image)}")
             + " and no sign of mailcow, docker-mailserver or Mailu"
             for m in runs
         ]
