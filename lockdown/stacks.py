@@ -232,8 +232,12 @@ def detect(labels: Sequence[str] = ()) -> list[Stack]:
 def recognise(docs: Iterable[dict[str, Any]], networks: Sequence[dict[str, Any]]) -> list[Stack]:
     """The mail stacks among these containers (inspect documents), given ``GET /networks``."""
     groups: dict[str, list[Member]] = {}
+    seen: set[str] = set()
     for data in docs:
         m = member_from_inspect(data)
+        if m.ref.id in seen:  # the same container named twice (`audit --container a --container a`)
+            continue
+        seen.add(m.ref.id)
         key = m.labels.get(COMPOSE_PROJECT) or f"\0{m.ref.id}"
         groups.setdefault(key, []).append(m)
     nets = {str(n.get("Id")): n for n in networks if isinstance(n, dict)}
@@ -242,7 +246,7 @@ def recognise(docs: Iterable[dict[str, Any]], networks: Sequence[dict[str, Any]]
         stack = _recognise_group("" if key.startswith("\0") else key, members, nets)
         if stack is not None:
             stacks.append(stack)
-    return stacks
+    return sorted(stacks, key=lambda st: (st.project, st.members[0].name))
 
 
 def shown(text: str, limit: int = 120) -> str:

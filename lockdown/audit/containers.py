@@ -130,7 +130,7 @@ def _inspect_all(names: Sequence[str] | None) -> list[dict[str, Any]]:
             refs = dockerapi.resolve_containers(name)
         except BadInput as exc:
             raise BadInput(f"--container {name}: {exc.message}", exc.hint) from None
-        items.extend(dockerapi.inspect(ref.id, ref.name) for ref in refs)
+        items.extend(dockerapi.inspect(ref.id, ref.name) for ref in refs if ref.id not in {i["Id"] for i in items})
     return items
 
 
