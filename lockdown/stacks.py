@@ -157,7 +157,7 @@ class Stack:
 
     @property
     def label(self) -> str:
-        where = f"Compose project {self.project}" if self.project else f"container {self.members[0].name}"
+        where = f"Compose project {shown(self.project)}" if self.project else f"container {self.members[0].name}"
         return f"{self.kind.title} ({where})"
 
     def targets(self, role: str) -> list[ContainerRef]:
@@ -173,8 +173,10 @@ class Stack:
         gws = self.network.gateways if self.network else ()
         return next((g for g in gws if ":" not in g), gws[0] if gws else "")
 
-    def why(self) -> str:
-        return "; ".join(self.reasons)
+    def why(self, limit: int = 8) -> str:
+        """The reasons on one line (a mailcow host shows a dozen; the first ``limit`` are enough)."""
+        more = len(self.reasons) - limit
+        return "; ".join(self.reasons[:limit]) + (f"; and {more} more" if more > 0 else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -307,6 +309,8 @@ def _recognise_group(project: str, members: list[Member], nets: dict[str, dict[s
         ]
     stack = Stack(kind, project, sorted(members, key=lambda x: x.name), list(why))
     _assign_roles(stack)
+    if stack.postfix is None and not stack.inbound:
+        return None  # e.g. an unrelated app with a SUBNET variable: nothing a playbook could act on
     stack.network = _stack_network(stack, nets)
     return stack
 

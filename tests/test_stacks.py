@@ -392,3 +392,52 @@ def test_mailu_run_pauses_front_and_smtp_records_the_gateway_and_restores_exactl
     assert {c.name: state(c) for c in (smtp, front)} == before
     netlab.assert_same_state(net_before, netlab.state(netns, [a0, a1]))
     assert postqueue(smtp) == dict.fromkeys(queue, "hold")  # held until `restore --release-queue`
+
+
+# ------------------------------------------------------------------ bad input, human output
+
+
+@pytest.mark.parametrize(
+    ("var", "message"),
+    [
+        ("project=a b", "project: expected a Compose project name, got 'a b'"),
+        ("project=x=y", "project: expected a Compose project name, got 'x=y'"),
+        ("label==v", "label: expected KEY or KEY=VALUE without spaces, got '=v'"),
+    ],
+)
+def test_bad_scoping_var_is_one_line_exit_2_and_nothing_runs(var: str, message: str, tmp_path: Path) -> None:
+    r = run_cli("run", "relay-incident", "--dry-run", "--var", var, state_dir=tmp_path / "state")
+    assert r.returncode == 2, r.stderr
+    first = r.stderr.strip().splitlines()[0]
+    assert first.startswith("lockdown: error: ") and first.endswith(f"step 1 (hold-queue): {message}"), first
+    assert not (tmp_path / "state").exists()
+
+
+def test_bad_role_names_the_choices(tmp_path: Path) -> None:
+    pb = tmp_path / "bad-role.toml"
+    pb.write_text('name = "bad-role"\n\n[[steps]]\nid = "p"\naction = "docker.pause"\ncontainer = "stack"\n'
+                  'role = "frontdoor"\n')
+    r = run_cli("run", str(pb), "--dry-run", state_dir=tmp_path / "state")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[0] == (
+        f"lockdown: error: {pb}: step 1 (p): role: expected one of postfix, inbound, logs, got 'frontdoor'"
+    )
+
+
+def test_human_audit_names_the_stack_and_the_check(slab: Lab, tmp_path: Path) -> None:
+    shape = build(slab, stacks.DMS, everywhere=True)
+    daemon = tmp_path / "daemon.json"
+    daemon.write_text("{}\n")
+    r = run_cli("audit", "--no-container-logs", "--daemon-json", str(daemon), "--container", shape.postfix.name)
+    assert r.returncode == 1, r.stderr
+    n = shape.postfix.name
+    lines = r.stdout.splitlines()
+    assert lines[:3] == [
+        f"stack: docker-mailserver (Compose project {shape.project}): Postfix in {n}, gateway {shape.gateway} (bridge)",
+        f"  recognised by: {'; '.join(reasons(shape))}",
+        f"  the knob: {stacks.KINDS[stacks.DMS].knob}",
+    ]
+    assert (
+        f"  check:    grep PERMIT_DOCKER mailserver.env; docker exec {n} postconf -h mynetworks   "
+        "# must not contain 172.16.0.0/12"
+    ) in lines

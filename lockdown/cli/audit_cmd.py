@@ -76,10 +76,11 @@ def audit(
 
 def _print_audit(out: Output, result: object) -> None:
     from lockdown.audit import AuditResult
+    from lockdown.stacks import shown
 
     assert isinstance(result, AuditResult)
     for st in result.stacks or []:
-        where = f"Compose project {st['project']}" if st["project"] else "a lone container"
+        where = f"Compose project {shown(st['project'])}" if st["project"] else "a lone container"
         gateway = f", gateway {st['gateway']} ({st['network']['name']})" if st["gateway"] else ""
         out.line(f"stack: {st['title']} ({where}): Postfix in {st['postfix'] or '?'}{gateway}")
         out.line(f"  recognised by: {'; '.join(st['reasons'])}")
