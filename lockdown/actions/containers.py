@@ -17,10 +17,11 @@ from lockdown import dockerapi, stacks
 from lockdown.actions.base import Action, ParamError
 from lockdown.errors import BadInput
 
+#: The message of an empty ``container`` (pinned by tests/test_docker_actions.py); "stack",
+#: used by the shipped relay-incident, is described in docs/docker.md and docs/stacks.md.
 TARGET_HELP = (
     'a name or id, "auto" (the one running container publishing port 25), '
-    '"all" (every such container), "service:NAME" (Compose service label, e.g. Mailu "service:smtp") '
-    'or "stack" (the recognised mail stack\'s containers of the step\'s role)'
+    '"all" (every such container) or "service:NAME" (Compose service label, e.g. Mailu "service:smtp")'
 )
 ROLE_TEXT = {
     "postfix": "the container running Postfix",
