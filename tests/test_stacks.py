@@ -35,6 +35,7 @@ from tests.dockerlab import (
     incident_dir,
     lab,
     postqueue,
+    send_spam,
     state,
     status,
     wait_queue,
@@ -392,6 +393,41 @@ def test_mailu_run_pauses_front_and_smtp_records_the_gateway_and_restores_exactl
     assert {c.name: state(c) for c in (smtp, front)} == before
     netlab.assert_same_state(net_before, netlab.state(netns, [a0, a1]))
     assert postqueue(smtp) == dict.fromkeys(queue, "hold")  # held until `restore --release-queue`
+
+
+@pytest.mark.netns
+def test_mailcow_run_holds_in_postfix_mailcow_and_records_the_mailcow_network_gateway(
+    slab: Lab, netns: str, state_dir: Path
+) -> None:
+    shape = build(slab, stacks.MAILCOW)
+    pf = shape.postfix
+    send_spam(host_port(pf), 2)  # through docker-proxy: Postfix sees the gateway, trusts IPV4_NETWORK, relays
+    queue = wait_queue(pf, 2)
+    a0, _ = netlab.veth(netns)
+    before = state(pf)
+
+    r = netlab.lockdown(
+        netns, state_dir, "run", "relay-incident", "--var", f"project={shape.project}",
+        "--var", f"interfaces={a0}", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "contained", doc["steps"]
+    assert status(pf) == "paused"
+    steps = {s["id"]: s for s in doc["steps"]}
+    assert steps["hold-queue"]["notes"][0] == (
+        f"{pf.name}: queue 2 deferred; saved 2 message(s) with postcat to evidence/queue/{pf.name}/"
+    )
+    evidence = incident_dir(state_dir, doc["incident_id"]) / "evidence"
+    assert json.loads((evidence / "docker" / "stack.json").read_text()) == expected_stack(shape)
+    log = (evidence / "logs" / f"{pf.name}.log").read_text()
+    # The relay's trace: smtpd logs the gateway as the client of each relayed message.
+    assert sum("client=" in ln and f"[{shape.gateway}]" in ln for ln in log.splitlines()) == 2, log[-2000:]
+
+    r = netlab.lockdown(netns, state_dir, "restore", doc["incident_id"])
+    assert r.returncode == 0, r.stderr
+    assert state(pf) == before
+    assert postqueue(pf) == dict.fromkeys(queue, "hold")
 
 
 # ------------------------------------------------------------------ bad input, human output
