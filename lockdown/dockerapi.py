@@ -27,7 +27,7 @@ import os
 import struct
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -249,9 +249,18 @@ def publishes(item: dict[str, Any], port: int) -> bool:
     )
 
 
-def list_containers(label: str = "", *, include_stopped: bool = False) -> list[dict[str, Any]]:
-    """``GET /containers/json``: running and paused containers (all with ``include_stopped``)."""
-    filters = {"label": label} if label else None
+def _labels(label: str | Sequence[str]) -> list[str]:
+    """One label or several, as a list without empty entries."""
+    if isinstance(label, str):
+        return [label] if label else []
+    return [x for x in label if x]
+
+
+def list_containers(label: str | Sequence[str] = "", *, include_stopped: bool = False) -> list[dict[str, Any]]:
+    """``GET /containers/json``: running and paused containers (all with ``include_stopped``),
+    only those carrying every label of ``label`` (one ``KEY[=VALUE]`` or several)."""
+    labels = _labels(label)
+    filters = {"label": labels} if labels else None
     items: list[dict[str, Any]] = docker_call(
         "list containers", lambda: api().containers(all=include_stopped, filters=filters)
     )
@@ -267,7 +276,15 @@ def _listing(refs: list[ContainerRef], empty: str = "none") -> str:
     return "; ".join(shown)
 
 
-def resolve_containers(spec: str, *, label: str = "", port: int = 25) -> list[ContainerRef]:
+def label_text(label: str | Sequence[str]) -> str:
+    """`` with label K=V`` (or ``labels A, B``) for messages; "" without labels."""
+    labels = _labels(label)
+    if not labels:
+        return ""
+    return f" with label{'s' if len(labels) > 1 else ''} {', '.join(labels)}"
+
+
+def resolve_containers(spec: str, *, label: str | Sequence[str] = "", port: int = 25) -> list[ContainerRef]:
     """The containers a ``container`` parameter names. Runs in preflight; changes nothing.
 
     ``spec`` is one of:
@@ -281,14 +298,14 @@ def resolve_containers(spec: str, *, label: str = "", port: int = 25) -> list[Co
     * ``service:NAME``: the one running (or paused) container whose
       ``com.docker.compose.service`` label is NAME (Mailu: ``service:smtp``).
 
-    ``label`` (``key`` or ``key=value``) narrows ``auto``, ``all`` and
-    ``service:`` to containers carrying that label, e.g.
+    ``label`` (``key`` or ``key=value``, or several) narrows ``auto``, ``all``
+    and ``service:`` to containers carrying those labels, e.g.
     ``com.docker.compose.project=mailu``.
 
     Raises BadInput (exit 2), Unavailable (5) or PrivilegeError (4).
     """
     spec = spec.strip()
-    where = f" with label {label}" if label else ""
+    where = label_text(label)
     if spec in ("auto", "all"):
         items = list_containers(label)
         running = [_ref_from_list(i) for i in items]
@@ -653,6 +670,12 @@ class LogFollower:
             self._stream.close()
         except Exception:  # noqa: BLE001 - closing a stream that may already be broken
             pass
+
+
+def networks() -> list[dict[str, Any]]:
+    """``GET /networks``: every network with its IPAM config (subnets, gateways)."""
+    nets = docker_call("list Docker networks", lambda: api().networks())
+    return [n for n in nets or [] if isinstance(n, dict)]
 
 
 def network_gateways(networks: list[Any] | None = None) -> list[str]:

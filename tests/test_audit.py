@@ -35,6 +35,8 @@ from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, lab, postqueue, wait_s
 from tests.netlab import nsexec
 
 FINDING_KEYS = {"id", "severity", "title", "evidence", "fix"}
+#: Added by stack recognition (issue 18), present when the container belongs to a recognised stack.
+STACK_KEYS = {"stack", "fix_file", "fix_setting", "check"}
 CHAIN_IDS = {
     "mail-port-all-addresses",
     "host-ipv6-container-ipv4",
@@ -99,9 +101,9 @@ def of(doc: dict[str, Any], name: str) -> list[dict[str, Any]]:
 
 
 def check_shape(doc: dict[str, Any]) -> None:
-    assert set(doc) == {"findings", "exposed"}
+    assert set(doc) == {"findings", "exposed", "stacks"}
     for f in doc["findings"]:
-        assert set(f) == FINDING_KEYS
+        assert set(f) in (FINDING_KEYS, FINDING_KEYS | STACK_KEYS), set(f)
         assert f["severity"] in ("info", "low", "medium", "high", "critical")
         assert all(isinstance(f[k], str) and f[k] for k in FINDING_KEYS)
 
@@ -143,7 +145,8 @@ def test_corrected_config_comes_out_clean(docker_engine: Any, host_v6: str, tmp_
         code, doc, err = audit("--container", c.name, "--no-container-logs", tmp_path=tmp_path)
     check_shape(doc)
     assert of(doc, c.name) == [], doc
-    assert doc == {"findings": [], "exposed": False}
+    assert (doc["findings"], doc["exposed"]) == ([], False)
+    assert [s["stack"] for s in doc["stacks"]] == ["postfix"]
     assert code == 0, err
 
 

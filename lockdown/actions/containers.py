@@ -13,30 +13,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from lockdown import dockerapi
+from lockdown import dockerapi, stacks
 from lockdown.actions.base import Action, ParamError
+from lockdown.errors import BadInput
 
+#: The message of an empty ``container`` (pinned by tests/test_docker_actions.py); "stack",
+#: used by the shipped relay-incident, is described in docs/docker.md and docs/stacks.md.
 TARGET_HELP = (
     'a name or id, "auto" (the one running container publishing port 25), '
     '"all" (every such container) or "service:NAME" (Compose service label, e.g. Mailu "service:smtp")'
 )
+ROLE_TEXT = {
+    "postfix": "the container running Postfix",
+    "inbound": "the containers taking SMTP from outside",
+    "logs": "the containers whose log holds the mail log",
+}
 
 
-def check_target(container: str, label: str) -> None:
-    """Validate ``container`` and ``label``; raises ParamError naming the bad one."""
+def check_target(container: str, label: str, role: str = "postfix", project: str = "") -> None:
+    """Validate ``container``, ``label``, ``role`` and ``project``; raises ParamError naming the bad one."""
     if not container.strip():
         raise ParamError("container", f"empty; expected {TARGET_HELP}")
     if label and (label.startswith("=") or any(c.isspace() for c in label)):
         raise ParamError("label", f"expected KEY or KEY=VALUE without spaces, got {label!r}")
+    if role not in stacks.ROLES:
+        raise ParamError("role", f"expected one of {', '.join(stacks.ROLES)}, got {role!r}")
+    if project and (any(c.isspace() or c in "=," for c in project) or len(project) > 255):
+        raise ParamError("project", f"expected a Compose project name, got {project!r}")
 
 
-def target_text(container: str, label: str) -> str:
+def target_text(container: str, label: str, role: str = "postfix", project: str = "") -> str:
     """How a target reads in a plan line."""
     text = {
         "auto": "the container publishing port 25",
         "all": "every container publishing port 25",
+        "stack": f"{ROLE_TEXT[role]} of the recognised mail stack" if role in ROLE_TEXT else "the mail stack",
     }.get(container, f"container {container}")
-    return text + (f" (label {label})" if label else "")
+    narrow = [f"label {label}"] if label else []
+    narrow += [f"Compose project {project}"] if project else []
+    return text + (f" ({', '.join(narrow)})" if narrow else "")
 
 
 @dataclass(frozen=True)
@@ -48,12 +63,18 @@ class ContainerParams:
 
     container: str = "auto"
     label: str = ""
+    role: str = "postfix"
+    project: str = ""
 
     def __post_init__(self) -> None:
-        check_target(self.container, self.label)
+        check_target(self.container, self.label, self.role, self.project)
 
     def target_text(self) -> str:
-        return target_text(self.container, self.label)
+        return target_text(self.container, self.label, self.role, self.project)
+
+    def labels(self) -> list[str]:
+        """The label filters: ``label`` and the Compose project."""
+        return [x for x in (self.label, f"{stacks.COMPOSE_PROJECT}={self.project}" if self.project else "") if x]
 
 
 CP = TypeVar("CP", bound=ContainerParams)
@@ -73,6 +94,7 @@ class ContainerAction(Action[CP]):
     def __init__(self, params: CP) -> None:
         super().__init__(params)
         self._targets: list[dockerapi.ContainerRef] | None = None
+        self.stack: stacks.Stack | None = None  # set when container = "stack"
 
     def preflight(self) -> None:
         self.resolve()
@@ -80,13 +102,39 @@ class ContainerAction(Action[CP]):
     def resolve(self) -> list[dockerapi.ContainerRef]:
         """Resolve once (preflight); later calls return the same containers."""
         if self._targets is None:
-            self._targets = dockerapi.resolve_containers(self.params.container, label=self.params.label)
+            if self.params.container.strip() == "stack":
+                self._targets = self._resolve_stack()
+            else:
+                self._targets = dockerapi.resolve_containers(self.params.container, label=self.params.labels())
         return self._targets
+
+    def _resolve_stack(self) -> list[dockerapi.ContainerRef]:
+        """``container = "stack"``: recognise the one mail stack, take its containers of ``role``."""
+        labels = self.params.labels()
+        self.stack = stacks.choose(stacks.detect(labels), dockerapi.label_text(labels))
+        targets = self.stack.targets(self.params.role)
+        if not targets:
+            raise BadInput(
+                f'container = "stack": {self.stack.label} has no {ROLE_TEXT[self.params.role]} among its '
+                f"running containers ({', '.join(m.name for m in self.stack.members)})",
+                "name the container: --var container=NAME",
+            )
+        return targets
 
     def resolved(self) -> dict[str, Any]:
         if not self._targets:
             return {}
-        return {"containers": [t.name for t in self._targets], "container_ids": [t.id for t in self._targets]}
+        out: dict[str, Any] = {
+            "containers": [t.name for t in self._targets],
+            "container_ids": [t.id for t in self._targets],
+        }
+        if self.stack is not None:
+            out["stack"] = f"{self.stack.label}, {self.params.role}: {', '.join(t.name for t in self._targets)}"
+            out["why"] = self.stack.why()
+            if self.stack.network is not None:
+                out["network"] = self.stack.network.name
+                out["gateway"] = self.stack.gateway
+        return out
 
 
 def state_record(ref: dockerapi.ContainerRef) -> dict[str, Any]:

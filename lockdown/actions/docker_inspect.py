@@ -64,12 +64,21 @@ class DockerInspect(ContainerAction[Params]):
     changed or deleted against the image), ``network.json`` (networks and
     published ports with their HostIp: ``0.0.0.0``/``::`` means every
     address, the IPv6 path included), and once per step the daemon's
-    ``docker/info.json`` and ``docker/version.json``.
+    ``docker/info.json`` and ``docker/version.json``. With container =
+    "stack", also ``docker/stack.json``: the recognised stack, why, its
+    containers by role, its network and that network's gateway (the address
+    Postfix logs proxied clients as).
 
     Parameters:
       container: a name or id, "auto", "all" or "service:NAME" (see docker.pause).
       label: only consider containers with this label (KEY or KEY=VALUE) for
         "auto", "all" and "service:".
+      role: with container = "stack" (the recognised mail stack, see
+        lockdown/stacks.py): "postfix" (the container running Postfix, the
+        default), "inbound" (the containers taking SMTP from outside; Mailu:
+        front and smtp) or "logs" (the containers whose log holds the mail log).
+      project: only consider containers of this Compose project (label
+        com.docker.compose.project), for every kind of target.
       daemon: also record the daemon's info and version (default true).
 
     Example::
@@ -115,6 +124,12 @@ class DockerInspect(ContainerAction[Params]):
                 f"{ref.name}: {status}, {len(changes)} changed path(s), "
                 f"published {', '.join(published) or 'nothing'}"
             )
+        if self.stack is not None:
+            ctx.write_json("docker/stack.json", self.stack.as_dict())
+            ctx.result["stack"] = self.stack.kind.name
+            ctx.result["gateway"] = self.stack.gateway
+            ctx.note(f"stack: {self.stack.label}; network {self.stack.network.name if self.stack.network else '?'}, "
+                     f"gateway {self.stack.gateway or 'unknown'}; because {self.stack.why()}")
         if self.params.daemon:
             ctx.write_json("docker/info.json", dockerapi.daemon_info())
             version = dockerapi.daemon_version()

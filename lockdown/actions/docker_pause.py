@@ -39,6 +39,12 @@ class DockerPause(ContainerAction[Params]):
         "service:front" and "service:smtp").
       label: only consider containers with this label (KEY or KEY=VALUE) for
         "auto", "all" and "service:", e.g. "com.docker.compose.project=mailu".
+      role: with container = "stack" (the recognised mail stack, see
+        lockdown/stacks.py): "postfix" (the container running Postfix, the
+        default), "inbound" (the containers taking SMTP from outside; Mailu:
+        front and smtp) or "logs" (the containers whose log holds the mail log).
+      project: only consider containers of this Compose project (label
+        com.docker.compose.project), for every kind of target.
 
     Example::
 

@@ -73,9 +73,16 @@ class LogsFiles(ContainerAction[Params]):
         docker.pause), or "none" to copy host paths only.
       label: only consider containers with this label (KEY or KEY=VALUE) for
         "auto", "all" and "service:".
+      role: with container = "stack" (the recognised mail stack, see
+        lockdown/stacks.py): "postfix" (the container running Postfix, the
+        default), "inbound" (the containers taking SMTP from outside; Mailu:
+        front and smtp) or "logs" (the containers whose log holds the mail log).
+      project: only consider containers of this Compose project (label
+        com.docker.compose.project), for every kind of target.
       paths: absolute paths in the container; a trailing slash is only
         cosmetic (default: "/var/log/mail/" for docker-mailserver and
-        "/var/log/mail.log" for plain Debian Postfix).
+        "/var/log/mail.log" for plain Debian Postfix). With container =
+        "stack", the stack's own log files come first.
       host_paths: absolute paths on the host (files or directories).
 
     Example::
@@ -105,9 +112,6 @@ class LogsFiles(ContainerAction[Params]):
         if self.params.container != "none" and self.params.paths:
             self.resolve()
 
-    def resolved(self) -> dict[str, Any]:
-        return super().resolved() if self.params.container != "none" else {}
-
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         missing: list[str] = []
         copied = 0
@@ -128,10 +132,24 @@ class LogsFiles(ContainerAction[Params]):
 
     # ------------------------------------------------------------ container
 
+    def container_paths(self) -> list[str]:
+        """``paths``, preceded by the recognised stack's own log files (container = "stack")."""
+        stack_files = list(self.stack.kind.log_files) if self.stack is not None else []
+        return list(dict.fromkeys(stack_files + list(self.params.paths)))
+
+    def resolved(self) -> dict[str, Any]:
+        if self.params.container == "none":
+            return {}
+        out = super().resolved()
+        if self.stack is not None:
+            out["paths"] = self.container_paths()
+        return out
+
     def _from_container(self, ctx: StepContext, ref: dockerapi.ContainerRef) -> tuple[int, list[str]]:
         index: dict[str, Any] = {}
         missing = []
-        for path in self.params.paths:
+        paths = self.container_paths()
+        for path in paths:
             found = dockerapi.get_archive(ref.id, ref.name, path)
             if found is None:
                 missing.append(path)
@@ -147,7 +165,7 @@ class LogsFiles(ContainerAction[Params]):
             what = f"symlink to {link}" if link else ("directory" if pstat.get("mode", 0) & (1 << 31) else "file")
             ctx.note(f"{ref.name}:{path} ({what}) -> {entry.path} ({entry.size} bytes of tar)")
         ctx.write_json(f"files/{ref.name}/index.json", {"container": ref.name, "id": ref.id, "paths": index})
-        return len(self.params.paths) - len(missing), missing
+        return len(paths) - len(missing), missing
 
     # ------------------------------------------------------------ host
 

@@ -126,6 +126,12 @@ class NftBlock(ContainerAction[NftParams]):
         networks (outbound) are used: a name or id, "auto", "all" or
         "service:NAME" (see docker.pause), or "none" (inbound only: no Docker).
       label: only consider containers with this label (KEY or KEY=VALUE).
+      role: with container = "stack" (the recognised mail stack, see
+        lockdown/stacks.py): "postfix" (the container running Postfix, the
+        default), "inbound" (the containers taking SMTP from outside; Mailu:
+        front and smtp) or "logs" (the containers whose log holds the mail log).
+      project: only consider containers of this Compose project (label
+        com.docker.compose.project), for every kind of target.
       ports: TCP ports to block. Default inbound: the host ports on which the
         containers publish 25, 465 or 587 (else 25, 465 and 587); outbound: 25.
       family: "ip6" (default: the postmortem's path), "ip" or "both".

@@ -13,6 +13,7 @@ The package, each module only looking down the list:
 * ``facts``: the host's addresses (netlink), dockerd's configuration, the firewall dump;
 * ``containers``: the containers, their bindings and networks (dockerapi);
 * ``postfix``: ``postconf`` in a container and Postfix's matchlist rule;
+* ``stackfix``: each fix in the recognised stack's terms (file, setting, check command);
 * ``checks``: the Auditor and ``audit()``;
 * ``probe``: the SMTP probe.
 
@@ -21,6 +22,9 @@ Everything only READS the host: the Docker API (inspect, networks, logs, and
 lockdown.hostfacts, /etc/docker/daemon.json, /etc/ufw/ufw.conf,
 ``iptables-save`` (a dump, never a change) and the kernel's address list.
 The probe never sends DATA, so no mail is ever accepted.
+
+The mail stack of each container (lockdown.stacks) is recognised from the
+same inspect documents; ``AuditResult.stacks`` names them.
 
 Finding ids are an interface (``--json``, docs/audit.md): keep them stable.
 """

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockdown import dockerapi, hostfacts
-from lockdown.audit import facts
+from lockdown import dockerapi, hostfacts, stacks
+from lockdown.audit import facts, stackfix
 from lockdown.audit.containers import MAIL_PORTS, MailContainer, load_containers
 from lockdown.audit.findings import AuditResult, Finding
 from lockdown.audit.postfix import parse_matchlist, postconf, trusted_by
@@ -65,7 +65,11 @@ class Auditor:
         self.ipv6_off = facts.ipv6_off(self.v6)  # why no IPv6 client can reach this host, or None
         self.closed_paths: list[str] = []  # docker-proxy paths that IPv6 being off keeps shut
         self.v4 = facts.host_ipv4_address() or facts.DOC_ADDRESS
-        self.containers = load_containers(options.containers)
+        networks = dockerapi.networks()
+        self.containers = load_containers(options.containers, networks)
+        self.stacks = stacks.recognise([c.data for c in self.containers], networks)
+        self.stack_of = {m.ref.id: s for s in self.stacks for m in s.members}
+        self._docker_version: str | None = None
         self.daemon = facts.daemon_config(options.daemon_json)
         self.proxies = hostfacts.docker_proxies()
         self.listeners = hostfacts.tcp_listeners()
@@ -85,10 +89,31 @@ class Auditor:
             self.check_firewall()
         self.check_logs()
         self.result.sort()
+        self.result.stacks = [s.as_dict() for s in self.stacks]
         return self.result
 
-    def add(self, *args: str) -> None:
-        self.result.add(Finding(*args))
+    def add(self, *args: str, fix: stackfix.StackFix | None = None) -> None:
+        """A finding; ``fix`` adds the stack's file, setting and check (and its own text, if any)."""
+        if fix is None:
+            self.result.add(Finding(*args))
+            return
+        fid, severity, title, evidence, text = args
+        self.result.add(
+            Finding(
+                fid, severity, title, evidence, fix.text or text,
+                stack=fix.stack, fix_file=fix.file, fix_setting=fix.setting, check=fix.check,
+            )
+        )
+
+    def stack(self, c: MailContainer) -> stacks.Stack | None:
+        return self.stack_of.get(c.id)
+
+    @property
+    def docker_version(self) -> str:
+        """The daemon's version (what "userland-proxy": false implies for IPv6 depends on it)."""
+        if self._docker_version is None:
+            self._docker_version = str(dockerapi.daemon_version().get("Version") or "")
+        return self._docker_version
 
     def skipped(self, what: str, why: str, fix: str = "run as root with access to the Docker socket") -> None:
         self.add("check-skipped", "info", f"{what}: not checked", why, fix)
@@ -109,6 +134,9 @@ class Auditor:
             f"publish on one host address: `-p {self.v4}:{example.host_port}:{example.container_port}` "
             f'(compose: ports: ["{self.v4}:{example.host_port}:{example.container_port}"]) '
             f'instead of "{example.host_port}:{example.container_port}"',
+            fix=stackfix.publish(
+                self.stack(c), c.name, c.service or "", example.host_port, example.container_port, self.v4
+            ),
         )
 
     # 2 ---------------------------------------------------------------
@@ -179,6 +207,7 @@ class Auditor:
             f'set "userland-proxy": false in {self.daemon.path} (or give the network IPv6 with '
             '"ip6tables": true), or publish on an IPv4 address only '
             f"(`-p {self.v4}:{next(iter(ports.values())).host_port if ports else 25}:25`)",
+            fix=stackfix.userland_proxy(self.stack(c), self.daemon.path, self.docker_version),
         )
 
     def check_ipv6_off(self) -> None:
@@ -233,6 +262,7 @@ class Auditor:
                 f"{', '.join(n.name for n in c.networks if gw in n.gateways)}) is inside {entry}{extra}. "
                 "Anything that reaches Postfix through docker-proxy or the gateway may relay.",
                 f"main.cf: `mynetworks = {' '.join(keep)}` (was `mynetworks = {value}`)",
+                fix=stackfix.trusts_gateway(self.stack(c), c.name, gw, value, " ".join(keep)),
             )
         xclient = postconf(c, "smtpd_authorized_xclient_hosts") if "SUBNET" in c.env else None
         if xclient:
@@ -261,6 +291,7 @@ class Auditor:
                 f"Config.Env of {c.name}: PERMIT_DOCKER={permit} {RISKY_PERMIT_DOCKER[permit]}; "
                 f"gateways: {', '.join(gws) or 'unknown'}",
                 f"mailserver.env: `PERMIT_DOCKER=none` (was `PERMIT_DOCKER={permit}`)",
+                fix=stackfix.permit_docker(self.stack(c), c.name),
             )
         for var, fid in (("SUBNET", "mailu-subnet-gateway"), ("RELAYNETS", "mailu-relaynets-gateway")):
             if var not in c.env:
@@ -285,6 +316,7 @@ class Auditor:
                     f"Config.Env of {c.name}: {var}={c.env[var]!r} contains gateway {gw} ({entry}); "
                     "Mailu puts it in mynetworks",
                     fix,
+                    fix=stackfix.mailu_var(self.stack(c), c.name, var, self._front_name(c)),
                 )
 
     def check_chain(self) -> None:
@@ -308,7 +340,23 @@ class Auditor:
                 f"({reasons}). `lockdown audit --probe` confirms it.",
                 "fix either link, best both: remove the gateway from mynetworks (see postfix-trusts-gateway / "
                 f'dms-permit-docker), and publish on `{self.v4}:25:25` or set "userland-proxy": false',
+                fix=self._chain_fix(mine),
             )
+
+    def _chain_fix(self, c: MailContainer) -> stackfix.StackFix:
+        """The chain's fix in the stack's terms, keeping the generic text's two links."""
+        base = stackfix.relay_path(self.stack(c), self.v4, self.daemon.path)
+        text = (
+            f"{base.text}. Fix either link, best both: the trust (see the stack's trust finding) and the path "
+            f'(publish on `{self.v4}:25:25` or set "userland-proxy": false)'
+        )
+        return stackfix.StackFix(base.stack, base.file, base.setting, base.check, text)
+
+    def _front_name(self, c: MailContainer) -> str:
+        """Mailu: the container that publishes the ports (front), else this one."""
+        stack = self.stack(c)
+        front = [m.name for m in stack.inbound if m.service == "front"] if stack else []
+        return front[0] if front else c.name
 
     # 5 ---------------------------------------------------------------
     def check_firewall(self) -> None:

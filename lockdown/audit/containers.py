@@ -9,7 +9,7 @@ container's id, name, status and compose service come from
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lockdown import dockerapi, hostfacts
@@ -72,6 +72,7 @@ class MailContainer:
     labels: dict[str, str]
     bindings: list[Binding]
     networks: list[NetworkInfo]
+    data: dict[str, Any] = field(default_factory=dict)  # the inspect document (stack recognition)
 
     @property
     def id(self) -> str:
@@ -129,7 +130,7 @@ def _inspect_all(names: Sequence[str] | None) -> list[dict[str, Any]]:
             refs = dockerapi.resolve_containers(name)
         except BadInput as exc:
             raise BadInput(f"--container {name}: {exc.message}", exc.hint) from None
-        items.extend(dockerapi.inspect(ref.id, ref.name) for ref in refs)
+        items.extend(dockerapi.inspect(ref.id, ref.name) for ref in refs if ref.id not in {i["Id"] for i in items})
     return items
 
 
@@ -166,10 +167,13 @@ def _networks(data: dict[str, Any], nets: dict[str, dict[str, Any]]) -> list[Net
     return out
 
 
-def load_containers(names: Sequence[str] | None = None) -> list[MailContainer]:
-    """Running and paused containers (only ``names`` when given), with their networks' IPAM gateways."""
-    nets_raw = dockerapi.docker_call("list Docker networks", lambda: dockerapi.api().networks())
-    nets = {n["Id"]: n for n in nets_raw or [] if isinstance(n, dict) and n.get("Id")}
+def load_containers(
+    names: Sequence[str] | None = None, networks: list[dict[str, Any]] | None = None
+) -> list[MailContainer]:
+    """Running and paused containers (only ``names`` when given), with their networks' IPAM gateways
+    (``networks``: ``GET /networks`` when the caller already has it)."""
+    nets_raw = dockerapi.networks() if networks is None else networks
+    nets = {n["Id"]: n for n in nets_raw if n.get("Id")}
     out = []
     for data in _inspect_all(names):
         cfg = data.get("Config") or {}
@@ -184,6 +188,7 @@ def load_containers(names: Sequence[str] | None = None) -> list[MailContainer]:
                 labels=dict(cfg.get("Labels") or {}),
                 bindings=_bindings(data),
                 networks=_networks(data, nets),
+                data=data,
             )
         )
     return out

@@ -16,33 +16,52 @@ EXPOSED_SEVERITIES = frozenset({"high", "critical"})
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing the audit saw. ``fix`` quotes the configuration line to change."""
+    """One thing the audit saw. ``fix`` quotes the configuration line to change.
+
+    When the container belongs to a recognised stack (lockdown.stacks), ``stack``
+    names it and ``fix_file``/``fix_setting``/``check`` say, in that stack's
+    terms, which file, which line or setting, and which command shows it fixed.
+    They appear in ``--json`` only when set (documents without them stay valid).
+    """
 
     id: str
     severity: str
     title: str
     evidence: str
     fix: str
+    stack: str = ""
+    fix_file: str = ""
+    fix_setting: str = ""
+    check: str = ""
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {self.severity!r}")
 
     def as_dict(self) -> dict[str, str]:
-        return {
+        out = {
             "id": self.id,
             "severity": self.severity,
             "title": self.title,
             "evidence": self.evidence,
             "fix": self.fix,
         }
+        for key in ("stack", "fix_file", "fix_setting", "check"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
 
 
 @dataclass
 class AuditResult:
-    """All findings, most severe first. ``as_dict()`` is the ``--json`` document."""
+    """All findings, most severe first. ``as_dict()`` is the ``--json`` document.
+
+    ``stacks``: the mail stacks recognised among the audited containers
+    (``Stack.as_dict()``); None when recognition did not run.
+    """
 
     findings: list[Finding] = field(default_factory=list)
+    stacks: list[dict[str, Any]] | None = None
 
     @property
     def exposed(self) -> bool:
@@ -59,7 +78,10 @@ class AuditResult:
         return [f.id for f in self.findings]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"findings": [f.as_dict() for f in self.findings], "exposed": self.exposed}
+        out: dict[str, Any] = {"findings": [f.as_dict() for f in self.findings], "exposed": self.exposed}
+        if self.stacks is not None:
+            out["stacks"] = self.stacks
+        return out
 
 
 def merge(result: AuditResult, findings: Iterable[Finding]) -> AuditResult:

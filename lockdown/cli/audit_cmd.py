@@ -76,8 +76,17 @@ def audit(
 
 def _print_audit(out: Output, result: object) -> None:
     from lockdown.audit import AuditResult
+    from lockdown.stacks import shown
 
     assert isinstance(result, AuditResult)
+    for st in result.stacks or []:
+        where = f"Compose project {shown(st['project'])}" if st["project"] else "a lone container"
+        gateway = f", gateway {st['gateway']} ({st['network']['name']})" if st["gateway"] else ""
+        out.line(f"stack: {st['title']} ({where}): Postfix in {st['postfix'] or '?'}{gateway}")
+        out.line(f"  recognised by: {'; '.join(st['reasons'])}")
+        out.line(f"  the knob: {st['knob']}")
+    if result.stacks:
+        out.line()
     if not result.findings:
         out.line("no findings: no exposure seen")
         return
@@ -87,6 +96,11 @@ def _print_audit(out: Output, result: object) -> None:
         out.line(f"[{f.severity}] {f.id}: {f.title}")
         out.line(f"  evidence: {f.evidence}")
         out.line(f"  fix:      {f.fix}")
+        if f.fix_file:
+            out.line(f"  file:     {f.fix_file}")
+            out.line(f"  setting:  {f.fix_setting}")
+        if f.check:
+            out.line(f"  check:    {f.check}")
     out.line()
     out.line("exposed: yes (a high or critical finding; exit 1)" if result.exposed else "exposed: no")
 
