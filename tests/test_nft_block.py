@@ -554,8 +554,8 @@ def test_outbound_blocks_port_25_from_the_container_network_only(
 
 
 def lockdown_table_of(incident_id: str) -> str:
-    parts = incident_id.split("-")
-    return f"lockdown_{parts[0].lower()}_{parts[-1]}"
+    stamp, suffix = incident_id.split("-")[0], incident_id.split("-")[-1]
+    return f"lockdown_{stamp.lower().replace('.', '_')}_{suffix}"
 
 
 def test_outbound_on_an_ipv4_network_with_family_ip6_says_so(
