@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 
 MAIL_PORTS = (25, 465, 587)
 
@@ -295,7 +295,7 @@ def write_records(fh: Any, head: dict[str, Any], key: str, records: Iterable[dic
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "connections.json"
 
 

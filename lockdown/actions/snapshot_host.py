@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 
 
 def _read(path: str) -> str | None:
@@ -46,7 +46,7 @@ def host_facts() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "host.json"
 
 

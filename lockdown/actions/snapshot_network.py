@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import netlink
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 from lockdown.actions.snapshot_connections import collect_sockets
 
 IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
@@ -80,7 +80,7 @@ def network_state() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "network.json"
 
 

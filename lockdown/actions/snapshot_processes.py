@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 from lockdown.actions.snapshot_connections import collect_sockets, listening_by_pid, write_records
 
 DOCKER_PROXY = "docker-proxy"
@@ -153,7 +153,7 @@ def docker_proxies(procs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "processes.json"
 
 
