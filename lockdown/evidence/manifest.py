@@ -77,8 +77,8 @@ MAX_IN_MEMORY: dict[str, int] = {
     HEAD: 4096,
     INCIDENT_JSON: 1 << 20,
     PLAYBOOK: 1 << 20,
-    MANIFEST: 8 << 20,
-    CASE_JSON: 8 << 20,
+    MANIFEST: 4 << 20,
+    CASE_JSON: 4 << 20,
     JOURNAL: 256 << 20,
 }
 #: A bundle with more members than this is refused (each costs a little memory).
