@@ -12,8 +12,10 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -21,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_evidence import _run_measured, error, verify, write_sidecar
+from tests.conftest import REPO
+from tests.test_evidence import error, verify, write_sidecar
 
 TOP = "20261122T234500Z-hostile-0bad"
 PLAYBOOK = b'name = "hostile"\n'
@@ -184,8 +187,29 @@ def test_too_many_json_values_are_refused_before_parsing(tmp_path: Path) -> None
 # ----------------------------------------------------------------- memory (item 3)
 
 
+#: Spawns the command from a bare interpreter (a child inherits its parent's
+#: peak RSS across exec, so wait4 from pytest would report pytest's own) under
+#: an address-space limit: a regression fails with MemoryError instead of
+#: taking the machine's memory (1 GiB; the code before issue 13 passed 13 GB here).
+LAUNCHER = """
+import json, os, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024], fh)
+"""
+
+
 def _rss_verify(bundle: Path) -> tuple[int, int, str]:
-    return _run_measured([sys.executable, "-m", "lockdown", "verify", str(bundle)])
+    """Exit code, peak RSS in bytes and stderr of ``lockdown verify BUNDLE``."""
+    with tempfile.NamedTemporaryFile("r") as result:
+        lockdown = [sys.executable, "-m", "lockdown", "verify", str(bundle)]
+        cmd = [sys.executable, "-S", "-c", LAUNCHER, result.name, *lockdown]
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+        code, rss = json.loads(result.read() or "[-1, 0]")
+    return int(code), int(rss), proc.stderr
 
 
 def test_journal_of_empty_objects_is_checked_in_bounded_memory(tmp_path: Path) -> None:
