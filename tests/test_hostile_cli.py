@@ -144,3 +144,29 @@ def test_escape_sequences_in_an_error_message_are_escaped(tmp_path: Path) -> Non
     clean(r)
     assert r.returncode == 2
     assert error(r) == f"{tmp_path}/x\\x1b[2K\\r✓ all good.toml: no such playbook file"
+
+
+def test_escape_sequences_in_a_journaled_error_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A step error quoting a container name (here planted in a hash-consistent journal) is shown escaped."""
+    from tests.test_verify_hostile import chained, run_start
+
+    incident = "20261122T234500Z-relay-incident-0bad"
+    where = tmp_path / "state" / "incidents" / incident
+    where.mkdir(parents=True)
+    name = "mail\x1b]0;owned\x07\x1b[2K\r✓ contained"
+    journal, head = chained(
+        [
+            run_start([{"number": 1, "id": "pause", "action": "docker.pause"}]),
+            {"phase": "intent", "step": "pause", "action": "docker.pause", "time": "2026-11-22T23:45:01Z"},
+            {"phase": "failed", "step": "pause", "action": "docker.pause", "time": "2026-11-22T23:45:02Z",
+             "error": f"no container named {name!s}"},
+        ]
+    )
+    (where / "journal.jsonl").write_bytes(journal)
+    (where / "journal.head").write_text(head)
+    (where / "incident.json").write_text('{"playbook": {"name": "relay-incident"}, "trigger": {"kind": "cli"}}')
+    r = run_cli("status", incident, state_dir=tmp_path / "state")
+    assert r.returncode == 0, r.stderr
+    clean(r)
+    assert "\x07" not in r.stdout and "\r" not in r.stdout
+    assert "  pause: no container named mail\\x1b]0;owned\\x07\\x1b[2K\\r✓ contained" in r.stdout.splitlines()
