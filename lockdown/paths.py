@@ -57,8 +57,8 @@ def check_state_dir(root: Path) -> None:
     inc = real / "incidents"
     try:
         st = os.lstat(inc)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, PermissionError):
+        return  # none yet, or not ours to read: opening it later fails with its own message
     if stat.S_ISLNK(st.st_mode):
         raise BadInput(
             f"unsafe state dir {root}: {inc} is a symbolic link (to {os.readlink(inc)})",
