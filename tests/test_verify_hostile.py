@@ -338,3 +338,14 @@ def test_escape_sequences_in_member_names_never_reach_the_terminal(tmp_path: Pat
     assert f"✗ archive   bundle member \"{TOP}/{escaped}\": unsafe name" in r.stdout
     assert error(r).startswith(f'bundle member "{TOP}/{escaped}": unsafe name')
     assert r.stdout.count("verified") == 1  # only the escaped name, no line of its own
+
+
+def test_evidence_after_an_unusable_manifest_is_not_read(tmp_path: Path) -> None:
+    journal, head = chained([run_start()])
+    files = {**top_files(journal, head, manifest=b'{"files": 5}'), "evidence/x.json": b"{}"}
+    r = verify(write_tar(tmp_path / "unusable.tar.gz", files))
+    check_output(r)
+    assert error(r) == (
+        f'bundle member "{TOP}/evidence/x.json": manifest.json is unusable '
+        '(manifest.json: expected an object with a "files" list); not read'
+    )
