@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, unavailable
 
 WAIT = 'name = "wait"\n\n[[steps]]\naction = "wait"\nseconds = 0\n'
 STRICT = "(lockdown refuses a state dir others can change, like sshd's StrictModes)"
@@ -26,7 +26,7 @@ STRICT = "(lockdown refuses a state dir others can change, like sshd's StrictMod
 @pytest.fixture
 def base() -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("the ownership cases need root")
+        unavailable("the ownership cases need root")
     path = Path(tempfile.mkdtemp(prefix="lkd-state-", dir="/var/tmp"))
     os.chmod(path, 0o755)
     try:
