@@ -148,3 +148,23 @@ def test_incidents_dir_writable_by_others_is_refused(base: Path) -> None:
         f"unsafe state dir {state}: {state}/incidents is writable by group and others (mode 0777)",
         f"chmod go-w {state}/incidents, or choose another --state-dir {STRICT}",
     )
+
+
+def test_serve_refuses_an_unsafe_state_dir_from_its_config(base: Path) -> None:
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    os.chmod(state, 0o777)
+    token = base / "webhook.token"
+    token.write_text("a-token-long-enough-for-anyone\n")
+    token.chmod(0o600)
+    config = base / "lockdown.toml"
+    config.write_text(
+        f'state_dir = "{state}"\n[server]\nlisten = "127.0.0.1:0"\ntoken_file = "{token}"\n'
+        '[[routes]]\nalert = "A"\nplaybook = "wait"\n'
+    )
+    r = run_cli("serve", "--config", str(config), timeout=60)
+    refused(
+        r,
+        f"unsafe state dir {state}: {state} is writable by group and others (mode 0777)",
+        f"chmod go-w {state}, or choose another --state-dir {STRICT}",
+    )
