@@ -157,10 +157,12 @@ def test_serve_refuses_an_unsafe_state_dir_from_its_config(base: Path) -> None:
     token = base / "webhook.token"
     token.write_text("a-token-long-enough-for-anyone\n")
     token.chmod(0o600)
+    pb = base / "wait.toml"
+    pb.write_text(WAIT)
     config = base / "lockdown.toml"
     config.write_text(
         f'state_dir = "{state}"\n[server]\nlisten = "127.0.0.1:0"\ntoken_file = "{token}"\n'
-        '[[routes]]\nalert = "A"\nplaybook = "wait"\n'
+        f'[[routes]]\nalert = "A"\nplaybook = "{pb}"\n'
     )
     r = run_cli("serve", "--config", str(config), timeout=60)
     refused(
