@@ -7,7 +7,9 @@ directory holds mail, addresses and process lists.
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import stat
 from pathlib import Path
 
 from lockdown.errors import BadInput, IncidentNotFound
@@ -22,11 +24,88 @@ SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]*\Z")
 
 
 def state_dir(explicit: str | Path | None = None) -> Path:
-    """The state dir: ``--state-dir``, then ``LOCKDOWN_STATE_DIR``, then /var/lib/lockdown."""
+    """The state dir: ``--state-dir``, then ``LOCKDOWN_STATE_DIR``, then /var/lib/lockdown.
+
+    Checked with :func:`check_state_dir` before anything reads or writes it.
+    """
     if explicit:
-        return Path(explicit)
-    env = os.environ.get("LOCKDOWN_STATE_DIR")
-    return Path(env) if env else DEFAULT_STATE_DIR
+        root = Path(explicit)
+    else:
+        env = os.environ.get("LOCKDOWN_STATE_DIR")
+        root = Path(env) if env else DEFAULT_STATE_DIR
+    check_state_dir(root)
+    return root
+
+
+def check_state_dir(root: Path) -> None:
+    """Refuse a state dir that anyone but this user (or root) could change, as sshd's StrictModes does.
+
+    Why: lockdown runs as root and ``restore`` writes back what an incident's
+    journal says (sysctls such as ``kernel.core_pattern``). Whoever can write
+    the state dir or a parent of it can swap ``incidents/`` for a symlink, or
+    plant an incident with a valid hash chain, and have root write their
+    values (issue 13). Checked, on the path as given and as resolved: the
+    state dir and every existing parent is owned by root or this user (the
+    state dir itself by root when running as root), and is writable by
+    neither group nor others; ``incidents/`` is a real directory held to the
+    same rules. One difference from sshd, which refuses ``/tmp``: a parent
+    owned by root with the sticky bit set (``/tmp``, mode 1777) is accepted,
+    because there nobody else can rename or remove the entries in it that
+    they do not own. Raises BadInput (exit 2) naming the path and the fix.
+    """
+    uid = os.geteuid()
+    given = Path(os.path.abspath(root))
+    real = Path(os.path.realpath(root))
+    for path in dict.fromkeys([*_existing_chain(given), *_existing_chain(real)]):
+        _check_owned(root, path, uid, is_state=path in (given, real))
+    inc = real / "incidents"
+    try:
+        st = os.lstat(inc)
+    except (FileNotFoundError, PermissionError):
+        return  # none yet, or not ours to read: opening it later fails with its own message
+    if stat.S_ISLNK(st.st_mode):
+        raise BadInput(
+            f"unsafe state dir {root}: {inc} is a symbolic link (to {os.readlink(inc)})",
+            hint=f"remove the link and let lockdown create {inc} as a directory (only root should write there)",
+        )
+    _check_owned(root, inc, uid, is_state=True)
+
+
+def _existing_chain(path: Path) -> list[Path]:
+    """``path`` and its parents, those that exist (not following a symlink at the end)."""
+    return [p for p in (path, *path.parents) if os.path.lexists(p)]
+
+
+def _check_owned(root: Path, path: Path, uid: int, *, is_state: bool) -> None:
+    st = os.lstat(path)
+    owners = {0} if is_state and uid == 0 else {0, uid}
+    if st.st_uid not in owners:
+        who = "root" if owners == {0} else f"root or {_user(uid)}"
+        raise BadInput(
+            f"unsafe state dir {root}: {path} is owned by {_user(st.st_uid)}, not by {who}",
+            hint=f"chown {who.split()[0]} {path}, or choose another --state-dir "
+            "(lockdown refuses a state dir others can change, like sshd's StrictModes)",
+        )
+    if stat.S_ISLNK(st.st_mode):
+        return  # its target is checked on the resolved path
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadInput(f"unsafe state dir {root}: {path} is not a directory")
+    loose = st.st_mode & 0o022
+    sticky_parent = not is_state and st.st_uid == 0 and st.st_mode & stat.S_ISVTX
+    if loose and not sticky_parent:
+        who = {0o020: "group", 0o002: "others", 0o022: "group and others"}[loose]
+        raise BadInput(
+            f"unsafe state dir {root}: {path} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o})",
+            hint=f"chmod go-w {path}, or choose another --state-dir "
+            "(lockdown refuses a state dir others can change, like sshd's StrictModes)",
+        )
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def incidents_dir(root: Path) -> Path:

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin
 
 from lockdown.errors import ActionError
 from lockdown.evidence.store import EvidenceStore, EvidenceWriter, ManifestEntry
+from lockdown.paths import SAFE_NAME_RE
 
 UndoRecord = dict[str, Any]
 
@@ -224,6 +225,26 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     else:  # pragma: no cover - a programming error in an action's Params
         raise TypeError(f"unsupported parameter type {tp!r}")
     raise ParamError(key, f"expected {type_name(tp)}, got {_show(value)}")
+
+
+@dataclass(frozen=True)
+class EvidenceFile:
+    """The shared piece of Params for actions that write one evidence file named by ``file``.
+
+    The name is checked when the playbook is validated (``playbooks validate``,
+    ``--dry-run``), not first when the step writes: a name such as ``../../x``,
+    ``a\\nb.json`` or ``{other}`` used to pass validation and fail mid-run (issue 13).
+    """
+
+    file: str = "evidence.json"
+
+    def __post_init__(self) -> None:
+        parts = self.file.split("/")
+        if len(self.file) > 255 or not all(p not in (".", "..") and SAFE_NAME_RE.match(p) for p in parts):
+            raise ValueError(
+                "file",
+                f"expected a relative file name of letters, digits and ._@+=- (like host.json), got {self.file!r}",
+            )
 
 
 def build_params(params_cls: type[Any], raw: dict[str, Any]) -> Any:

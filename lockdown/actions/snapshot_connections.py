@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 from lockdown.actions.records import write_records
 from lockdown.hostfacts import Sock, collect_sockets
 
@@ -96,7 +96,7 @@ def summary_notes(summary: dict[str, Any]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "connections.json"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import hostfacts
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 
 
 def _read(path: str) -> str | None:
@@ -42,7 +42,7 @@ def host_facts() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "host.json"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import hostfacts, netlink
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 
 IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
 GLOBAL_SYSCTLS = (
@@ -79,7 +79,7 @@ def network_state() -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "network.json"
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockdown import hostfacts
-from lockdown.actions.base import Action, StepContext, UndoRecord
+from lockdown.actions.base import Action, EvidenceFile, StepContext, UndoRecord
 from lockdown.actions.records import write_records
 from lockdown.hostfacts import DOCKER_PROXY
 
@@ -59,7 +59,7 @@ def docker_proxies(procs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(EvidenceFile):
     file: str = "processes.json"
 
 

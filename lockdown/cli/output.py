@@ -10,6 +10,35 @@ from typing import Any, TextIO
 
 OK, FAIL, HELD, DOT = "✓", "✗", "⏸", "·"
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as an escape instead.
+
+    Why: member names, alert labels, log lines and container names come from
+    whoever wrote the bundle, the alert or the log. Printed raw, an escape
+    sequence can move the cursor and overwrite a ``✗`` with a forged
+    ``✓ verified`` line, a newline can forge a line of its own, and a bidi
+    override can reorder what is shown (issue 13). Every human printer goes
+    through this one function; ``--json`` output is escaped by the JSON encoder.
+    Unprintable means what ``str.isprintable`` says: control and format
+    characters (C0, DEL, C1, bidi overrides, zero-width), separators other
+    than the space, unassigned code points.
+    """
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
 
 def _fmt_seconds(s: float | None) -> str:
     return "" if s is None else f"{s:.2f}s"
@@ -28,12 +57,13 @@ class Output:
 
     # ----------------------------------------------------------- basics
     def line(self, text: str = "") -> None:
+        """One line for a human on stdout (nothing under --json); control characters escaped."""
         if not self.json_mode:
-            print(text, file=self.out, flush=True)
+            print(terminal_safe(text), file=self.out, flush=True)
 
     def info(self, text: str) -> None:
-        """Side information on stderr, shown in both modes."""
-        print(text, file=self.err, flush=True)
+        """One line of side information on stderr, shown in both modes; control characters escaped."""
+        print(terminal_safe(text), file=self.err, flush=True)
 
     def json_line(self, doc: dict[str, Any]) -> None:
         """One compact JSON object per line: the --json form of long-running commands (serve, watch)."""
@@ -44,7 +74,7 @@ class Output:
         print(json.dumps(doc, indent=2, sort_keys=True, default=str), file=self.out, flush=True)
 
     def table(self, rows: Iterable[Iterable[str]], headers: list[str]) -> None:
-        rows = [list(map(str, r)) for r in rows]
+        rows = [[terminal_safe(str(c)) for c in r] for r in rows]
         widths = [len(h) for h in headers]
         for r in rows:
             widths = [max(w, len(c)) for w, c in zip(widths, r, strict=False)]
@@ -64,7 +94,8 @@ class Output:
             self._current = data["id"]
             self._t0 = time.monotonic()
             if self.tty:
-                print(f"  … {data['id']:<22} {data['describe']}", end="\r", file=self.out, flush=True)
+                text = terminal_safe(f"  … {data['id']:<22} {data['describe']}")
+                print(text, end="\r", file=self.out, flush=True)
         elif kind == "note":
             if self.tty:
                 print("\x1b[2K", end="", file=self.out)
@@ -83,7 +114,8 @@ class Output:
 
 
 def error_line(message: str, hint: str | None) -> str:
-    text = f"lockdown: error: {message}"
+    """``lockdown: error: MESSAGE`` and its hint line; both escaped (they may quote untrusted input)."""
+    text = f"lockdown: error: {terminal_safe(message)}"
     if hint:
-        text += f"\n  -> {hint}"
+        text += f"\n  -> {terminal_safe(hint)}"
     return text

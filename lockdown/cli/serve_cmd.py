@@ -33,9 +33,7 @@ JsonLinesOpt = Annotated[
 
 def _root(explicit: Path | None, config: Config) -> Path:
     """--state-dir / LOCKDOWN_STATE_DIR, then the config's state_dir, then /var/lib/lockdown."""
-    if explicit is not None:
-        return state_dir(explicit)
-    return config.state_dir or DEFAULT_STATE_DIR
+    return state_dir(explicit if explicit is not None else config.state_dir or DEFAULT_STATE_DIR)
 
 
 def _stop_on_signals(out: Output, what: str) -> tuple[threading.Event, dict[signal.Signals, Any]]:
@@ -230,5 +228,6 @@ def _show_startup_problems(out: Output, problems: list[LockdownError]) -> None:
     """Start-up went on without Docker; say so where the admin looks, with what to do."""
     for exc in problems:
         hint = exc.hint or "start the Docker daemon; until then every triggered run will fail"
-        out.info(f"lockdown: warning: {exc.message}\n  -> {hint}")
+        out.info(f"lockdown: warning: {exc.message}")
+        out.info(f"  -> {hint}")
         out.json_line({"event": "warning", "message": exc.message, "hint": hint})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockdown import jsonsafe
 from lockdown.actions import REGISTRY, get_action
 from lockdown.actions.base import Action, ParamError, VarString, build_params
 from lockdown.errors import BadInput, PlaybookError
@@ -26,6 +27,9 @@ ON_ERROR = ("abort", "continue")
 _VAR_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STEP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Tables and arrays nested deeper than this are refused: no playbook needs more
+#: than a few levels, and tomllib itself recurses (RecursionError, exit 70, at ~500).
+MAX_DEPTH = 32
 
 
 def playbook_dirs() -> list[Path]:
@@ -127,6 +131,8 @@ def list_playbooks() -> list[dict[str, str]]:
                 description = desc[0] if desc else ""
             except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
                 description = f"(unreadable: {exc})"
+            except RecursionError:
+                description = "(unreadable: nested too deeply)"
             out[path.stem] = {"name": path.stem, "path": str(path), "description": description}
     return list(out.values())
 
@@ -200,6 +206,10 @@ def parse_playbook(text: str, path: Path, display: str, overrides: dict[str, str
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise err(f"invalid TOML: {exc}") from None
+    except RecursionError:
+        raise err(f"invalid TOML: tables or arrays nested deeper than {MAX_DEPTH} levels") from None
+    if jsonsafe.depth_exceeds(doc, MAX_DEPTH):
+        raise err(f"tables or arrays nested deeper than {MAX_DEPTH} levels")
     unknown = sorted(set(doc) - TOP_KEYS)
     if unknown:
         raise err(f"{unknown[0]}: unknown top-level key (expected: {', '.join(sorted(TOP_KEYS))})")

@@ -28,6 +28,7 @@ import mmap
 import os
 import pickle
 import re
+import stat
 import tarfile
 import traceback
 from collections import Counter
@@ -135,10 +136,16 @@ def sources_from_paths(paths: Iterable[Path]) -> list[LogSource]:
         if p.is_dir():
             raise BadInput(f"{p} is a directory: give log files", "e.g. --log /var/log/mail.log")
         try:
-            with open(p, "rb"):
-                pass
+            # O_NONBLOCK: opening a FIFO would wait for a writer; /dev/zero would be read forever
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise BadInput(f"cannot read {p}: {exc.strerror}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(mode):
+            raise BadInput(f"{p} is not a regular file: give log files", "e.g. --log /var/log/mail.log")
         out.extend(_expand(p, str(p)))
     return out
 
