@@ -77,6 +77,15 @@ def guards() -> Iterator[list[GuardProc]]:
         g.kill()
 
 
+def test_run_says_how_to_keep_the_incident_guarded(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, _a1 = veth(netns)
+    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    run = lockdown(netns, state_dir, "run", str(netlab.playbook(tmp_path, STRIP.format(dev=a0))))
+    assert run.returncode == 0, run.stderr
+    incident = netlab.incident_dir(state_dir).name
+    assert f"\n  keep it contained (unless `lockdown serve` runs): lockdown guard {incident}\n" in run.stdout
+
+
 def _run(netns: str, state_dir: Path, tmp_path: Path, dev: str) -> str:
     pb = netlab.playbook(tmp_path, STRIP.format(dev=dev))
     run = lockdown(netns, state_dir, "run", str(pb), "--json")
@@ -138,6 +147,13 @@ def test_address_added_by_hand_is_removed_only_on_the_stripped_interface(
     netlab.assert_same_state(before, state(netns, [a0, a1]))
     assert len(_drifts(state_dir)) == 1, "the guard re-asserted against the restore"
 
+    again = run_cli("guard", incident, state_dir=state_dir)
+    assert again.returncode == 2
+    assert again.stderr == (
+        f"lockdown: error: incident {incident} has no active containment to guard "
+        f"(not run, restored, or a restore has begun)\n  -> see `lockdown status {incident}`\n"
+    )
+
 
 def test_sysctl_set_back_is_set_again_on_the_timer(
     netns: str, tmp_path: Path, state_dir: Path, guards: list[GuardProc]
@@ -146,7 +162,8 @@ def test_sysctl_set_back_is_set_again_on_the_timer(
     a0, _a1 = veth(netns)
     ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
     incident = _run(netns, state_dir, tmp_path, a0)
-    guard = GuardProc(state_dir, incident, "--timer", "0.3", netns=netns)
+    guard = GuardProc(state_dir, "--all", "--timer", "0.3", netns=netns)
+    assert guard.until("guarding") == {"event": "guarding", "incident_id": incident, "what": f"ipv6.strip on {a0}"}
     guards.append(guard)
     guard.until("compared", source="net")
     set_sysctl(netns, a0, "accept_ra", "2")
@@ -342,4 +359,63 @@ def test_guard_refuses_bad_input(state_dir: Path) -> None:
     assert neither.returncode == 2
     assert neither.stderr == (
         "lockdown: error: which incident? give its id or --all\n  -> list them with `lockdown incidents`\n"
+    )
+
+
+# ------------------------------------------------------------------ the lock
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from lockdown.engine.lock import StateLock
+lock = StateLock(Path(sys.argv[1]), sys.argv[2]).acquire()
+lock.update("20260101T000000Z-held-0000")
+print("held", flush=True)
+time.sleep(float(sys.argv[3]))
+lock.release()
+"""
+
+
+def _hold(state_dir: Path, operation: str, seconds: float) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state_dir), operation, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert read_line(proc) == "held\n"
+    return proc
+
+
+def test_restore_waits_for_a_guard_holding_the_lock_but_not_for_a_run(state_dir: Path) -> None:
+    missing = "20260101T000000Z-none-0000"
+    not_found = (
+        f"lockdown: error: no incident {missing} in {state_dir}/incidents\n"
+        "  -> list incidents with `lockdown incidents`, or pass --state-dir\n"
+    )
+    guard = _hold(state_dir, "guard", 0.5)
+    # got the lock once the guard let go, then found no such incident: not "busy"
+    waited = run_cli("restore", missing, state_dir=state_dir)
+    assert (waited.returncode, waited.stderr) == (2, not_found)
+    guard.wait()
+
+    run = _hold(state_dir, "run", 30)
+    try:
+        busy = run_cli("restore", missing, state_dir=state_dir)
+    finally:
+        run.kill()
+        run.wait()
+    assert busy.returncode == 3
+    assert busy.stderr.startswith(
+        f"lockdown: error: run of incident 20260101T000000Z-held-0000 is in progress (pid {run.pid}) in {state_dir}\n"
+    )
+
+    stuck = _hold(state_dir, "guard", 30)
+    try:
+        t0 = time.monotonic()
+        busy = run_cli("restore", missing, state_dir=state_dir)
+        waited_s = time.monotonic() - t0
+    finally:
+        stuck.kill()
+        stuck.wait()
+    assert busy.returncode == 3 and waited_s >= 5
+    assert busy.stderr.startswith(
+        f"lockdown: error: guard of incident 20260101T000000Z-held-0000 is in progress (pid {stuck.pid})"
     )
