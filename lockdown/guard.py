@@ -50,6 +50,7 @@ from lockdown.engine import incident as inc
 from lockdown.engine.drift import Drift, append_drift
 from lockdown.engine.journal import Journal, read_journal
 from lockdown.engine.lock import StateLock, read_holder
+from lockdown.engine.privileges import check_all
 from lockdown.errors import BadInput, Busy, LockdownError, PrivilegeError
 from lockdown.hostfacts import network_managers as suspect_managers
 
@@ -176,6 +177,11 @@ class Guard:
     def run(self) -> None:
         """Guard until ``stop`` is set, or until every named incident is restored."""
         self._scan(initial=True)
+        targets = list(self.targets.values())
+        check_all(  # before anything is followed: a guard that cannot re-assert must not run
+            [("root", f"guarding ipv6.strip of incident {t.incident_id}") for t in targets if t.interfaces]
+            + [("docker", f"guarding docker.pause of incident {t.incident_id}") for t in targets if t.containers]
+        )
         next_tick = time.monotonic() + self.timer
         try:
             while not self.stop.is_set():
@@ -230,7 +236,7 @@ class Guard:
             try:
                 for event in source:
                     self._queue.put((name, event))
-            except LockdownError as exc:
+            except Exception as exc:  # noqa: BLE001 - a dead source must stop the guard, not blind it
                 self._queue.put(("error", exc))
 
         thread = threading.Thread(target=pump, name=f"guard-{name}", daemon=True)
@@ -324,7 +330,9 @@ class Guard:
             if event.ifname != iface.ifname:
                 continue
             source = {"netlink": event.as_dict()}
-            if event.kind == "link-new" or (event.kind == "addr-new" and self._strippable(iface, event)):
+            if event.kind == "addr-new" and event.addr is not None and self._strippable(iface, event):
+                self._check_addresses(target, iface, event.received, source, only=event.addr)
+            elif event.kind == "link-new":
                 self._check_addresses(target, iface, event.received, source)
             self._check_sysctls(target, iface, event.received, source)
 
@@ -338,12 +346,20 @@ class Guard:
         )
 
     def _check_addresses(
-        self, target: Target, iface: Interface, since: float | None, source: dict[str, Any]
+        self,
+        target: Target,
+        iface: Interface,
+        since: float | None,
+        source: dict[str, Any],
+        only: netlink.Address | None = None,
     ) -> None:
+        """Remove strippable addresses: ``only`` the one a notification announced (no dump on
+        the hot path: a delete that finds nothing is a no-op), or every one a dump finds."""
+
         def reassert() -> list[Drift]:
             t0 = time.time() if since is None else since
             drifts = []
-            for addr in self._live_strippable(iface):
+            for addr in [only] if only is not None else self._live_strippable(iface):
                 if not netlink.delete_address(iface.ifname, addr.address, addr.prefixlen):
                     continue
                 origin = ADDR_PROTO_NAMES.get(addr.proto or 0)

@@ -309,29 +309,33 @@ def dump_addresses(family: int | None = AF_INET6, ifname: str | None = None) -> 
         index = int(m["index"])
         if ifname is not None and names.get(index) != ifname:
             continue
-        flags = _attr(m, "IFA_FLAGS")
-        cache = _attr(m, "IFA_CACHEINFO") or {}
-        local = _attr(m, "IFA_LOCAL")
-        address = _attr(m, "IFA_ADDRESS")
-        main = local or address
-        out.append(
-            Address(
-                ifname=names.get(index, str(index)),
-                ifindex=index,
-                family=fam,
-                address=str(main),
-                prefixlen=int(m["prefixlen"]),
-                scope=int(m["scope"]),
-                flags=int(flags if flags is not None else m["flags"]),
-                preferred=int(cache.get("ifa_preferred", INFINITE)),
-                valid=int(cache.get("ifa_valid", INFINITE)),
-                label=_attr(m, "IFA_LABEL"),
-                proto=_attr(m, "IFA_PROTO"),
-                peer=address if local and address and address != local else None,
-                broadcast=_attr(m, "IFA_BROADCAST"),
-            )
-        )
+        out.append(_address(m, names))
     return out
+
+
+def _address(m: Any, names: dict[int, str]) -> Address:
+    """An address message (a dump's answer, or a notification) as an Address."""
+    index = int(m["index"])
+    flags = _attr(m, "IFA_FLAGS")
+    cache = _attr(m, "IFA_CACHEINFO") or {}
+    local = _attr(m, "IFA_LOCAL")
+    address = _attr(m, "IFA_ADDRESS")
+    main = local or address
+    return Address(
+        ifname=names.get(index, str(index)),
+        ifindex=index,
+        family=int(m["family"]),
+        address=str(main),
+        prefixlen=int(m["prefixlen"]),
+        scope=int(m["scope"]),
+        flags=int(flags if flags is not None else m["flags"]),
+        preferred=int(cache.get("ifa_preferred", INFINITE)),
+        valid=int(cache.get("ifa_valid", INFINITE)),
+        label=_attr(m, "IFA_LABEL"),
+        proto=_attr(m, "IFA_PROTO"),
+        peer=address if local and address and address != local else None,
+        broadcast=_attr(m, "IFA_BROADCAST"),
+    )
 
 
 def add_address(
@@ -579,9 +583,10 @@ class NetEvent:
     scope: int | None = None
     port: int | None = None
     reason: str = ""
+    addr: Address | None = None  # address events: everything the message says (flags, proto, lifetimes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+        return {k: v for k, v in asdict(self).items() if v not in (None, "") and k != "addr"}
 
 
 class NetlinkWatch:
@@ -685,11 +690,10 @@ class NetlinkWatch:
         family = int(msg["family"])
         if kind.startswith("addr"):
             index = int(msg["index"])
-            addr = _attr(msg, "IFA_LOCAL") or _attr(msg, "IFA_ADDRESS")
+            addr = _address(msg, self._names)
             return NetEvent(
                 kind, now, ifindex=index, ifname=self._names.get(index), family=family,
-                address=str(addr) if addr else None, prefixlen=int(msg["prefixlen"]),
-                scope=int(msg["scope"]), port=pid,
+                address=addr.address, prefixlen=addr.prefixlen, scope=addr.scope, port=pid, addr=addr,
             )
         oif = _attr(msg, "RTA_OIF")
         dst = _attr(msg, "RTA_DST")
