@@ -352,6 +352,27 @@ def test_container_recreated_with_the_same_compose_labels_is_paused_and_restored
     assert status(other) == "running"
 
 
+def test_container_recreated_while_no_guard_ran_is_found_at_start(
+    dlab: Lab, tmp_path: Path, state_dir: Path, guards: list[GuardProc]
+) -> None:
+    """The original is gone before the guard starts: its labels come from Docker's event log."""
+    labels = _compose_labels(dlab)
+    old = dlab.run(dockerlab.BUSYBOX, ["sleep", "600"], labels=labels)
+    incident = _pause_run(tmp_path, state_dir, old.name)
+    old.remove(force=True)
+    new = dlab.run(dockerlab.BUSYBOX, ["sleep", "600"], labels=labels)
+    guard = GuardProc(state_dir, incident)
+    guards.append(guard)
+    drift = guard.until("drift")
+    assert drift["source"] == {"compare": "start"}
+    assert drift["did"] == f"paused {new.name}; restore resumes {new.id[:12]}"
+    guard.until("compared", source="docker")
+    assert status(new) == "paused"
+    assert guard.stop() == 0
+    assert run_cli("restore", incident, state_dir=state_dir).returncode == 0
+    assert status(new) == "running"
+
+
 def test_guard_refuses_bad_input(state_dir: Path) -> None:
     both = run_cli("guard", "20260101T000000Z-x-0000", "--all", state_dir=state_dir)
     assert (both.returncode, both.stderr) == (2, "lockdown: error: give an INCIDENT or --all, not both\n")
