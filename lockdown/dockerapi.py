@@ -746,3 +746,144 @@ def networks_via_socket() -> tuple[bool, list[Any] | None]:
     except ValueError:
         return True, None
     return True, (doc if isinstance(doc, list) else None)
+
+
+# ------------------------------------------------------------------ events (lockdown guard)
+
+#: Compose's project label; with COMPOSE_SERVICE it names "the same container" across a recreate.
+COMPOSE_PROJECT = "com.docker.compose.project"
+#: Container actions after which a paused container may be running again.
+RESUME_ACTIONS = ("start", "unpause", "restart", "create")
+
+
+@dataclass(frozen=True)
+class DockerEvent:
+    """One container event, or ``resync`` (the stream was (re)opened: compare again).
+
+    ``attributes`` are the actor's attributes as Docker sends them: the
+    container's name, image and labels (compose project/service included).
+    ``time`` is the daemon's timestamp of the event (seconds, from timeNano).
+    """
+
+    action: str
+    id: str
+    time: float
+    attributes: dict[str, str]
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.attributes.get("name") or self.id[:12]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "id": self.id, "time": self.time, "attributes": dict(self.attributes)}
+
+
+class DockerEvents:
+    """``docker events`` for containers (start, unpause, restart, create), reconnecting.
+
+    The first event is a ``resync``; after the stream breaks (daemon
+    restarted) it is reopened with ``since`` the last event seen, so nothing
+    in between is lost, and another ``resync`` follows. While the daemon is
+    unreachable it retries every ``retry`` seconds. ``close()`` from another
+    thread ends the iteration.
+    """
+
+    def __init__(self, actions: tuple[str, ...] = RESUME_ACTIONS, *, retry: float = 2.0) -> None:
+        self.filters = {"type": "container", "event": list(actions)}
+        self.retry = retry
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a stream that may already be broken
+                pass
+
+    def _connect(self, since: float | None) -> Any:
+        kwargs: dict[str, Any] = {"decode": True, "filters": self.filters}
+        if since is not None:
+            kwargs["since"] = since
+        stream = docker_call("follow Docker events", lambda: api().events(**kwargs))
+        with self._lock:
+            self._stream = stream
+        return stream
+
+    def __iter__(self) -> Iterator[DockerEvent]:
+        import time
+
+        since: float | None = None
+        reason = "start"
+        while not self._stop.is_set():
+            try:
+                stream = self._connect(since)
+            except (Unavailable, ActionError) as exc:
+                reason = exc.message
+                self._stop.wait(self.retry)
+                continue
+            yield DockerEvent("resync", "", time.time(), {}, reason)
+            try:
+                for raw in stream:
+                    event = _docker_event(raw)
+                    if event is not None:
+                        since = event.time
+                        yield event
+                reason = "the event stream ended (daemon restarted?)"
+            except Exception as exc:  # noqa: BLE001 - any break of the stream means: reconnect
+                reason = f"the event stream broke ({type(exc).__name__})"
+            finally:
+                with self._lock:
+                    self._stream = None
+                try:
+                    stream.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            if not self._stop.is_set():
+                self._stop.wait(0.2)
+
+
+def _docker_event(raw: Any) -> DockerEvent | None:
+    if not isinstance(raw, dict) or raw.get("Type", "container") != "container":
+        return None
+    actor = raw.get("Actor") or {}
+    cid = str(actor.get("ID") or raw.get("id") or "")
+    action = str(raw.get("Action") or raw.get("status") or "")
+    if not cid or not action:
+        return None
+    nano = raw.get("timeNano")
+    when = int(nano) / 1e9 if isinstance(nano, int) else float(raw.get("time") or 0)
+    attrs = actor.get("Attributes") or {}
+    return DockerEvent(action, cid, when, {str(k): str(v) for k, v in attrs.items()})
+
+
+def compose_identity(labels: dict[str, str] | None) -> tuple[str, str] | None:
+    """(project, service) from a container's labels, or None when Compose did not create it."""
+    labels = labels or {}
+    project, service = labels.get(COMPOSE_PROJECT), labels.get(COMPOSE_SERVICE)
+    return (project, service) if project and service else None
+
+
+def past_labels(cid: str, since: float) -> dict[str, str] | None:
+    """The labels of a container that may be gone, from the daemon's event log since ``since``.
+
+    Docker keeps recent events; a destroyed container's events still carry
+    its labels. None when no event of it is found.
+    """
+    import time
+
+    def read() -> dict[str, str] | None:
+        stream = api().events(since=since, until=time.time(), decode=True, filters={"container": cid})
+        found = None
+        for raw in stream:
+            event = _docker_event(raw)
+            if event is not None and event.attributes:
+                found = event.attributes
+        return found
+
+    return docker_call(f"read past events of container {cid[:12]}", read)

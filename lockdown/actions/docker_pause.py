@@ -103,4 +103,7 @@ class DockerPause(ContainerAction[Params]):
                 ctx.note(f"{name} is already {status}: nothing to unpause")
                 continue
             dockerapi.unpause(cid, name)
-            ctx.note(f"{name}: paused -> {dockerapi.inspect(cid, name)['State']['Status']}")
+            # `lockdown guard` journals a recreated container's id in place of the vanished one
+            was = f" (recreated while contained; replaced {entry['recreated_from'][:12]})" if (
+                entry.get("recreated_from")) else ""
+            ctx.note(f"{name}: paused -> {dockerapi.inspect(cid, name)['State']['Status']}{was}")

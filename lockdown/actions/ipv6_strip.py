@@ -41,7 +41,6 @@ from lockdown.netlink import AF_INET6, Address, Route
 from lockdown.sysctl import read_sysctl, write_sysctl
 
 SYSCTL_KEYS = ("accept_ra", "autoconf")
-RECHECK_SECONDS = 1.0
 RECORD_VERSION = 1
 _GLOB_CHARS = set("*?[")
 ADDR_PROTO_NAMES = {1: "kernel (loopback)", 2: "kernel SLAAC (router advertisement)", 3: "kernel (link-local)"}
@@ -217,9 +216,10 @@ class Ipv6Strip(Action[Params]):
     recorded with its prefix length, scope, flags (nodad, noprefixroute,
     mngtmpaddr, home, ...), label and remaining lifetimes, together with the
     IPv6 routes on those interfaces (the default route included) and the
-    old accept_ra/autoconf values. After removing, the step checks that no
-    global address is left, checks again a second later and strips whatever
-    came back, naming the network manager it suspects. Restore re-adds the
+    old accept_ra/autoconf values. Right after removing, the step checks
+    that no global address is left and strips whatever came back, naming the
+    network manager it suspects; ``lockdown guard INCIDENT`` keeps them away
+    afterwards (and accept_ra/autoconf at 0). Restore re-adds the
     addresses (finite lifetimes get what remains of them), then any missing
     routes, then the sysctls. If an interface has gone, the rest is restored
     and the step reports that part as failed.
@@ -356,9 +356,9 @@ class Ipv6Strip(Action[Params]):
             removed[ifname] = gone
             if gone:
                 ctx.note(f"{ifname}: removed {len(gone)} address(es): {', '.join(gone)}")
+        # One check right after removing; what comes back later is `lockdown guard`'s job
+        # (the run used to sleep a second here and check again).
         came_back = self._strip_leftovers(ctx, record, "after removing")
-        time.sleep(RECHECK_SECONDS)
-        came_back += self._strip_leftovers(ctx, record, f"{RECHECK_SECONDS:g} s later")
         targets = self._targets(record)
         left = [a for a in netlink.dump_addresses(AF_INET6) if a.ifname in targets and strippable(a, self.params)]
         after = {

@@ -49,6 +49,7 @@ COMMAND_MODULES: dict[str, str] = {
     "audit": "audit_cmd",
     "report": "audit_cmd",
     "queue": "queue_cmd",
+    "guard": "guard_cmd",
 }
 
 
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Commands whose --json output is one object per line: an error is one more line.
-_STREAMING = frozenset({"serve", "watch"})
+_STREAMING = frozenset({"serve", "watch", "guard"})
 
 
 def _report(message: str, hint: str | None, code: int, args: Sequence[str]) -> int:

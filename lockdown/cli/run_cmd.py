@@ -15,10 +15,14 @@ from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
 from lockdown.cli.output import FAIL, HELD, OK, Output, error_line
 from lockdown.engine import incident as inc
 from lockdown.engine import runner
+from lockdown.engine.drift import read_drifts
 from lockdown.engine.playbook import load_playbook, parse_var_overrides
 from lockdown.errors import ExitCode, IntegrityError, PartialRestore
 
 EMPTY = "empty: nothing was changed (the incident has no journal line)"
+
+#: How many drift entries `status` shows (the count covers all of them).
+DRIFT_SHOWN = 5
 
 RUN_EXIT = {
     "contained": ExitCode.OK,
@@ -95,6 +99,8 @@ def _summary(out: Output, result: runner.RunResult) -> None:
     out.line(f"{words[result.status]}: incident {result.incident_id}")
     out.line(f"  evidence: {result.incident_dir}")
     out.line(f"  undo everything: lockdown restore {result.incident_id}")
+    if result.status in ("contained", "partial"):
+        out.line(f"  keep it contained (unless `lockdown serve` runs): lockdown guard {result.incident_id}")
     if failed:
         out.line(f"  see what failed: lockdown status {result.incident_id}")
 
@@ -154,10 +160,12 @@ def status(
     base = root(state_dir)
     incident_id = pick_incident(base, incident, last=incident is None)
     view = inc.read_incident(base, incident_id)
+    drifts = read_drifts(view.chain.entries)
     if json_out:
-        out.json(view.as_dict())
+        out.json({**view.as_dict(), "drift": {"count": len(drifts), "last": drifts[-DRIFT_SHOWN:]}})
     else:
         _print_view(out, view)
+        _print_drift(out, drifts)
     if view.damage:
         message = f"incident {incident_id} is damaged: {view.damage}"
         hint = f"the steps shown are what its readable parts say; `lockdown restore {incident_id} --force` undoes them"
@@ -165,6 +173,15 @@ def status(
             out.info(error_line(message, hint))
             raise typer.Exit(int(ExitCode.FAILED))
         raise IntegrityError(message, hint)
+
+
+def _print_drift(out: Output, drifts: list[dict[str, Any]]) -> None:
+    if not drifts:
+        return
+    out.line()
+    out.line(f"  drift: {len(drifts)} re-assertion(s) by `lockdown guard`, last {min(len(drifts), DRIFT_SHOWN)}:")
+    for d in drifts[-DRIFT_SHOWN:]:
+        out.line(f"    {d.get('time')} [{d.get('step')}] {d.get('changed')}: {d.get('did')}")
 
 
 def _journal_line(view: inc.IncidentView) -> str:

@@ -1,16 +1,26 @@
-"""One run or restore at a time per state dir (flock on ``state_dir/lock``)."""
+"""One run or restore at a time per state dir (flock on ``state_dir/lock``).
+
+``lockdown guard`` takes the lock only for the moments it re-asserts
+containment and journals it (milliseconds, a Docker pause at most); a run or
+restore that finds the guard holding it waits up to ``GUARD_WAIT`` seconds
+instead of failing with Busy, so the two never fight over the lock.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
 from lockdown.errors import Busy, PrivilegeError
 from lockdown.layout import LOCK
 from lockdown.paths import ensure_dir
+
+#: How long anyone waits for a guard's re-assertion to release the lock.
+GUARD_WAIT = 5.0
 
 
 class StateLock:
@@ -32,10 +42,17 @@ class StateLock:
                 f"cannot use state dir {self.root}: permission denied",
                 "run as root, or pass --state-dir / LOCKDOWN_STATE_DIR pointing to a writable directory",
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
+        deadline = time.monotonic() + GUARD_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                # an empty holder is a lock being taken or released this instant
+                if (not holder or holder.get("operation") == "guard") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
             os.close(fd)
             what = holder.get("operation", "a run")
             incident = holder.get("incident") or "(starting)"
@@ -72,6 +89,22 @@ class StateLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def read_holder(root: Path) -> dict[str, object]:
+    """Who holds (or last held) the lock: {"pid", "operation", "incident"}, {} if unknown.
+
+    Read without locking: the guard asks this when the lock is busy, to tell
+    a restore of its own incident from anything else.
+    """
+    try:
+        fd = os.open(root / "lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return {}
+    try:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> dict[str, object]:

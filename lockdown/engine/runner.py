@@ -85,6 +85,7 @@ class RunResult:
         if self.incident_dir:
             out["incident_dir"] = str(self.incident_dir)
             out["restore_command"] = f"lockdown restore {self.incident_id}"
+            out["guard_command"] = f"lockdown guard {self.incident_id}"
         if self.plan:
             out["plan"] = self.plan
         return out
