@@ -720,6 +720,7 @@ def _reference_report(lines: list[str], year: int) -> dict[str, Any]:
                 rep.unparsed_lines += 1
                 rep.unparsed_sample = [*rep.unparsed_sample, line[:200]][:5]
             continue
+        rep.postfix_lines += 1
         for ev in c.feed(parsed):  # rejects, counted plainly (not with the module's own code)
             assert ev.kind == "reject"
             rep.rejects += 1

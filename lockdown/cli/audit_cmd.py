@@ -158,7 +158,7 @@ def _notes(r: object) -> list[str]:
 
     assert isinstance(r, Report)
     notes: list[str] = []
-    if r.lines and r.unparsed_lines == r.lines:
+    if r.lines and not r.postfix_lines:
         notes.append(f"nothing in the log looked like Postfix: none of its {r.lines} line(s) is a "
                      "postfix/* (or amavis) syslog line")  # fmt: skip
     elif r.lines and not r.gateway_seen and r.gateway_source != "option":

@@ -45,6 +45,7 @@ class Report:
     lines: int = 0
     duplicate_lines: int = 0
     cut_lines: int = 0
+    postfix_lines: int = 0
     unparsed_lines: int = 0
     unparsed_sample: list[str] = field(default_factory=list)
     messages: int = 0
@@ -84,6 +85,7 @@ class Report:
             "lines": self.lines,
             "duplicate_lines": self.duplicate_lines,
             "cut_lines": self.cut_lines,
+            "postfix_lines": self.postfix_lines,
             "unparsed_lines": self.unparsed_lines,
             "unparsed_sample": self.unparsed_sample,
             "messages": self.messages,
@@ -176,6 +178,7 @@ def analyse(
     tally.connects(correlator.connects)
     tally.done()
     report.lines, report.unparsed_lines = correlator.lines, correlator.unparsed
+    report.postfix_lines = correlator.lines - correlator.unparsed - correlator.blank
     report.unparsed_sample = list(correlator.unparsed_sample)
     report.learned_local = set(correlator.learned_local)
     return report
@@ -269,24 +272,34 @@ class _Tally:
         """One message: counted, and if it went outside, by client, sender and recipient domain."""
         r = self.report
         r.messages += 1
+        outside = [x for x in m.recipients if x.outside]
+        if not outside:
+            if not r.gateway_seen and self.matcher(m.client_addr):
+                r.gateway_seen = True
+            return
         gateway_client = self.matcher(m.client_addr)
         r.gateway_seen = r.gateway_seen or gateway_client
         from_gateway = gateway_client and m.sasl_username is None
-        domains = list(dict.fromkeys(domain_of(x.address) for x in m.recipients if x.outside))
-        if not domains:
-            return
+        domains = [domain_of(x.address) for x in outside]
+        if len(domains) > 1:
+            domains = list(dict.fromkeys(domains))
         r.outside_messages += 1
-        r.outside_recipients += sum(1 for x in m.recipients if x.outside)
+        r.outside_recipients += len(outside)
         r.by_client[m.client_addr or "unknown"] += 1
         r.by_sender_domain[domain_of(m.sender) or ("<>" if m.sender == "" else "unknown")] += 1
-        r.by_recipient_domain.update(domains)
+        for d in domains:
+            r.by_recipient_domain[d] += 1
         t = m.first_seen
         if t is not None:
-            r.first_outside = t if r.first_outside is None or t < r.first_outside else r.first_outside
-            r.last_outside = t if r.last_outside is None or t > r.last_outside else r.last_outside
-            slot = r.timeline.setdefault(self._minute(t), [0, 0, 0])
+            if r.first_outside is None or t < r.first_outside:
+                r.first_outside = t
+            if r.last_outside is None or t > r.last_outside:
+                r.last_outside = t
+            slot = r.timeline.get(self._minute(t))
+            if slot is None:
+                slot = r.timeline[self._minute(t)] = [0, 0, 0]
             slot[0] += 1
-            slot[1] += int(from_gateway)
+            slot[1] += from_gateway
         if from_gateway:
             self._signature(m, domains)
 

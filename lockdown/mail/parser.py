@@ -807,6 +807,7 @@ class Correlator:
         self.dropped = 0
         self.lines = 0
         self.unparsed = 0
+        self.blank = 0
         self.unparsed_sample: list[str] = []
 
     # ------------------------------------------------------------ results
@@ -838,8 +839,9 @@ class Correlator:
         return out
 
     def not_postfix(self, text: str) -> None:
-        """Count a line that ``parse_line`` could not read (blank lines are not counted)."""
+        """Count a line that ``parse_line`` could not read (blank lines apart, in ``blank``)."""
         if not text or text.isspace():
+            self.blank += 1
             return
         self.unparsed += 1
         if len(self.unparsed_sample) < _UNPARSED_SAMPLE:
@@ -1048,7 +1050,11 @@ class Correlator:
         except ValueError:
             delay = None
         key, m = self._get(qid, t)
-        r = m.recipient(address) if m.recipients else None
+        r = None
+        for known in reversed(m.recipients):  # Message.recipient, inline: once per delivery line
+            if known.address == address:
+                r = known
+                break
         if r is None:
             r = Recipient(address=address, relay=relay, status=status, dsn=dsn, time=t, delay=delay,
                           detail=detail or None, service=service)  # fmt: skip
@@ -1204,15 +1210,18 @@ class Correlator:
         m.removed = True
         if self.retire_after is None:
             return
-        gone = self._gone.setdefault(key, set())
-        gone.add(qid)
+        if key == qid and not m.queued_as:  # no content filter: this was its only queue id
+            self._closing.append((self.lines, key, m))
+            return
+        self._gone.setdefault(key, set()).add(qid)
         if self._complete(key, m):
             self._closing.append((self.lines, key, m))
 
     def _complete(self, key: str, m: Message) -> bool:
-        gone = self._gone.get(key, ())
+        """True when every queue id of ``m`` was seen ``removed`` (``m.removed``: its last one was)."""
         if not m.queued_as:
-            return key in gone
+            return m.removed
+        gone = self._gone.get(key, ())
         return key in gone and all(q in gone for q in m.queued_as)
 
     def _forget(self, key: str, m: Message) -> None:
@@ -1226,6 +1235,9 @@ class Correlator:
         """``second`` is the queue id a content filter gave the same message."""
         if second == key or second in m.queued_as:
             return
+        retiring = self.retire_after is not None
+        if retiring and m.removed and not m.queued_as:  # its key's removal was not written down (_on_removed)
+            self._gone.setdefault(key, set()).add(key)
         m.queued_as.append(second)
         self._alias[second] = key
         if self.max_open is not None:
@@ -1234,8 +1246,10 @@ class Correlator:
             while len(aliases) > self.max_open:
                 aliases.popitem(last=False)
         other = self._open.pop(second, None)
-        other_gone = self._gone.pop(second, None)
-        if other_gone and self.retire_after is not None:
+        other_gone = self._gone.pop(second, set())
+        if other is not None and other.removed and not other.queued_as:
+            other_gone.add(second)
+        if other_gone and retiring:
             self._gone.setdefault(key, set()).update(other_gone)
         if other is None or other is m:
             return
