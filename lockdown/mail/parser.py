@@ -5,7 +5,7 @@ Three layers, each usable alone:
 ``parse_line(line)``
     One log line -> ``LogLine`` (time, host, service, pid, queue id, message),
     or None for a line that is not from Postfix. Understands RFC 3164
-    (``Nov 22 23:43:37 host postfix/smtpd[123]: ...``), RFC 3339
+    (``Nov 22 23:43:37 host postfix/smtpd[123]: ...``, the day padded or not), RFC 3339
     (docker-mailserver >= 14) and Docker's ``--timestamps`` prefix in front of
     either. Amavis lines (``amavis[pid]: ... queued_as: X``) are parsed too,
     because they link a content filter's second queue id to the first.
@@ -16,9 +16,13 @@ Three layers, each usable alone:
     Joins the lines of each message (smtpd ``client=``, cleanup
     ``message-id=``, qmgr ``from=``, delivery agents ``to=``) and emits
     ``MessageEvent``s: ``outside-recipient``, ``reject`` and ``connect``.
+    Each kind of line has one ``_on_*`` method that decides what it means;
+    ``feed_block``'s regular-expression first pass only takes fields out of
+    the usual lines, and ``_handle`` takes the same fields out of any other.
 
-Everything here reads attacker-controlled text: no regular expression that
-can backtrack, only ``str`` methods, and every loop is bounded by the line.
+Everything here reads attacker-controlled text: regular expressions that
+cannot backtrack (possessive quantifiers, lookarounds), ``str`` methods, and
+every loop bounded by the line.
 """
 
 from __future__ import annotations
@@ -384,14 +388,6 @@ def _may_hold_long_line(data: bytes, max_line: int) -> bool:
     )
 
 
-def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE) -> Iterable[str]:
-    """Lines from an iterable of byte chunks (a file read in blocks, a socket...)."""
-    splitter = LineSplitter(max_line)
-    for chunk in chunks:
-        yield from splitter.feed(chunk)
-    yield from splitter.flush()
-
-
 # --------------------------------------------------------------------------- gateways
 
 
@@ -497,10 +493,6 @@ class Recipient:
     service: str | None = None
     outside: bool = False
 
-    @property
-    def domain(self) -> str:
-        return domain_of(self.address)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -540,10 +532,6 @@ class Message:
     def outside(self) -> bool:
         """True when at least one recipient is in an outside domain."""
         return any(r.outside for r in self.recipients)
-
-    @property
-    def sender_domain(self) -> str:
-        return domain_of(self.sender)
 
     def recipient(self, address: str) -> Recipient | None:
         for r in reversed(self.recipients):
@@ -670,41 +658,40 @@ _QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
 _HEADER = r" (?:(?! )[^ \n:]*+(?::(?! )[^ \n:]*+)*+ )?+(?=postfix)([^ \n:\[]++)(?:\[[^ \n:\[\]]*+\])?+: "
 _NOT_HEADER = _HEADER.replace("([", "(?:[", 1)
 _EOL = r"(?![^\n])"
-#: The usual shapes of the lines a message is made of, their fields captured (the flag groups
-#: ``(c)``, ``(t)``, ``(m)``, ``(d)`` say which shape matched): the fields ``Correlator`` would take
-#: out of the same text with ``str`` methods (``_client``, ``_delivery``, ``_qmgr_from``).
+#: The usual shapes of the lines a message is made of, their fields captured: the fields
+#: ``Correlator`` would take out of the same text with ``str`` methods (``_client``, ``_delivery``,
+#: ``_qmgr_from``). Each shape's first group is never empty (it keeps a bracket or a key), so it
+#: says which shape matched; 16 groups in all keep a row under the 20 items of CPython's tuple cache.
 _SHAPES = (
-    r"(c)lient=([^\[\n,]*+)\[(?:[iI][pP][vV]6:)?+([^\]\n,]*+)\](?:, sasl_method=([^,\n]*+), sasl_username=([^,\n]*+))?+"
+    r"client=([^\[\n,]*+\[)(?:[iI][pP][vV]6:)?+([^\]\n,]*+)\]((?:, sasl_method=[^,\n]*+, sasl_username=[^,\n]*+)?+)"
     + _EOL
-    + r"|(t)o=<([^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), "
-    r"status=([^ \n]*+)(?: ([^\n]*+))?+"
-    + _EOL
+    + r"|to=(<[^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), status=([^\n]*+)"
     + r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)"
     + _EOL
-    + r"|(m)essage-id=([^\n]*+)"
-    r"|remove(d)" + _EOL
+    + r"|(message-id=[^\n]*+)"
+    r"|(removed)" + _EOL
 )
 #: Connection lines (no queue id), the client address captured, as ``_connect`` reads it.
-_CONNECTS = (
-    r"CONNECT from \[(?:[iI][pP][vV]6:)?+([^\] \n]++)\]|connect from [^\[\n]*+\[(?:[iI][pP][vV]6:)?+([^\]\n]++)\]"
-)
+_CONNECTS = r"(?:CONNECT from |connect from [^\[\n]*+)\[(?:[iI][pP][vV]6:)?+([^\] \n]++)\]"
 
 
 def _first_pass(connects: bool) -> re.Pattern[str]:
     """The fast first pass of ``Correlator.feed_block`` (``connects``: with ``_CONNECTS``).
 
     For a line with an RFC 3164 timestamp and the usual header, it captures the stamp, the
-    service and the queue id, then either the fields of a usual shape (``_SHAPES``,
-    ``_CONNECTS``) or the message, when it starts with a marker. A line without that timestamp
-    and header (Docker's prefix, RFC 3339, Amavis, other programs, blank lines, odd tags) is
-    captured whole in the last group, for ``parse_line``. Lines left out are Postfix lines whose
-    message ``_handle`` ignores. Possessive quantifiers and lookarounds only: no backtracking.
+    service and the queue id, then either the fields of a usual shape (``_SHAPES`` after a
+    queue id, ``_CONNECTS`` without one) or the message, when it starts with a marker. A line
+    without that timestamp and header (Docker's prefix, RFC 3339, Amavis, other programs, blank
+    lines, odd tags) is captured whole in the last group, for ``parse_line``. Lines left out are
+    Postfix lines whose message ``_handle`` ignores. Possessive quantifiers, lookarounds and
+    conditionals only: no backtracking, whatever the text.
     """
     return re.compile(
         r"\n(?:(" + _STAMP + r")" + _HEADER
-        + r"(?:(" + _QID + r"): (?:" + _SHAPES + r")"
-        + (r"|" + _CONNECTS if connects else r"|(?!)()()")
-        + r"|(?:(" + _QID + r"|NOQUEUE): )?+((?:" + _MARKERS + r")[^\n]*+))"
+        + r"(?:(" + _QID + r"|NOQUEUE): )?+"
+        + r"(?:(?(3)(?<!NOQUEUE: )(?:" + _SHAPES + r")|(?!))"
+        + (r"|(?(3)(?!)|" + _CONNECTS + r")" if connects else r"|(?!)()")
+        + r"|((?:" + _MARKERS + r")[^\n]*+))"
         r"|(?!" + _STAMP + _NOT_HEADER + r")([^\n]*+))"
     )  # fmt: skip
 
@@ -881,15 +868,14 @@ class Correlator:
         connects: list[tuple[str, str]] = []
         pattern = _FIRST_PASS_CONNECTS if self._count_connects else _FIRST_PASS
         for (
-            stamp, service, qid, client, host, addr, method, user,
-            to, address, relay, delay, dsn, status, detail, sender, size, nrcpt,
-            mid, message_id, removed, connect_bare, connect_addr, g_qid, body, other,
+            stamp, service, qid, host, addr, sasl, to, relay, delay, dsn, status,
+            sender, size, nrcpt, message_id, removed, connect, body, other,
         ) in pattern.findall("\n" + text):  # fmt: skip
             if not stamp:
                 self._parse(other, year)
                 continue
-            if connect_bare or connect_addr:
-                connects.append((service, connect_bare or connect_addr))
+            if connect:
+                connects.append((service, connect))
                 continue
             t = stamps.get(stamp, _MISSING)
             if t is _MISSING:
@@ -897,17 +883,22 @@ class Correlator:
                     stamps.clear()
                 t = stamps[stamp] = _stamp_time(stamp, year)
             if to:
-                self._on_delivery(t, service, qid, address, relay, dsn, delay, status, detail or None)
-            elif client:
-                self._on_client(t, service, qid, host or None, addr or None, method or None, user or None)
+                status, _, rest = status.partition(" ")
+                self._on_delivery(t, service, qid, to[1:], relay, dsn, delay, status, rest or None)
+            elif host:
+                method = user = None
+                if sasl:  # ", sasl_method=X, sasl_username=Y"
+                    _, method_item, user_item = sasl.split(", ")
+                    method, user = method_item[12:] or None, user_item[14:] or None
+                self._on_client(t, service, qid, host[:-1] or None, addr or None, method, user)
             elif size:
                 self._on_queued(t, service, qid, sender, int(size), int(nrcpt))
             elif removed:
                 self._on_removed(t, service, qid)
-            elif mid:
-                self._on_message_id(t, service, qid, message_id)
+            elif message_id:
+                self._on_message_id(t, service, qid, message_id[11:])
             else:
-                self._handle(t, service, g_qid or None, body)
+                self._handle(t, service, qid or None, body)
         for (service, addr), n in Counter(connects).items():
             self._on_connect(None, service, None, addr, n)
         return out
