@@ -197,15 +197,15 @@ def _print_report(out: Output, r: object) -> None:
     if held is not None:
         out.line(f"held at containment: {held['messages']} message(s), "
                  f"{held['outside_recipients']} of {held['recipients']} recipient(s) outside")  # fmt: skip
-    for title, counter in (
-        ("by client", r.by_client),
-        ("by sender domain", r.by_sender_domain),
-        ("by recipient domain", r.by_recipient_domain),
-        ("held, by outside recipient domain", Counter(held["by_recipient_domain"]) if held else Counter()),
+    for title, counter, unit in (
+        ("by client", r.by_client, "messages"),
+        ("by sender domain", r.by_sender_domain, "messages"),
+        ("by recipient domain", r.by_recipient_domain, "messages"),
+        ("held, outside domain", Counter(held["by_recipient_domain"]) if held else Counter(), "recipients"),
     ):
         if counter:
             out.line()
-            out.table([[_printable(k), str(v)] for k, v in top(counter, 10)], [title, "messages"])
+            out.table([[_printable(k), str(v)] for k, v in top(counter, 10)], [title, unit])
 
 
 def register(app: typer.Typer) -> None:
