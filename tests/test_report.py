@@ -481,5 +481,10 @@ def test_incident_report_uses_its_evidence(log: Path, tmp_path: Path) -> None:
     assert d["signature_messages"] == 0  # 172.17.0.1 is not this incident's gateway
     assert d["held_queue"]["outside_recipients"] == 2 and d["held_queue"]["by_recipient_domain"] == {
         "qq.com": 1, "163.com": 1}  # fmt: skip
-    r = run_cli("report", "--last", state_dir=state)
+    html = tmp_path / "incident.html"
+    r = run_cli("report", "--last", "--html", str(html), state_dir=state)
     assert "held at containment: 2 message(s), 2 of 3 recipient(s) outside" in r.stdout
+    assert re.search(r"^qq\.com\s+1$", r.stdout, re.M)
+    page = html.read_text()
+    assert "Held in the queue at containment: 2 message(s), 2 of 3 recipient(s) outside" in page
+    assert "11111@qq.com (outside)" in page and "postmaster@lab.example" in page
