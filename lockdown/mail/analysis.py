@@ -199,6 +199,8 @@ def _read(
                 _feed_once(correlator, text, year, tally, seen, index)
         for m in correlator.drain():
             tally.add(m)
+        tally.connects(correlator.connects)  # counted as they come: memory does not grow with clients
+        correlator.connects.clear()
     for text in splitter.flush():
         if seen is None:
             tally.events(correlator.feed_text(text, year))
