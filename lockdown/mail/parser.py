@@ -731,9 +731,13 @@ def might_matter(text: str) -> bool:
 class Correlator:
     """Joins Postfix lines into messages and emits events as lines arrive.
 
-    ``_handle`` is the one place where a line's meaning is decided; ``feed``
-    (a parsed line), ``feed_text`` (a line of text) and ``feed_block`` (many
-    lines, split by one regular-expression pass) all end there.
+    Each kind of line has one method that decides what it means (``_on_client``,
+    ``_on_delivery``, ``_on_queued``, ``_on_message_id``, ``_on_removed``,
+    ``_on_connect``, ``_reject``, ``_amavis``; pickup's ``uid=`` in ``_handle``).
+    ``feed`` (a parsed line) and ``feed_text`` (a line of text) reach them
+    through ``_handle``, which takes the fields out with ``str`` methods;
+    ``feed_block`` (many lines) through one regular-expression pass that takes
+    the same fields out of the usual lines, and ``_handle`` for the others.
 
     ``local_domains``: the domains this server delivers locally; any other
     recipient domain is outside. Without it, a recipient is outside when a
