@@ -262,3 +262,229 @@ def test_watch_and_report_read_the_same_gateways_from_docker_networks() -> None:
         {"Name": "none", "IPAM": {"Config": []}},
     ]
     assert network_gateways(nets) == ["172.17.0.1", "172.30.0.1", "2001:db8:1::1"]
+
+
+# ----------------------------------------------------------------- right on real logs (issue 15, item 6)
+
+MILTER = [
+    # rspamd/opendkim as a milter: refused at end of DATA (a queue id) and at MAIL FROM (NOQUEUE)
+    "Mar  7 02:09:30 mail postfix/smtpd[1234]: connect from host[192.0.2.151]",
+    "Mar  7 02:09:31 mail postfix/smtpd[1234]: 1D8CC1CA0A7F: client=host[192.0.2.151]",
+    "Mar  7 02:09:33 mail postfix/smtpd[1234]: 1D8CC1CA0A7F: milter-reject: END-OF-MESSAGE from host[192.0.2.151]: "
+    "5.7.1 Spam message rejected; from=<a@spam.example> to=<c@lab.example> proto=ESMTP helo=<x>",
+    "Mar  7 02:09:34 mail postfix/smtpd[1234]: 2E9DD2DB1B80: client=unknown[172.17.0.1]",
+    "Mar  7 02:09:35 mail postfix/smtpd[1234]: 2E9DD2DB1B80: milter-reject: DATA from unknown[172.17.0.1]: "
+    "550 5.7.1 Gtube pattern; from=<a@spam.example> to=<d@qq.com> proto=ESMTP helo=<x>",
+    "Mar  7 02:09:36 mail postfix/smtpd[1235]: NOQUEUE: milter-reject: MAIL from unknown[172.17.0.1]: "
+    "451 4.7.1 Try again later; from=<b@spam.example> proto=ESMTP helo=<y>",
+]
+
+
+def _log(tmp_path: Path, lines: list[str], name: str = "mail.log") -> Path:
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_milter_rejects_in_both_forms_are_rejects(tmp_path: Path) -> None:
+    code, out, err = report("--log", str(_log(tmp_path, MILTER)), "--gateway", GW, "--year", "2026", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["rejects"] == {"total": 3, "by_code": {"550": 2, "451": 1}, "from_gateway": 2}
+    assert d["unparsed_lines"] == 0
+
+
+def test_a_day_without_padding_is_read(tmp_path: Path) -> None:
+    """``Mar 7 02:09:33`` (some syslog daemons write the day unpadded) is read like ``Mar  7``."""
+    padded = [ln.replace("Nov 22", "Mar  7") for ln in relayed(1, 43)]
+    unpadded = [ln.replace("Mar  7", "Mar 7") for ln in padded]
+    assert unpadded[0].startswith("Mar 7 23:43:")
+    args = ("--gateway", GW, "--year", "2026", "--json")
+    one = json.loads(report("--log", str(_log(tmp_path, padded, "a.log")), *args)[1])
+    two = json.loads(report("--log", str(_log(tmp_path, unpadded, "b.log")), *args)[1])
+    assert two["messages"] == 1 and two["signature_messages"] == 1 and two["unparsed_lines"] == 0
+    assert two["first_abuse"] == one["first_abuse"] == "2026-03-07T23:43:11+00:00"
+
+
+VERIFY = [
+    # ``sendmail -bv someone@gmail.com`` as root: a probe (nothing is sent), then its report to root
+    "Mar  7 02:10:00 mail postfix/pickup[200]: 3A1B2C3D4E: uid=0 from=<root>",
+    "Mar  7 02:10:00 mail postfix/cleanup[201]: 3A1B2C3D4E: message-id=<20260307021000.3A1B2C3D4E@mail.lab.example>",
+    "Mar  7 02:10:00 mail postfix/qmgr[202]: 3A1B2C3D4E: from=<root@mail.lab.example>, size=300, nrcpt=1 "
+    "(queue active)",
+    "Mar  7 02:10:01 mail postfix/smtp[203]: 3A1B2C3D4E: to=<someone@gmail.com>, "
+    "relay=gmail-smtp-in.l.google.com[142.250.1.27]:25, delay=0.9, delays=0.01/0/0.5/0.4, dsn=2.1.5, "
+    "status=deliverable (250 2.1.5 OK)",
+    "Mar  7 02:10:01 mail postfix/bounce[204]: 3A1B2C3D4E: sender delivery status notification: 4B2C3D4E5F",
+    "Mar  7 02:10:01 mail postfix/cleanup[201]: 4B2C3D4E5F: message-id=<20260307021001.4B2C3D4E5F@mail.lab.example>",
+    "Mar  7 02:10:01 mail postfix/qmgr[202]: 4B2C3D4E5F: from=<>, size=2000, nrcpt=1 (queue active)",
+    "Mar  7 02:10:01 mail postfix/local[205]: 4B2C3D4E5F: to=<root@mail.lab.example>, relay=local, delay=0.01, "
+    "delays=0/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
+    "Mar  7 02:10:01 mail postfix/qmgr[202]: 4B2C3D4E5F: removed",
+    "Mar  7 02:10:01 mail postfix/qmgr[202]: 3A1B2C3D4E: removed",
+    # smtpd's reject_unverified_recipient probe from the gateway-facing smtpd: undeliverable
+    "Mar  7 02:11:00 mail postfix/cleanup[201]: 5C3D4E5F6A: message-id=<20260307021100.5C3D4E5F6A@mail.lab.example>",
+    "Mar  7 02:11:00 mail postfix/qmgr[202]: 5C3D4E5F6A: from=<double-bounce@mail.lab.example>, size=250, nrcpt=1 "
+    "(queue active)",
+    "Mar  7 02:11:01 mail postfix/smtp[203]: 5C3D4E5F6A: to=<nobody@163.com>, relay=mx.163.com[203.0.113.9]:25, "
+    "delay=0.5, delays=0/0/0.3/0.2, dsn=5.1.1, status=undeliverable (host mx.163.com[203.0.113.9] said: "
+    "550 5.1.1 no such user (in reply to RCPT TO command))",
+    "Mar  7 02:11:01 mail postfix/qmgr[202]: 5C3D4E5F6A: removed",
+]
+
+
+def test_address_verification_is_not_mail_relayed_outside(tmp_path: Path) -> None:
+    code, out, err = report("--log", str(_log(tmp_path, VERIFY)), "--gateway", GW, "--year", "2026", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["messages"] == 3
+    assert (d["outside_messages"], d["outside_recipients"], d["by_recipient_domain"]) == (0, 0, {})
+
+
+def test_lines_that_are_not_postfix_are_counted_and_shown(log: Path) -> None:
+    code, out, err = report("--log", str(log), "--gateway", GW, "--year", "2026", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["unparsed_lines"] == 1
+    assert d["unparsed_sample"] == ["Nov 22 23:46:04 mail dovecot: imap-login: Login: user=<alice@lab.example>"]
+    code, out, err = report("--log", str(log), "--gateway", GW, "--year", "2026")
+    assert "not Postfix:         1 line(s), e.g.\n  Nov 22 23:46:04 mail dovecot: imap-login:" in out
+    assert "lockdown: note" not in err
+
+
+def test_a_file_that_is_not_a_mail_log_says_nothing_looked_like_postfix() -> None:
+    text = Path("/etc/services").read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    code, out, err = report("--log", "/etc/services", "--gateway", GW, "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["lines"] == len(text.splitlines()) and d["unparsed_lines"] == len(lines) and d["messages"] == 0
+    assert d["unparsed_sample"] == lines[:5]
+    assert err.splitlines() == [
+        f"lockdown: note: nothing in the log looked like Postfix: none of its {d['lines']} line(s) is a "
+        "postfix/* (or amavis) syslog line"
+    ]
+
+
+def test_hostile_bytes_in_a_line_that_is_not_postfix_are_escaped(tmp_path: Path) -> None:
+    p = tmp_path / "mail.log"
+    p.write_bytes(b"evil \x1b[2J\x1b]0;pwned\x07 line\n")
+    code, out, _ = report("--log", str(p), "--gateway", GW)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "  evil \\x1b[2J\\x1b]0;pwned\\x07 line" in out
+
+
+def test_log_without_a_gateway_client_says_so_and_suggests_the_option(tmp_path: Path) -> None:
+    lines = relayed(1, 43, client="198.51.100.7")
+    r = run_cli("report", "--log", str(_log(tmp_path, lines)), "--year", "2026", "--json",
+                env={"DOCKER_HOST": "unix:///nonexistent"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["gateway_source"], d["gateway_seen"]) == ("default-pools", False)
+    assert r.stderr.splitlines() == [
+        "lockdown: note: no client in the log is one of the gateways (default-pools): if the mail server's "
+        "Docker network uses another, give it with --gateway ADDR"
+    ]
+    code, out, err = report("--log", str(_log(tmp_path, lines)), "--gateway", "172.18.0.1", "--json")
+    assert code == 0 and json.loads(out)["gateway_seen"] is False and err == ""
+
+
+# ----------------------------------------------------------------- what the incident's own evidence says
+
+
+def _inspect(gateway: str, v6: str = "") -> dict[str, Any]:
+    """The part of ``docker inspect`` that docker.inspect writes to evidence/docker/<name>/inspect.json."""
+    return {
+        "Id": "0123456789ab" * 5 + "cdef",
+        "Name": "/mailserver",
+        "NetworkSettings": {
+            "Networks": {
+                "mail_default": {"Gateway": gateway, "IPAddress": "172.30.0.2", "IPv6Gateway": v6, "MacAddress": ""}
+            }
+        },
+    }
+
+
+POSTCONF = """\
+mydestination = $myhostname, localhost.$mydomain, localhost, $mydomain
+myhostname = mail.lab.example
+mydomain = lab.example
+relay_domains = partner.example, hash:/etc/postfix/relay_domains
+virtual_mailbox_domains = /etc/postfix/vhost
+"""
+
+POSTQUEUE = [
+    {"queue_name": "hold", "queue_id": "7F1A2B3C4D", "arrival_time": 1763854000, "message_size": 1800,
+     "forced_expire": False, "sender": "bot1@spam.example",
+     "recipients": [{"address": "11111@qq.com", "delay_reason": "connect to mx3.qq.com[203.0.113.7]:25: timed out"},
+                    {"address": "22222@163.com"}]},
+    {"queue_name": "hold", "queue_id": "8A2B3C4D5E", "arrival_time": 1763854001, "message_size": 900,
+     "forced_expire": False, "sender": "", "recipients": [{"address": "postmaster@lab.example"}]},
+]  # fmt: skip
+
+
+def _evidence(incident_dir: Path) -> None:
+    ev = incident_dir / "evidence"
+    (ev / "docker" / "mailserver").mkdir(parents=True, exist_ok=True)
+    (ev / "docker" / "mailserver" / "inspect.json").write_text(json.dumps(_inspect("172.30.0.1", "2001:db8:30::1")))
+    (ev / "queue" / "mailserver").mkdir(parents=True, exist_ok=True)
+    (ev / "queue" / "mailserver" / "postqueue.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in POSTQUEUE) + "{not json\n"
+    )
+    (ev / "queue" / "mailserver" / "postconf.txt").write_text(POSTCONF)
+
+
+def test_incident_gateways_local_domains_and_held_spam_come_from_its_own_evidence(tmp_path: Path) -> None:
+    from lockdown.mail.evidence import choose_gateways, held_queue, local_domains_from_evidence
+
+    inc = tmp_path / "incident"
+    inc.mkdir()
+    assert choose_gateways(None, inc)[1] == "default-pools"  # never this host's Docker
+    _evidence(inc)
+    assert choose_gateways(None, inc) == (["172.30.0.1", "2001:db8:30::1"], "incident")
+    assert choose_gateways([GW], inc) == ([GW], "option")
+    assert local_domains_from_evidence(inc) == {"mail.lab.example", "localhost.lab.example", "localhost",
+                                                "lab.example", "partner.example"}  # fmt: skip
+    held = held_queue(inc, {"lab.example"}, set())
+    assert held is not None
+    d = held.as_dict()
+    assert (d["messages"], d["recipients"], d["outside_recipients"], d["unreadable_lines"]) == (2, 3, 2, 1)
+    assert d["by_recipient_domain"] == {"qq.com": 1, "163.com": 1}
+    assert d["sample"][0] == {
+        "container": "mailserver", "queue_id": "7F1A2B3C4D", "queue_name": "hold", "sender": "bot1@spam.example",
+        "arrival_time": 1763854000,
+        "recipients": [{"address": "11111@qq.com", "outside": True}, {"address": "22222@163.com", "outside": True}],
+    }  # fmt: skip
+
+
+def test_incident_report_uses_its_evidence(log: Path, tmp_path: Path) -> None:
+    """A real incident (logs.files), with the evidence docker.inspect, postfix.hold_queue and postconf leave."""
+    if not Path("/var/run/docker.sock").exists():
+        unavailable("logs.files needs the Docker socket (its privilege check)")
+    lines = incident_log() + relayed(30, 47, client="172.30.0.1", domain="partner.example")
+    pb = tmp_path / "logs.toml"
+    pb.write_text(
+        'name = "mail-evidence"\n[[steps]]\nid = "logs"\naction = "logs.files"\ncontainer = "none"\n'
+        f'host_paths = ["{_log(tmp_path, lines, "inc.log")}"]\n'
+    )
+    state = tmp_path / "state"
+    r = run_cli("run", str(pb), "--json", state_dir=state)
+    assert r.returncode == 0, r.stdout + r.stderr
+    incident = json.loads(r.stdout)["incident_id"]
+    _evidence(state / "incidents" / incident)
+    r = run_cli("report", "--last", "--json", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["gateway_source"], d["gateways"]) == ("incident", ["172.30.0.1", "2001:db8:30::1"])
+    assert "partner.example" in d["local_domains"] and "partner.example" not in d["by_recipient_domain"]
+    assert d["signature_messages"] == 0  # 172.17.0.1 is not this incident's gateway
+    assert d["held_queue"]["outside_recipients"] == 2 and d["held_queue"]["by_recipient_domain"] == {
+        "qq.com": 1, "163.com": 1}  # fmt: skip
+    html = tmp_path / "incident.html"
+    r = run_cli("report", "--last", "--html", str(html), state_dir=state)
+    assert "held at containment: 2 message(s), 2 of 3 recipient(s) outside" in r.stdout
+    assert re.search(r"^qq\.com\s+1$", r.stdout, re.M)
+    page = html.read_text()
+    assert "Held in the queue at containment: 2 message(s), 2 of 3 recipient(s) outside" in page
+    assert "11111@qq.com (outside)" in page and "postmaster@lab.example" in page

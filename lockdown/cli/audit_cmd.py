@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -148,6 +149,8 @@ def report(
         result = rp.incident_report(base, incident_id, gateways=gateway, local_domains=domains, year=year)
         if not result.sources:
             out.info(f"lockdown: note: incident {incident_id} holds no log files (logs.container / logs.files)")
+    for note in _notes(result):
+        out.info(f"lockdown: note: {note}")
     if html_file is not None:
         rp.write_html(result, html_file)
         out.info(f"lockdown: HTML report written to {html_file}")
@@ -157,7 +160,29 @@ def report(
     _print_report(out, result)
 
 
+def _printable(text: object) -> str:
+    """A log's text made safe for a terminal: control and other unprintable characters escaped."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def _notes(r: object) -> list[str]:
+    """What the reader should know about the input itself: nothing Postfix in it, or no gateway seen."""
+    from lockdown.mail.report import Report
+
+    assert isinstance(r, Report)
+    notes: list[str] = []
+    if r.lines and not r.postfix_lines:
+        notes.append(f"nothing in the log looked like Postfix: none of its {r.lines} line(s) is a "
+                     "postfix/* (or amavis) syslog line")  # fmt: skip
+    elif r.lines and not r.gateway_seen and r.gateway_source != "option":
+        notes.append(f"no client in the log is one of the gateways ({r.gateway_source}): if the mail "
+                     "server's Docker network uses another, give it with --gateway ADDR")  # fmt: skip
+    return notes
+
+
 def _print_report(out: Output, r: object) -> None:
+    from lockdown.mail.analysis import top
     from lockdown.mail.report import Report
 
     assert isinstance(r, Report)
@@ -165,6 +190,10 @@ def _print_report(out: Output, r: object) -> None:
     if r.incident:
         out.line(f"incident {r.incident['incident_id']}")
     out.line(f"read {d['lines']} lines from {len(d['sources'])} source(s)")
+    if r.unparsed_lines:
+        out.line(f"not Postfix:         {r.unparsed_lines} line(s), e.g.")
+        for sample in r.unparsed_sample[:3]:
+            out.line(f"  {_printable(sample)}")
     more = " ..." if len(d["gateways"]) > 6 else ""
     out.line(f"gateways ({d['gateway_source']}): {', '.join(d['gateways'][:6])}{more}")
     out.line()
@@ -178,14 +207,19 @@ def _print_report(out: Output, r: object) -> None:
         out.line(f"containment:         {d['containment_time']}")
         out.line(f"abusive before/after containment: {d['before_containment']} / {d['after_containment']}")
     out.line(f"rejects:             {d['rejects']['total']} ({d['rejects']['from_gateway']} from a gateway)")
-    for title, counter in (
-        ("by client", r.by_client),
-        ("by sender domain", r.by_sender_domain),
-        ("by recipient domain", r.by_recipient_domain),
+    held = r.held_queue
+    if held is not None:
+        out.line(f"held at containment: {held['messages']} message(s), "
+                 f"{held['outside_recipients']} of {held['recipients']} recipient(s) outside")  # fmt: skip
+    for title, counter, unit in (
+        ("by client", r.by_client, "messages"),
+        ("by sender domain", r.by_sender_domain, "messages"),
+        ("by recipient domain", r.by_recipient_domain, "messages"),
+        ("held, outside domain", Counter(held["by_recipient_domain"]) if held else Counter(), "recipients"),
     ):
         if counter:
             out.line()
-            out.table([[k, str(v)] for k, v in counter.most_common(10)], [title, "messages"])
+            out.table([[_printable(k), str(v)] for k, v in top(counter, 10)], [title, unit])
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,7 @@ Three layers, each usable alone:
 ``parse_line(line)``
     One log line -> ``LogLine`` (time, host, service, pid, queue id, message),
     or None for a line that is not from Postfix. Understands RFC 3164
-    (``Nov 22 23:43:37 host postfix/smtpd[123]: ...``), RFC 3339
+    (``Nov 22 23:43:37 host postfix/smtpd[123]: ...``, the day padded or not), RFC 3339
     (docker-mailserver >= 14) and Docker's ``--timestamps`` prefix in front of
     either. Amavis lines (``amavis[pid]: ... queued_as: X``) are parsed too,
     because they link a content filter's second queue id to the first.
@@ -16,16 +16,20 @@ Three layers, each usable alone:
     Joins the lines of each message (smtpd ``client=``, cleanup
     ``message-id=``, qmgr ``from=``, delivery agents ``to=``) and emits
     ``MessageEvent``s: ``outside-recipient``, ``reject`` and ``connect``.
+    Each kind of line has one ``_on_*`` method that decides what it means;
+    ``feed_block``'s regular-expression first pass only takes fields out of
+    the usual lines, and ``_handle`` takes the same fields out of any other.
 
-Everything here reads attacker-controlled text: no regular expression that
-can backtrack, only ``str`` methods, and every loop is bounded by the line.
+Everything here reads attacker-controlled text: regular expressions that
+cannot backtrack (possessive quantifiers, lookarounds), ``str`` methods, and
+every loop bounded by the line.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -78,8 +82,32 @@ def _looks_iso(s: str) -> bool:
     return len(s) > 19 and s[4] == "-" and s[7] == "-" and s[10] == "T" and s[:4].isdigit()
 
 
-def _looks_3164(s: str) -> bool:
-    return len(s) > 16 and s[3] == " " and s[6] == " " and s[9] == ":" and s[15] == " " and s[:3] in _MONTHS
+def _stamp_at(s: str) -> tuple[str, int] | None:
+    """The RFC 3164 timestamp at the start of ``s``, day space-padded (``Mar  7 02:09:33``), and
+    where the text after it starts; None when there is none.
+
+    The day may also be unpadded (``Mar 7 02:09:33``), as some syslog daemons write it.
+    """
+    if len(s) > 16 and s[3] == " " and s[6] == " " and s[9] == ":" and s[15] == " " and s[:3] in _MONTHS:
+        return s[:15], 16
+    if (
+        len(s) > 15
+        and s[3] == " "
+        and s[4] in "123456789"
+        and s[5] == " "
+        and s[8] == ":"
+        and s[14] == " "
+        and (s[:3] in _MONTHS)
+    ):
+        return f"{s[:3]}  {s[4:14]}", 15
+    return None
+
+
+def _stamp_time(stamp: str, year: int | None) -> datetime | None:
+    """``_time_3164`` of a stamp as ``_FIRST_PASS`` captures it (the day padded or not)."""
+    if len(stamp) == 14:
+        stamp = f"{stamp[:3]}  {stamp[4:]}"
+    return _time_3164(stamp, year, None, None)
 
 
 def _iso(text: str) -> datetime | None:
@@ -208,16 +236,16 @@ def parse_line(line: str, year: int | None = None, *, tz: tzinfo | None = None) 
             docker_time = first
             when = _iso(after[:sp2]) or first
             rest = after[sp2 + 1 :]
-        elif _looks_3164(after):
+        elif (found := _stamp_at(after)) is not None:
             docker_time = first
-            when = _time_3164(after[:15], year, tz, first) or first
-            rest = after[16:].lstrip(" ")
+            when = _time_3164(found[0], year, tz, first) or first
+            rest = after[found[1] :].lstrip(" ")
         else:
             when = first
             rest = after
-    elif _looks_3164(rest):
-        when = _time_3164(rest[:15], year, tz, None)
-        rest = rest[16:].lstrip(" ")
+    elif (found := _stamp_at(rest)) is not None:
+        when = _time_3164(found[0], year, tz, None)
+        rest = rest[found[1] :].lstrip(" ")
 
     colon = rest.find(": ")
     if colon < 0:
@@ -360,14 +388,6 @@ def _may_hold_long_line(data: bytes, max_line: int) -> bool:
     )
 
 
-def iter_lines(chunks: Iterable[bytes], max_line: int = MAX_LINE) -> Iterable[str]:
-    """Lines from an iterable of byte chunks (a file read in blocks, a socket...)."""
-    splitter = LineSplitter(max_line)
-    for chunk in chunks:
-        yield from splitter.feed(chunk)
-    yield from splitter.flush()
-
-
 # --------------------------------------------------------------------------- gateways
 
 
@@ -473,10 +493,6 @@ class Recipient:
     service: str | None = None
     outside: bool = False
 
-    @property
-    def domain(self) -> str:
-        return domain_of(self.address)
-
     def as_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -509,15 +525,13 @@ class Message:
     nrcpt: int | None = None
     sasl_method: str | None = None
     removed: bool = False
+    seq: int = field(default=0, compare=False, repr=False)
+    """Order of creation in its Correlator: reports list messages in the order they were first seen."""
 
     @property
     def outside(self) -> bool:
         """True when at least one recipient is in an outside domain."""
         return any(r.outside for r in self.recipients)
-
-    @property
-    def sender_domain(self) -> str:
-        return domain_of(self.sender)
 
     def recipient(self, address: str) -> Recipient | None:
         for r in reversed(self.recipients):
@@ -624,52 +638,81 @@ def _queued_as(detail: str | None) -> str | None:
 
 _MISSING: Any = object()
 
-_STAMP_CACHES: dict[int | None, dict[str, datetime | None]] = {}
+_PROBE_STATUSES = frozenset({"deliverable", "undeliverable"})
+"""Statuses of an address-verification probe (``sendmail -bv``, ``reject_unverified_*``): nothing was sent."""
+
+EVENT_KINDS = frozenset({"outside-recipient", "reject", "connect"})
+
+_MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+#: An RFC 3164 timestamp as ``_stamp_at`` accepts it: the day space-padded (``Mar  7``) or not (``Mar 7``).
+_STAMP = _MONTH + r" (?:[ 0-9][0-9]|[1-9]) [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+#: A host or tag: no space, and a colon only when no space follows it (``find(": ")`` semantics).
+_WORD = r"(?:[^ \n:]++|:(?! ))++"
+#: What the message of every line ``Correlator._handle`` acts on starts with (after a queue id).
+_MARKERS = r"to=<|client=|from=<|removed|message-id=|reject: |milter-reject: |uid=|connect from |CONNECT from "
+#: A queue id exactly as ``is_queue_id`` accepts it: short (upper-case hex) or long (with a ``z``).
+_QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
+#: The header ``parse_line`` reads, in its usual shape: ``host `` (optional), a tag that starts with
+#: ``postfix``, made of a name (captured: the service) and an optional ``[pid]``, then ``: ``.
+#: (The host is ``_WORD`` written so that the usual host, without a colon, is one run of a character class.)
+_HEADER = r" (?:(?! )[^ \n:]*+(?::(?! )[^ \n:]*+)*+ )?+(?=postfix)([^ \n:\[]++)(?:\[[^ \n:\[\]]*+\])?+: "
+_NOT_HEADER = _HEADER.replace("([", "(?:[", 1)
+_EOL = r"(?![^\n])"
+#: The usual shapes of the lines a message is made of, their fields captured: the fields
+#: ``Correlator`` would take out of the same text with ``str`` methods (``_client``, ``_delivery``,
+#: ``_qmgr_from``). Each shape's first group is never empty (it keeps a bracket or a key), so it
+#: says which shape matched; 16 groups in all keep a row under the 20 items of CPython's tuple cache.
+_SHAPES = (
+    r"client=([^\[\n,]*+\[)(?:[iI][pP][vV]6:)?+([^\]\n,]*+)\]((?:, sasl_method=[^,\n]*+, sasl_username=[^,\n]*+)?+)"
+    + _EOL
+    + r"|to=(<[^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), status=([^\n]*+)"
+    + r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)"
+    + _EOL
+    + r"|(message-id=[^\n]*+)"
+    r"|(removed)" + _EOL
+)
+#: Connection lines (no queue id), the client address captured, as ``_connect`` reads it.
+_CONNECTS = r"(?:CONNECT from |connect from [^\[\n]*+)\[(?:[iI][pP][vV]6:)?+([^\] \n]++)\]"
 
 
-def _stamp_cache(year: int | None) -> dict[str, datetime | None]:
-    cache = _STAMP_CACHES.get(year)
-    if cache is None or len(cache) > 200_000:
-        cache = _STAMP_CACHES[year] = {}
-    return cache
+def _first_pass(connects: bool) -> re.Pattern[str]:
+    """The fast first pass of ``Correlator.feed_block`` (``connects``: with ``_CONNECTS``).
+
+    For a line with an RFC 3164 timestamp and the usual header, it captures the stamp, the
+    service and the queue id, then either the fields of a usual shape (``_SHAPES`` after a
+    queue id, ``_CONNECTS`` without one) or the message, when it starts with a marker. A line
+    without that timestamp and header (Docker's prefix, RFC 3339, Amavis, other programs, blank
+    lines, odd tags) is captured whole in the last group, for ``parse_line``. Lines left out are
+    Postfix lines whose message ``_handle`` ignores. Possessive quantifiers, lookarounds and
+    conditionals only: no backtracking, whatever the text.
+    """
+    return re.compile(
+        r"\n(?:(" + _STAMP + r")" + _HEADER
+        + r"(?:(" + _QID + r"|NOQUEUE): )?+"
+        + r"(?:(?(3)(?<!NOQUEUE: )(?:" + _SHAPES + r")|(?!))"
+        + (r"|(?(3)(?!)|" + _CONNECTS + r")" if connects else r"|(?!)()")
+        + r"|((?:" + _MARKERS + r")[^\n]*+))"
+        r"|(?!" + _STAMP + _NOT_HEADER + r")([^\n]*+))"
+    )  # fmt: skip
 
 
-def _service_of(tag: str, cache: dict[str, str | None]) -> str | None:
-    """The mail service named by a syslog tag (``postfix/smtpd[123]`` -> ``postfix/smtpd``), or None
-    when it is not one; what ``_tag_info`` says, cached by the tag without its pid (pids vary)."""
-    b = tag.find("[")
-    name = tag[:b] if b > 0 and tag[-1] == "]" else tag
-    if name in cache:
-        return cache[name]
-    if len(cache) > 10_000:
-        cache.clear()
-    service = name if name and " " not in tag and _is_mail_service(name) else None
-    cache[name] = service
-    return service
+_FIRST_PASS = _first_pass(False)
+_FIRST_PASS_CONNECTS = _first_pass(True)
+
+_UNPARSED_SAMPLE = 5
+_SAMPLE_CHARS = 200
+_CACHE_MAX = 4096
 
 
-def _tag_info(tag: str) -> tuple[str, int | None] | None:
-    """``postfix/smtpd[123]`` -> (``postfix/smtpd``, 123); None when not a mail service (as parse_line)."""
-    if " " in tag:
-        return None
-    pid: int | None = None
-    b = tag.find("[")
-    if b > 0 and tag.endswith("]"):
-        service = tag[:b]
-        pid_text = tag[b + 1 : -1]
-        pid = int(pid_text) if pid_text.isdigit() and len(pid_text) < 12 else None
-    else:
-        service = tag
-    if not service or not _is_mail_service(service):
-        return None
-    return service, pid
+def _agent(service: str) -> str:
+    """``postfix/submission/smtpd`` -> ``smtpd``: the Postfix program that wrote the line."""
+    return service[service.rfind("/") + 1 :]
 
 
 def might_matter(text: str) -> bool:
-    """False for a line that cannot change a Correlator's state or cause an event.
+    """False for a Postfix line that cannot change a Correlator's state or cause an event.
 
-    Cheap substring tests: every line ``Correlator.feed`` acts on contains one
-    of these markers.
+    Cheap substring tests: every line ``Correlator._handle`` acts on contains one of these.
     """
     return (
         ": to=<" in text
@@ -685,85 +728,39 @@ def might_matter(text: str) -> bool:
     )
 
 
-EVENT_KINDS = frozenset({"outside-recipient", "reject", "connect"})
-
-_STAMP = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
-#: A host or tag: no space, and a colon only when no space follows it (``find(": ")`` semantics).
-_WORD = r"(?:[^ \n:]++|:(?! ))++"
-_MARKERS = r"to=<|client=|from=<|removed|message-id=|reject: |milter-reject: |uid="
-
-
-def _block_pattern(markers: str) -> re.Pattern[str]:
-    return re.compile(
-        rf"\n({_STAMP}) (?:{_WORD} )?+({_WORD}): (?:([0-9A-Za-z]{{5,24}}+): )?+((?:{markers})[^\n]*+)"
-    )
-
-
-_BLOCK = _block_pattern(_MARKERS + "|connect from |CONNECT from ")
-_BLOCK_NO_CONNECT = _block_pattern(_MARKERS)
-
-#: A queue id exactly as ``is_queue_id`` accepts it: short (upper-case hex) or long (with a ``z``).
-_QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
-#: The usual shape of each line the report needs, fields captured, so that Python does no
-#: string searching for it. Each shape is one ``feed_text`` provably reads the same way
-#: (see ``Correlator._fast_pass``); any other shape falls through to the generic branch.
-_FAST_SHAPES = (
-    r"(c)lient=([^\[\n,]*+)\[(?i:ipv6:)?+([^\]\n,]*+)\]"
-    r"(?:(,) sasl_method=([^,\n]*+), sasl_username=([^,\n]*+))?+(?=\n)"
-    r"|(t)o=<([^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), "
-    r"status=([^ \n]*+)( [^\n]*+)?+(?=\n)"
-    r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)(?=\n)"
-    r"|message-id=([^\n]*+)"
-    r"|remove(d)(?=\n)"
-)
-
-
-def _fast_pattern(markers: str, connects: bool) -> re.Pattern[str]:
-    """The block pattern of ``Correlator._fast_pass``.
-
-    A line that does not start with an RFC 3164 timestamp, a space and a non-space (Docker's
-    prefix, a continuation) is returned whole, in the last group, for ``feed_text``. The
-    header is either the usual ``host name[pid]: `` (service name captured) or anything
-    ``_BLOCK`` accepts (whole tag captured); the atomic group commits to the first when it
-    matches, which is safe because ``_BLOCK`` splits such a header the same way.
-    """
-    connect = r"|CONNECT from \[(?i:ipv6:)?+([^\] \n]++)\]|connect from [^\[\n]*+\[(?i:ipv6:)?+([^\]\n]++)\]"
-    return re.compile(
-        r"\n(?:(" + _STAMP + r") (?>[^ \n:]++ ([^ \n:\[\]]++)\[[0-9]++\](?=: )|(?:" + _WORD + r" )?+(" + _WORD + r")): "
-        r"(?:(" + _QID + r"): (?:" + _FAST_SHAPES + r")"
-        + (connect if connects else r"|(?!)()()")
-        + r"|(?:([0-9A-Za-z]{5,24}+): )?+((?:" + markers + r")[^\n]*+))"
-        r"|(?!" + _STAMP + r" [^ \n])([^\n]++))"
-    )
-
-
-_FAST = _fast_pattern(_MARKERS + "|connect from |CONNECT from ", False)
-_FAST_COUNT = _fast_pattern(_MARKERS + "|connect from |CONNECT from ", True)
-_FAST_NO_CONNECT = _fast_pattern(_MARKERS, False)
-
-
 class Correlator:
     """Joins Postfix lines into messages and emits events as lines arrive.
 
-    ``feed(parse_line(text))`` and ``feed_text(text)`` are equivalent;
-    ``feed_text`` is the fast path for bulk reading (it skips lines that cannot
-    matter before parsing them, and parses RFC 3164 headers inline).
+    Each kind of line has one method that decides what it means (``_on_client``,
+    ``_on_delivery``, ``_on_queued``, ``_on_message_id``, ``_on_removed``,
+    ``_on_connect``, ``_reject``, ``_amavis``; pickup's ``uid=`` in ``_handle``).
+    ``feed`` (a parsed line) and ``feed_text`` (a line of text) reach them
+    through ``_handle``, which takes the fields out with ``str`` methods;
+    ``feed_block`` (many lines) through one regular-expression pass that takes
+    the same fields out of the usual lines, and ``_handle`` for the others.
 
     ``local_domains``: the domains this server delivers locally; any other
     recipient domain is outside. Without it, a recipient is outside when a
     relay agent (smtp, error, retry) handles it for a domain that no local
-    agent (local, virtual, lmtp, pipe) has delivered to.
+    agent (local, virtual, lmtp, pipe) has delivered to. A recipient of an
+    address-verification probe (status ``deliverable``/``undeliverable``) is
+    never outside: nothing was sent.
 
     ``max_open`` bounds memory for a long-running watch: beyond it, the least
-    recently used message is forgotten (``dropped`` counts them) and only open
-    messages are returned by ``messages``.
+    recently used message is forgotten (``dropped`` counts them).
+
+    ``retire_after`` bounds memory for a report: a message whose queue ids
+    were all ``removed`` is handed to ``drain()`` once that many more lines
+    were read, and forgotten. The result is the same as keeping it as long
+    as no line names the message's queue ids later than that (Postfix logs
+    nothing for a queue id after ``removed``, until it reuses it for a new message).
 
     ``events`` limits the kinds of events built (default: all of
-    ``EVENT_KINDS``); messages are joined the same either way.
+    ``EVENT_KINDS``). ``count_connects``: instead of a ``connect`` event per
+    connection line, count them in ``connects[(service, client address)]``.
 
-    ``count_connects``: instead of a ``connect`` event per connection line,
-    count them in ``connects[(service, client address)]`` (a report needs
-    only the counts, and they are a fifth of a busy log).
+    Lines that are not Postfix (or Amavis) lines are counted in ``unparsed``,
+    the first few kept in ``unparsed_sample``.
     """
 
     def __init__(
@@ -771,11 +768,13 @@ class Correlator:
         local_domains: set[str] | None = None,
         *,
         max_open: int | None = None,
+        retire_after: int | None = None,
         events: Iterable[str] | None = None,
         count_connects: bool = False,
     ) -> None:
         self.local_domains = None if local_domains is None else {d.lower().rstrip(".") for d in local_domains}
         self.max_open = max_open
+        self.retire_after = retire_after
         wanted = EVENT_KINDS if events is None else frozenset(events)
         if wanted - EVENT_KINDS:
             raise ValueError(f"unknown event kinds: {sorted(wanted - EVENT_KINDS)}")
@@ -784,82 +783,289 @@ class Correlator:
         self._want_connect = "connect" in wanted or count_connects
         self._count_connects = count_connects
         self.connects: Counter[tuple[str, str]] = Counter()
-        self._outside_cache: dict[tuple[str, str, str | None], bool] = {}
-        self._stamp_year: int | None = None
-        self._stamps: dict[str, datetime | None] = _stamp_cache(None)
         self._open: dict[str, Message] = OrderedDict() if max_open is not None else {}
-        self._closed: list[Message] = []
         self._alias: dict[str, str] = OrderedDict() if max_open is not None else {}
+        self._closed: list[Message] = []
+        self._gone: dict[str, set[str]] = {}  # key -> its queue ids seen ``removed``
+        self._closing: deque[tuple[int, str, Message]] = deque()
         self._learned_local: set[str] = set()
-        self._agents: dict[str, str] = {}
-        self._services: dict[str, str | None] = {}
-        self._fast_names: dict[str, tuple[str, str] | None] = {}
         self._filter_relays: dict[str, bool] = {}
+        self._stamps: dict[str, datetime | None] = {}
+        self._stamp_year: int | None = None
+        self._agents: dict[str, str] = {}
+        self._out: list[MessageEvent] = []
+        self._seq = 0
         self.dropped = 0
         self.lines = 0
+        self.unparsed = 0
+        self.blank = 0
+        self.unparsed_sample: list[str] = []
 
     # ------------------------------------------------------------ results
     @property
+    def learned_local(self) -> frozenset[str]:
+        """Without ``local_domains``: the domains seen delivered by a local agent so far."""
+        return frozenset(self._learned_local)
+
+    @property
     def messages(self) -> list[Message]:
-        """Every message seen so far (only the open ones when ``max_open`` is set)."""
-        return [*self._closed, *self._open.values()]
+        """Every message not yet handed out, in the order they were first seen."""
+        return sorted([*self._closed, *self._open.values()], key=lambda m: m.seq)
 
     def finish(self) -> list[Message]:
-        """All messages, in the order they were first seen."""
+        """All messages not yet handed out by ``drain``, in the order they were first seen."""
         return self.messages
 
-    # ------------------------------------------------------------ plumbing
-    def _store(self, key: str, m: Message) -> None:
-        self._open[key] = m
-        if self.max_open is not None:
-            opened = self._open
-            assert isinstance(opened, OrderedDict)
-            while len(opened) > self.max_open:
-                opened.popitem(last=False)
-                self.dropped += 1
+    def drain(self) -> list[Message]:
+        """The messages retired since the last call (``retire_after``), forgotten here."""
+        if self.retire_after is not None:
+            limit = self.lines - self.retire_after
+            closing = self._closing
+            while closing and closing[0][0] <= limit:
+                _, key, m = closing.popleft()
+                if self._open.get(key) is m and self._complete(key, m):
+                    self._forget(key, m)
+                    self._closed.append(m)
+        out, self._closed = self._closed, []
+        return out
 
-    def _start(self, qid: str, t: datetime | None, service: str) -> Message:
-        """A line that begins a message (smtpd client=, pickup uid=)."""
-        self._alias.pop(qid, None)
-        old = self._open.get(qid)
-        if old is not None:
-            if not old.removed and old.client_addr is None and old.service is None:
-                old.service = service
-                self._touch(old, t)
-                return old
-            del self._open[qid]
-            if self.max_open is None:
-                self._closed.append(old)
-        m = Message(qid, service=service, first_seen=t, last_seen=t)
-        self._store(qid, m)
-        return m
-
-    def _get(self, qid: str, t: datetime | None) -> tuple[str, Message]:
-        key = self._alias.get(qid, qid)
-        m = self._open.get(key)
-        if m is None:
-            m = Message(key, first_seen=t, last_seen=t)
-            self._store(key, m)
-        else:
-            if self.max_open is not None:
-                opened = self._open
-                assert isinstance(opened, OrderedDict)
-                opened.move_to_end(key)
-            if t is not None:
-                if m.last_seen is None or t > m.last_seen:
-                    m.last_seen = t
-                if m.first_seen is None or t < m.first_seen:
-                    m.first_seen = t
-        return key, m
-
-    @staticmethod
-    def _touch(m: Message, t: datetime | None) -> None:
-        if t is None:
+    def not_postfix(self, text: str) -> None:
+        """Count a line that ``parse_line`` could not read (blank lines apart, in ``blank``)."""
+        if not text or text.isspace():
+            self.blank += 1
             return
-        if m.first_seen is None or t < m.first_seen:
-            m.first_seen = t
-        if m.last_seen is None or t > m.last_seen:
-            m.last_seen = t
+        self.unparsed += 1
+        if len(self.unparsed_sample) < _UNPARSED_SAMPLE:
+            self.unparsed_sample.append(text[:_SAMPLE_CHARS])
+
+    # ------------------------------------------------------------ feeding
+    def feed(self, line: LogLine) -> list[MessageEvent]:
+        """Take one parsed line; return the events it causes (usually none)."""
+        self.lines += 1
+        out = self._out = []
+        self._handle(line.time, line.service, line.queue_id, line.message)
+        return out
+
+    def feed_text(self, text: str, year: int | None = None) -> list[MessageEvent]:
+        """``feed(parse_line(text, year))``, counting a line that is not Postfix's."""
+        parsed = parse_line(text, year)
+        if parsed is not None:
+            return self.feed(parsed)
+        self.lines += 1
+        self.not_postfix(text.rstrip("\r\n"))
+        return []
+
+    def feed_block(self, text: str, year: int | None = None, *, count: int | None = None) -> list[MessageEvent]:
+        """``feed_text`` for each line of ``text`` (lines joined by ``\\n``), faster.
+
+        ``_first_pass`` takes the fields out of the lines that can matter without a Python step
+        per line; the lines it cannot read go through ``parse_line`` one by one, in order.
+        Connection lines are counted once per distinct (service, address) of the block.
+        ``count`` is the number of lines (``LineSplitter.feed_block`` says it; an empty
+        ``text`` is one line).
+        """
+        self.lines += (text.count("\n") + 1 if text else 1) if count is None else count
+        if year != self._stamp_year:
+            self._stamps, self._stamp_year = {}, year
+        stamps = self._stamps
+        out = self._out = []
+        connects: list[tuple[str, str]] = []
+        pattern = _FIRST_PASS_CONNECTS if self._count_connects else _FIRST_PASS
+        for (
+            stamp, service, qid, host, addr, sasl, to, relay, delay, dsn, status,
+            sender, size, nrcpt, message_id, removed, connect, body, other,
+        ) in pattern.findall("\n" + text):  # fmt: skip
+            if not stamp:
+                self._parse(other, year)
+                continue
+            if connect:
+                connects.append((service, connect))
+                continue
+            t = stamps.get(stamp, _MISSING)
+            if t is _MISSING:
+                if len(stamps) > _CACHE_MAX:
+                    stamps.clear()
+                t = stamps[stamp] = _stamp_time(stamp, year)
+            if to:
+                status, _, rest = status.partition(" ")
+                self._on_delivery(t, service, qid, to[1:], relay, dsn, delay, status, rest or None)
+            elif host:
+                method = user = None
+                if sasl:  # ", sasl_method=X, sasl_username=Y"
+                    _, method_item, user_item = sasl.split(", ")
+                    method, user = method_item[12:] or None, user_item[14:] or None
+                self._on_client(t, service, qid, host[:-1] or None, addr or None, method, user)
+            elif size:
+                self._on_queued(t, service, qid, sender, int(size), int(nrcpt))
+            elif removed:
+                self._on_removed(t, service, qid)
+            elif message_id:
+                self._on_message_id(t, service, qid, message_id[11:])
+            else:
+                self._handle(t, service, qid or None, body)
+        for (service, addr), n in Counter(connects).items():
+            self._on_connect(None, service, None, addr, n)
+        return out
+
+    def _parse(self, text: str, year: int | None) -> None:
+        parsed = parse_line(text, year)
+        if parsed is None:
+            self.not_postfix(text)
+        else:
+            self._handle(parsed.time, parsed.service, parsed.queue_id, parsed.message)
+
+    # ------------------------------------------------------------ meaning
+    def _handle(self, t: datetime | None, service: str, qid: str | None, text: str) -> None:
+        """What one line's message means: each kind of line has one ``_on_*`` method, the only
+        place that decides what it does; here the fields are taken out of the text for it."""
+        if qid is None:
+            if self._connect_agent(service):
+                self._connect(t, service, text)
+            elif service.startswith("amavis"):
+                self._amavis(t, text)
+        elif qid == "NOQUEUE":
+            if _is_reject(text):
+                self._reject(t, service, text, None)
+        elif text.startswith("to=<"):
+            self._delivery(t, service, qid, text)
+        elif text.startswith("client="):
+            self._client(t, service, qid, text)
+        elif text.startswith("from=<"):
+            self._qmgr_from(t, service, qid, text)
+        elif text == "removed":
+            self._on_removed(t, service, qid)
+        elif text.startswith("message-id="):
+            self._on_message_id(t, service, qid, text[11:])
+        elif _is_reject(text):
+            if (self._agents.get(service) or self._agent(service)) in ("smtpd", "cleanup"):
+                self._reject(t, service, text, self._get(qid, t)[1])
+        elif text.startswith("uid=") and (self._agents.get(service) or self._agent(service)) == "pickup":
+            self._start(qid, t, service).sender = _angle(text, "from=")
+
+    def _agent(self, service: str) -> str:
+        agent = self._agents.get(service)
+        if agent is None:
+            if len(self._agents) > _CACHE_MAX:
+                self._agents.clear()
+            agent = self._agents[service] = _agent(service)
+        return agent
+
+    def _connect_agent(self, service: str) -> bool:
+        agent = self._agents.get(service) or self._agent(service)
+        return agent == "smtpd" or agent == "postscreen"
+
+    def _client(self, t: datetime | None, service: str, qid: str, text: str) -> None:
+        """``client=host[addr]:port, sasl_method=PLAIN, sasl_username=bob``."""
+        host = addr = method = user = None
+        if ", " not in text:
+            host, addr = _split_client(text[7:])
+        else:
+            for item in text.split(", "):
+                k, _, v = item.partition("=")
+                if k == "client":
+                    host, addr = _split_client(v)
+                elif k == "sasl_username":
+                    user = v or None
+                elif k == "sasl_method":
+                    method = v or None
+        self._on_client(t, service, qid, host, addr, method, user)
+
+    def _on_client(
+        self, t: datetime | None, service: str, qid: str, host: str | None, addr: str | None,
+        method: str | None, user: str | None,
+    ) -> None:  # fmt: skip
+        """smtpd's ``client=`` line begins a message."""
+        if (self._agents.get(service) or self._agent(service)) != "smtpd":
+            return
+        m = self._start(qid, t, service)
+        m.client_host, m.client_addr, m.sasl_method, m.sasl_username = host, addr, method, user
+
+    def _qmgr_from(self, t: datetime | None, service: str, qid: str, text: str) -> None:
+        """``from=<a@b>, size=1893, nrcpt=2 (queue active)``."""
+        end = text.rfind(">, size=")
+        size = nrcpt = None
+        if end < 0:
+            end = text.find(">", 6)
+            sender = text[6:end] if end >= 0 else text[6:]
+        else:
+            sender = text[6:end]
+            for item in text[end + 3 :].split(", "):
+                k, _, v = item.partition("=")
+                v = v.split(" ", 1)[0]
+                if k == "size" and v.isdigit():
+                    size = int(v)
+                elif k == "nrcpt" and v.isdigit():
+                    nrcpt = int(v)
+        self._on_queued(t, service, qid, sender, size, nrcpt)
+
+    def _on_queued(
+        self, t: datetime | None, service: str, qid: str, sender: str, size: int | None, nrcpt: int | None
+    ) -> None:
+        """qmgr's ``from=<...>`` line: the envelope sender, size and recipient count."""
+        if (self._agents.get(service) or self._agent(service)) != "qmgr":
+            return
+        m = self._get(qid, t)[1]
+        m.sender = sender
+        if size is not None:
+            m.size = size
+        if nrcpt is not None:
+            m.nrcpt = nrcpt
+
+    def _on_message_id(self, t: datetime | None, service: str, qid: str, value: str) -> None:
+        if (self._agents.get(service) or self._agent(service)) == "cleanup":
+            self._get(qid, t)[1].message_id = value.strip().strip("<>") or None
+
+    def _delivery(self, t: datetime | None, service: str, qid: str, text: str) -> None:
+        """``to=<a@b>, relay=..., delay=1.2, delays=..., dsn=2.0.0, status=sent (250 OK)``."""
+        end = text.find(">", 4)
+        if end < 0:
+            return
+        st = text.find(", status=", end)
+        status: str | None = None
+        rest: str | None = None
+        if st < 0:
+            st = len(text)
+        else:
+            status, _, rest = text[st + 9 :].partition(" ")
+        relay, dsn = _field(text, ", relay=", end, st), _field(text, ", dsn=", end, st)
+        delay = _field(text, ", delay=", end, st)
+        self._on_delivery(t, service, qid, text[4:end], relay, dsn, delay, status, rest or None)
+
+    def _on_delivery(
+        self, t: datetime | None, service: str, qid: str, address: str, relay: str | None, dsn: str | None,
+        delay_text: str | None, status: str | None, rest: str | None,
+    ) -> None:  # fmt: skip
+        """A delivery agent's ``to=<...>`` line: the recipient's latest state; outside or not."""
+        agent = self._agents.get(service) or self._agent(service)
+        if agent not in _DELIVERY_AGENTS:
+            return
+        detail = rest[1:-1] if rest is not None and rest[:1] == "(" and rest[-1:] == ")" else rest
+        try:
+            delay = float(delay_text) if delay_text is not None else None
+        except ValueError:
+            delay = None
+        key, m = self._get(qid, t)
+        r = None
+        for known in reversed(m.recipients):  # Message.recipient, inline: once per delivery line
+            if known.address == address:
+                r = known
+                break
+        if r is None:
+            r = Recipient(address=address, relay=relay, status=status, dsn=dsn, time=t, delay=delay,
+                          detail=detail or None, service=service)  # fmt: skip
+            m.recipients.append(r)
+        else:  # the latest delivery line tells the recipient's state
+            r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
+                relay, status, dsn, t, delay, detail or None, service
+            )  # fmt: skip
+        if not r.outside and status not in _PROBE_STATUSES and self._is_outside(address, agent, relay):
+            r.outside = True
+            if self._want_outside:
+                self._out.append(MessageEvent(kind="outside-recipient", message=m, recipient=r, time=t))
+        if status == "sent" and detail and "queued as " in detail:
+            second = _queued_as(detail)
+            if second is not None and (is_filter_relay(relay) or second in self._open):
+                self._link(key, m, second)
 
     def _is_outside(self, address: str, agent: str, relay: str | None) -> bool:
         dom = domain_of(address)
@@ -868,12 +1074,11 @@ class Correlator:
         if self.local_domains is not None:
             return dom not in self.local_domains
         if relay is not None:
-            cache = self._filter_relays
-            hit = cache.get(relay)
+            hit = self._filter_relays.get(relay)
             if hit is None:
-                if len(cache) > 10_000:
-                    cache.clear()
-                hit = cache[relay] = is_filter_relay(relay)
+                if len(self._filter_relays) > _CACHE_MAX:
+                    self._filter_relays.clear()
+                hit = self._filter_relays[relay] = is_filter_relay(relay)
             if hit:
                 return False
         if agent in _LOCAL_AGENTS:
@@ -881,452 +1086,6 @@ class Correlator:
                 self._learned_local.add(dom)
             return False
         return agent in _RELAY_AGENTS and dom not in self._learned_local
-
-    def _link(self, key: str, m: Message, second: str) -> None:
-        """``second`` is the queue id a content filter gave the same message."""
-        if second == key or second in m.queued_as:
-            return
-        m.queued_as.append(second)
-        self._alias[second] = key
-        if self.max_open is not None:
-            aliases = self._alias
-            assert isinstance(aliases, OrderedDict)
-            while len(aliases) > self.max_open:
-                aliases.popitem(last=False)
-        other = self._open.pop(second, None)
-        if other is None or other is m:
-            return
-        for r in other.recipients:
-            mine = m.recipient(r.address)
-            if mine is None:
-                m.recipients.append(r)
-            else:
-                mine.relay, mine.status, mine.dsn = r.relay, r.status, r.dsn
-                mine.time, mine.delay, mine.detail = r.time, r.delay, r.detail
-                mine.service = r.service
-                mine.outside = mine.outside or r.outside
-        for q in other.queued_as:
-            if q not in m.queued_as:
-                m.queued_as.append(q)
-                self._alias[q] = key
-        m.message_id = m.message_id or other.message_id
-        m.size = m.size if m.size is not None else other.size
-        m.sender = m.sender if m.sender is not None else other.sender
-        if other.last_seen is not None and (m.last_seen is None or other.last_seen > m.last_seen):
-            m.last_seen = other.last_seen
-
-    # ------------------------------------------------------------ feed
-    def feed(self, line: LogLine) -> list[MessageEvent]:
-        """Take one parsed line; return the events it causes (usually none)."""
-        self.lines += 1
-        return self._handle(line.time, line.service, line.queue_id, line.message)
-
-    def feed_text(self, text: str, year: int | None = None) -> list[MessageEvent]:
-        """``feed(parse_line(text, year))``, faster: for bulk reading of log files."""
-        self.lines += 1
-        return self._text(text, year)
-
-    def _text(self, text: str, year: int | None) -> list[MessageEvent]:
-        if not (
-            ": to=<" in text
-            or ": client=" in text
-            or ": from=<" in text
-            or ": removed" in text
-            or (self._want_connect and (": connect from " in text or ": CONNECT from " in text))
-            or ": message-id=" in text
-            or "reject: " in text
-            or ": uid=" in text
-            or "queued_as: " in text
-        ):
-            return []
-        if text[-1:] in ("\n", "\r"):
-            text = text.rstrip("\r\n")
-        # inline RFC 3164 header without a Docker prefix (the common case); else parse_line
-        if year != self._stamp_year:
-            self._stamps = _stamp_cache(year)
-            self._stamp_year = year
-        stamps = self._stamps
-        stamp = text[:15]
-        if stamp in stamps:
-            t = stamps[stamp]
-        else:
-            t = stamps[stamp] = _time_3164(stamp, year, None, None) if _looks_3164(text) else None
-        if t is not None and text[15:16] == " " and text[16:17] != " ":
-            colon = text.find(": ", 16)
-            sp = text.find(" ", 16, colon) if colon > 0 else -1
-            if sp > 16:
-                tag = text[sp + 1 : colon]
-                services = self._services
-                service = services[tag] if tag in services else _service_of(tag, services)
-                if service is None:
-                    return []
-                start = colon + 2
-                q = text.find(": ", start, start + 26)
-                qid: str | None = None
-                if q >= start + 5:
-                    cand = text[start:q]
-                    if cand in self._open or cand in self._alias or cand == "NOQUEUE" or is_queue_id(cand):
-                        qid = cand
-                        start = q + 2
-                return self._handle(t, service, qid, text[start:])
-        parsed = parse_line(text, year)
-        if parsed is None:
-            return []
-        return self._handle(parsed.time, parsed.service, parsed.queue_id, parsed.message)
-
-    def feed_block(self, text: str, year: int | None = None, *, count: int | None = None) -> list[MessageEvent]:
-        """``feed_text`` for each line of ``text`` (lines joined by ``\\n``), in one regex pass.
-
-        The pass returns only the lines that can matter, already split into
-        timestamp, service, queue id and, for the usual shapes of the lines a
-        message is made of, their fields; the other lines never reach Python
-        code. The expression has possessive quantifiers and atomic groups only,
-        so it cannot backtrack whatever the text. A line the pass cannot read
-        exactly as ``feed_text`` would (one without an RFC 3164 timestamp, such
-        as Docker's prefix, or Amavis's ``queued_as``) is fed on its own, in order.
-        An empty ``text`` is one empty line (``LineSplitter.feed_block`` says
-        how many lines it holds: skip the call when that is none, and pass it
-        as ``count`` to save counting them again).
-        """
-        if not text:
-            self.lines += 1
-            return []
-        self.lines += text.count("\n") + 1 if count is None else count
-        if year != self._stamp_year:
-            self._stamps = _stamp_cache(year)
-            self._stamp_year = year
-        block = "\n" + text + "\n"
-        if "queued_as: " not in text:
-            return self._fast_pass(block, year)
-        cuts: list[int] = []
-        i = block.find("queued_as: ")
-        while i >= 0:
-            cuts.append(block.rfind("\n", 0, i))
-            i = block.find("queued_as: ", block.find("\n", i))
-        out: list[MessageEvent] = []
-        pos = 0
-        for start in cuts:
-            end = block.find("\n", start + 1)
-            if start > pos:
-                out.extend(self._fast_pass(block[pos : start + 1], year))
-            out.extend(self._text(block[start + 1 : end], year))
-            pos = end
-        if pos < len(block) - 1:
-            out.extend(self._fast_pass(block[pos:], year))
-        return out
-
-    def _fast_pass(self, block: str, year: int | None) -> list[MessageEvent]:
-        """The lines of ``block`` (``\\n`` before and after each line), as ``feed_text`` would
-        take them one by one.
-
-        A line in one of the usual shapes (``_FAST_SHAPES``) is applied here
-        directly: each branch below is what ``_handle`` and its helpers
-        (``_get``, ``_start``, ``_client``, ``_qmgr_from``, ``_delivery``,
-        ``_is_outside``, ``_connect``) do with exactly that shape, inlined
-        because a call costs more than the work. Anything else goes through ``_handle``.
-        """
-        stamps, services, names = self._stamps, self._services, self._fast_names
-        opened, alias, agents = self._open, self._alias, self._agents
-        bounded = self.max_open is not None
-        want_outside, want_reject = self._want_outside, self._want_reject
-        local_domains, learned, filter_relays = self.local_domains, self._learned_local, self._filter_relays
-        connects = self.connects
-        handle, store = self._handle, self._store
-        out: list[MessageEvent] = []
-        seen_connects: list[tuple[str, str]] = []
-        pattern = (_FAST_COUNT if self._count_connects else _FAST) if self._want_connect else _FAST_NO_CONNECT
-        for (
-            stamp, name, tag, qid,
-            client, c_host, c_addr, sasl, s_method, s_user,
-            to, address, relay, delay_text, dsn, status, status_rest,
-            sender, size, nrcpt, message_id, removed,
-            connect_bare, connect_addr, g_qid, body, odd,
-        ) in pattern.findall(block):  # fmt: skip
-            if name and (connect_bare or connect_addr):
-                # counted below, once per distinct (name, address): a fifth of a busy log
-                seen_connects.append((name, connect_bare or connect_addr))
-                continue
-            if name:
-                known = names.get(name, _MISSING)
-                if known is _MISSING:
-                    known = names[name] = self._service_agent(name if _is_mail_service(name) else None)
-                if known is None:
-                    continue
-                service, agent = known
-            else:
-                if odd:
-                    ev = self._text(odd, year)
-                    if ev:
-                        out.extend(ev)
-                    continue
-                svc = services[tag] if tag in services else _service_of(tag, services)
-                if svc is None:
-                    continue
-                service = svc
-                agent = agents.get(service) or agents.setdefault(service, service[service.rfind("/") + 1 :])
-            if connect_bare:
-                if agent == "smtpd" or agent == "postscreen":
-                    connects[(service, connect_bare)] += 1
-                continue
-            if connect_addr:
-                if agent == "smtpd" or agent == "postscreen":
-                    connects[(service, connect_addr)] += 1
-                continue
-            t = stamps.get(stamp, _MISSING)
-            if t is _MISSING:
-                t = stamps[stamp] = _time_3164(stamp, year, None, None)
-            if qid:
-                if client:
-                    if agent != "smtpd":
-                        continue
-                    if bounded or qid in opened:
-                        m = self._start(qid, t, service)
-                        m.client_host, m.client_addr = c_host or None, c_addr or None
-                        if sasl:
-                            m.sasl_method, m.sasl_username = s_method or None, s_user or None
-                        continue
-                    if alias:
-                        alias.pop(qid, None)
-                    # _start of a new message, with what _client sets
-                    if sasl:
-                        opened[qid] = Message(qid, c_host or None, c_addr or None, s_user or None, None, [], t, t,
-                                              [], service, None, None, None, s_method or None)  # fmt: skip
-                    else:
-                        opened[qid] = Message(qid, c_host or None, c_addr or None, None, None, [], t, t, [], service)
-                    continue
-                if to:
-                    if agent not in _DELIVERY_AGENTS:
-                        continue
-                elif size or removed:
-                    if agent != "qmgr":
-                        continue
-                elif agent != "cleanup":
-                    continue
-                # _get
-                key = alias.get(qid, qid) if alias else qid
-                m = opened.get(key)  # type: ignore[assignment]
-                if m is None:
-                    m = Message(key, first_seen=t, last_seen=t)
-                    store(key, m)
-                else:
-                    if bounded:
-                        opened.move_to_end(key)  # type: ignore[attr-defined]
-                    if t is not None:
-                        if m.last_seen is None or t > m.last_seen:
-                            m.last_seen = t
-                        if m.first_seen is None or t < m.first_seen:
-                            m.first_seen = t
-                if not to:
-                    if size:
-                        m.sender, m.size, m.nrcpt = sender, int(size), int(nrcpt)
-                    elif removed:
-                        m.removed = True
-                    else:
-                        m.message_id = message_id.strip().strip("<>") or None
-                    continue
-                # _delivery
-                rest = status_rest[1:]
-                if rest[:1] == "(" and rest[-1:] == ")":
-                    rest = rest[1:-1]
-                detail = rest or None
-                try:
-                    delay: float | None = float(delay_text)
-                except ValueError:
-                    delay = None
-                recipients = m.recipients
-                r = None
-                if recipients:
-                    for known_r in reversed(recipients):
-                        if known_r.address == address:
-                            r = known_r
-                            break
-                if r is None:
-                    r = Recipient(address, relay, status, dsn, t, delay, detail, service)
-                    recipients.append(r)
-                else:
-                    r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
-                        relay, status, dsn, t, delay, detail, service
-                    )  # fmt: skip
-                if not r.outside:
-                    # _is_outside
-                    at = address.rfind("@")
-                    dom = address[at + 1 :].lower().rstrip(".") if at >= 0 else ""
-                    if not dom:
-                        outside = False
-                    elif local_domains is not None:
-                        outside = dom not in local_domains
-                    else:
-                        hit = filter_relays.get(relay)
-                        if hit is None:
-                            if len(filter_relays) > 10_000:
-                                filter_relays.clear()
-                            hit = filter_relays[relay] = is_filter_relay(relay)
-                        if hit:
-                            outside = False
-                        elif agent in _LOCAL_AGENTS:
-                            if len(learned) < 10000:
-                                learned.add(dom)
-                            outside = False
-                        else:
-                            outside = agent in _RELAY_AGENTS and dom not in learned
-                    if outside:
-                        r.outside = True
-                        if want_outside:
-                            out.append(MessageEvent("outside-recipient", m, r, t))
-                if status == "sent" and detail is not None and "queued as " in detail:
-                    second = _queued_as(detail)
-                    if second is not None and (is_filter_relay(relay) or second in opened):
-                        self._link(key, m, second)
-            elif g_qid:
-                if g_qid == "NOQUEUE":
-                    # _handle of a NOQUEUE line: only a reject matters
-                    if want_reject and body.startswith("reject: "):
-                        out.append(self._reject(t, service, body, None))
-                    continue
-                if is_queue_id(g_qid):
-                    ev = handle(t, service, g_qid, body)
-                else:
-                    ev = handle(t, service, None, f"{g_qid}: {body}")
-                if ev:
-                    out.extend(ev)
-            else:
-                ev = handle(t, service, None, body)
-                if ev:
-                    out.extend(ev)
-        if seen_connects:
-            for (name, addr), n in Counter(seen_connects).items():
-                known = names.get(name, _MISSING)
-                if known is _MISSING:
-                    known = names[name] = self._service_agent(name if _is_mail_service(name) else None)
-                if known is not None and (known[1] == "smtpd" or known[1] == "postscreen"):
-                    connects[(known[0], addr)] += n
-        return out
-
-    def _service_agent(self, service: str | None) -> tuple[str, str] | None:
-        if service is None:
-            return None
-        agent = self._agents.get(service)
-        if agent is None:
-            agent = self._agents[service] = service[service.rfind("/") + 1 :]
-        return service, agent
-
-    def _handle(self, t: datetime | None, service: str, qid: str | None, text: str) -> list[MessageEvent]:
-        agent = self._agents.get(service)
-        if agent is None:
-            agent = self._agents[service] = service[service.rfind("/") + 1 :]
-        if qid is None:
-            if agent == "smtpd" or agent == "postscreen":
-                return self._connect(t, service, text)
-            if service.startswith("amavis"):
-                self._amavis(t, text)
-            return []
-        if qid == "NOQUEUE":
-            if text.startswith("reject: ") and self._want_reject:
-                return [self._reject(t, service, text, None)]
-            return []
-        if agent in _DELIVERY_AGENTS:
-            if text.startswith("to=<"):
-                return self._delivery(t, service, qid, agent, text)
-            return []
-        if agent == "smtpd":
-            if text.startswith("client="):
-                self._client(self._start(qid, t, service), text)
-            elif text.startswith("reject: "):
-                _, m = self._get(qid, t)
-                return [self._reject(t, service, text, m)] if self._want_reject else []
-            return []
-        if agent == "qmgr":
-            if text.startswith("from=<"):
-                self._qmgr_from(self._get(qid, t)[1], text)
-            elif text == "removed":
-                self._get(qid, t)[1].removed = True
-            return []
-        if agent == "cleanup":
-            if text.startswith("message-id="):
-                self._get(qid, t)[1].message_id = text[11:].strip().strip("<>") or None
-            elif text.startswith("reject: ") or text.startswith("milter-reject: "):
-                _, m = self._get(qid, t)
-                return [self._reject(t, service, text, m)] if self._want_reject else []
-            return []
-        if agent == "pickup":
-            if text.startswith("uid="):
-                m = self._start(qid, t, service)
-                m.sender = _angle(text, "from=")
-            return []
-        return []
-
-    def _client(self, m: Message, text: str) -> None:
-        if ", " not in text:
-            m.client_host, m.client_addr = _split_client(text[7:])
-            return
-        for item in text.split(", "):
-            k, _, v = item.partition("=")
-            if k == "client":
-                m.client_host, m.client_addr = _split_client(v)
-            elif k == "sasl_username":
-                m.sasl_username = v or None
-            elif k == "sasl_method":
-                m.sasl_method = v or None
-
-    @staticmethod
-    def _qmgr_from(m: Message, text: str) -> None:
-        end = text.rfind(">, size=")
-        if end < 0:
-            end = text.find(">", 6)
-            m.sender = text[6:end] if end >= 0 else text[6:]
-            return
-        m.sender = text[6:end]
-        for item in text[end + 3 :].split(", "):
-            k, _, v = item.partition("=")
-            v = v.split(" ", 1)[0]
-            if k == "size" and v.isdigit():
-                m.size = int(v)
-            elif k == "nrcpt" and v.isdigit():
-                m.nrcpt = int(v)
-
-    def _delivery(self, t: datetime | None, service: str, qid: str, agent: str, text: str) -> list[MessageEvent]:
-        end = text.find(">", 4)
-        if end < 0:
-            return []
-        address = text[4:end]
-        st = text.find(", status=", end)
-        if st < 0:
-            st = len(text)
-            status: str | None = None
-            detail: str | None = None
-        else:
-            status, _, rest = text[st + 9 :].partition(" ")
-            if rest[:1] == "(" and rest[-1:] == ")":
-                rest = rest[1:-1]
-            detail = rest or None
-        relay = _field(text, ", relay=", end, st)
-        dsn = _field(text, ", dsn=", end, st)
-        delay_text = _field(text, ", delay=", end, st)
-        delay: float | None = None
-        if delay_text is not None:
-            try:
-                delay = float(delay_text)
-            except ValueError:
-                delay = None
-        key, m = self._get(qid, t)
-        r = m.recipient(address) if m.recipients else None
-        if r is None:
-            r = Recipient(address, relay, status, dsn, t, delay, detail, service)
-            m.recipients.append(r)
-        else:
-            r.relay, r.status, r.dsn, r.time, r.delay, r.detail, r.service = (
-                relay, status, dsn, t, delay, detail, service
-            )  # fmt: skip
-        events: list[MessageEvent] = []
-        if not r.outside and self._is_outside(address, agent, relay):
-            r.outside = True
-            if self._want_outside:
-                events.append(MessageEvent("outside-recipient", m, r, t))
-        if status == "sent" and detail is not None and "queued as " in detail:
-            second = _queued_as(detail)
-            if second is not None and (is_filter_relay(relay) or second in self._open):
-                self._link(key, m, second)
-        return events
 
     def _amavis(self, t: datetime | None, text: str) -> None:
         """``... Queue-ID: 4F8A21C3D2, ... queued_as: 5B2C1D3E4F, ...`` links the two ids."""
@@ -1342,67 +1101,39 @@ class Correlator:
             if is_queue_id(second):
                 self._link(key, m, second)
 
-    def _connect(self, t: datetime | None, service: str, text: str) -> list[MessageEvent]:
-        if not self._want_connect:
-            return []
-        if self._count_connects and text[13:14] == "[" and text.startswith("CONNECT from "):
-            e = text.find("]", 14)
-            if e > 14 and " " not in text[14:e]:  # postscreen: [addr]:port; same result as _split_client
-                bare = text[14:e]
-                if bare[:5].lower() == "ipv6:":
-                    bare = bare[5:]
-                if bare:
-                    self.connects[(service, bare)] += 1
-                return []
+    def _connect(self, t: datetime | None, service: str, text: str) -> None:
+        """``connect from host[addr]`` (smtpd) or ``CONNECT from [addr]:port to ...`` (postscreen)."""
         if text.startswith("CONNECT from "):
-            _, addr = _split_client(text[13:].split(" ", 1)[0])
-            host = None
+            host, addr = None, _split_client(text[13:].split(" ", 1)[0])[1]
         elif text.startswith("connect from "):
             host, addr = _split_client(text[13:])
         else:
-            return []
-        if addr is None:
-            return []
-        if self._count_connects:
-            self.connects[(service, addr)] += 1
-            return []
-        m = Message("NOQUEUE", client_host=host, client_addr=addr, service=service, first_seen=t, last_seen=t)
-        return [MessageEvent("connect", m, None, t)]
+            return
+        if addr is not None:
+            self._on_connect(t, service, host, addr, 1)
 
-    def _reject(self, t: datetime | None, service: str, text: str, context: Message | None) -> MessageEvent:
-        """``reject: RCPT from unknown[172.17.0.1]: 554 5.7.1 <a@qq.com>: Relay access denied; from=<..> to=<..>``."""
+    def _on_connect(self, t: datetime | None, service: str, host: str | None, addr: str, n: int) -> None:
+        """``n`` connections from ``addr`` to smtpd or postscreen: counted, or a ``connect`` event each."""
+        if not self._want_connect or not self._connect_agent(service):
+            return
+        if self._count_connects:
+            self.connects[(service, addr)] += n
+            return
+        m = Message(queue_id="NOQUEUE", client_host=host, client_addr=addr, service=service, first_seen=t, last_seen=t)
+        self._out.append(MessageEvent(kind="connect", message=m, recipient=None, time=t))
+
+    def _reject(self, t: datetime | None, service: str, text: str, context: Message | None) -> None:
+        """``reject: RCPT from unknown[172.17.0.1]: 554 5.7.1 <a@qq.com>: Relay access denied; from=<..> to=<..>``,
+        and the same after ``milter-reject:``."""
+        if not self._want_reject:
+            return
         body = text[text.find(": ") + 2 :]
-        host: str | None = None
-        addr: str | None = None
-        code: str | None = None
-        dsn: str | None = None
-        detail: str | None = None
-        f = body.find(" from ")
-        if f >= 0:
-            e = body.find("]", f)
-            if e >= 0:
-                host, addr = _split_client(body[f + 6 : e + 1])
-                c = body.find(": ", e)
-                if c >= 0:
-                    reply = body[c + 2 :]
-                    semi = reply.rfind("; from=<")
-                    detail = reply[:semi] if semi >= 0 else reply
-                    parts = detail.split(" ", 2)
-                    if parts and len(parts[0]) == 3 and parts[0].isdigit():
-                        code = parts[0]
-                        if len(parts) > 1 and parts[1][:1].isdigit() and "." in parts[1]:
-                            dsn = parts[1]
-        if code is None:  # cleanup: "...: 5.7.1 message content rejected"
-            tail = body.rsplit(": ", 1)[-1].split(" ", 1)
-            if tail and tail[0][:1] in ("4", "5") and tail[0].count(".") == 2:
-                dsn = tail[0]
-                code = "550" if dsn.startswith("5") else "450"
-                detail = body.rsplit(": ", 1)[-1]
+        host, addr, code, dsn, detail = _reject_reply(body)
         semi = body.rfind("; from=<")
         sender = _angle(body, "from=", semi) if semi >= 0 else None
         rcpt = _angle(body, "to=", semi) if semi >= 0 else None
         m = Message(
-            context.queue_id if context else "NOQUEUE",
+            queue_id=context.queue_id if context else "NOQUEUE",
             client_host=host or (context.client_host if context else None),
             client_addr=addr or (context.client_addr if context else None),
             sasl_username=context.sasl_username if context else None,
@@ -1414,11 +1145,170 @@ class Correlator:
         r: Recipient | None = None
         if rcpt is not None:
             dom = domain_of(rcpt)
-            r = Recipient(rcpt, status="reject", dsn=dsn, time=t, detail=detail, service=service)
+            r = Recipient(address=rcpt, status="reject", dsn=dsn, time=t, detail=detail, service=service)
             r.outside = (
                 bool(dom)
                 and (self.local_domains is None or dom not in self.local_domains)
                 and dom not in self._learned_local
             )
             m.recipients.append(r)
-        return MessageEvent("reject", m, r, t, code=code, detail=detail)
+        self._out.append(MessageEvent(kind="reject", message=m, recipient=r, time=t, code=code, detail=detail))
+
+    # ------------------------------------------------------------ messages by queue id
+    def _new(self, key: str, t: datetime | None, service: str | None = None) -> Message:
+        m = Message(queue_id=key, service=service, first_seen=t, last_seen=t, seq=self._seq)
+        self._seq += 1
+        self._open[key] = m
+        if self.max_open is not None:
+            opened = self._open
+            assert isinstance(opened, OrderedDict)
+            while len(opened) > self.max_open:
+                opened.popitem(last=False)
+                self.dropped += 1
+        return m
+
+    def _start(self, qid: str, t: datetime | None, service: str) -> Message:
+        """A line that begins a message (smtpd client=, pickup uid=)."""
+        self._alias.pop(qid, None)
+        old = self._open.get(qid)
+        if old is not None:
+            if not old.removed and old.client_addr is None and old.service is None:
+                old.service = service
+                _touch(old, t)
+                return old
+            self._forget(qid, old)
+            if self.max_open is None:
+                self._closed.append(old)
+        return self._new(qid, t, service)
+
+    def _get(self, qid: str, t: datetime | None) -> tuple[str, Message]:
+        key = self._alias.get(qid, qid)
+        m = self._open.get(key)
+        if m is None:
+            return key, self._new(key, t)
+        if self.max_open is not None:
+            opened = self._open
+            assert isinstance(opened, OrderedDict)
+            opened.move_to_end(key)
+        if t is not None:  # _touch, inline: once per line of a message
+            if m.last_seen is None or t > m.last_seen:
+                m.last_seen = t
+            if m.first_seen is None or t < m.first_seen:
+                m.first_seen = t
+        return key, m
+
+    def _on_removed(self, t: datetime | None, service: str, qid: str) -> None:
+        """qmgr's ``removed``: the queue file is gone; once all of a message's ids are, it may retire."""
+        if (self._agents.get(service) or self._agent(service)) != "qmgr":
+            return
+        key, m = self._get(qid, t)
+        m.removed = True
+        if self.retire_after is None:
+            return
+        if key == qid and not m.queued_as:  # no content filter: this was its only queue id
+            self._closing.append((self.lines, key, m))
+            return
+        self._gone.setdefault(key, set()).add(qid)
+        if self._complete(key, m):
+            self._closing.append((self.lines, key, m))
+
+    def _complete(self, key: str, m: Message) -> bool:
+        """True when every queue id of ``m`` was seen ``removed`` (``m.removed``: its last one was)."""
+        if not m.queued_as:
+            return m.removed
+        gone = self._gone.get(key, ())
+        return key in gone and all(q in gone for q in m.queued_as)
+
+    def _forget(self, key: str, m: Message) -> None:
+        del self._open[key]
+        self._gone.pop(key, None)
+        for q in m.queued_as:
+            if self._alias.get(q) == key:
+                del self._alias[q]
+
+    def _link(self, key: str, m: Message, second: str) -> None:
+        """``second`` is the queue id a content filter gave the same message."""
+        if second == key or second in m.queued_as:
+            return
+        retiring = self.retire_after is not None
+        if retiring and m.removed and not m.queued_as:  # its key's removal was not written down (_on_removed)
+            self._gone.setdefault(key, set()).add(key)
+        m.queued_as.append(second)
+        self._alias[second] = key
+        if self.max_open is not None:
+            aliases = self._alias
+            assert isinstance(aliases, OrderedDict)
+            while len(aliases) > self.max_open:
+                aliases.popitem(last=False)
+        other = self._open.pop(second, None)
+        other_gone = self._gone.pop(second, set())
+        if other is not None and other.removed and not other.queued_as:
+            other_gone.add(second)
+        if other_gone and retiring:
+            self._gone.setdefault(key, set()).update(other_gone)
+        if other is None or other is m:
+            return
+        _merge(m, other)
+        for q in other.queued_as:
+            if q not in m.queued_as:
+                m.queued_as.append(q)
+                self._alias[q] = key
+
+
+def _merge(m: Message, other: Message) -> None:
+    """Add what ``other`` (the same message under a content filter's second queue id) knows to ``m``."""
+    for r in other.recipients:
+        mine = m.recipient(r.address)
+        if mine is None:
+            m.recipients.append(r)
+        else:
+            mine.relay, mine.status, mine.dsn = r.relay, r.status, r.dsn
+            mine.time, mine.delay, mine.detail = r.time, r.delay, r.detail
+            mine.service = r.service
+            mine.outside = mine.outside or r.outside
+    m.message_id = m.message_id or other.message_id
+    m.size = m.size if m.size is not None else other.size
+    m.sender = m.sender if m.sender is not None else other.sender
+    if other.last_seen is not None and (m.last_seen is None or other.last_seen > m.last_seen):
+        m.last_seen = other.last_seen
+
+
+def _touch(m: Message, t: datetime | None) -> None:
+    if t is None:
+        return
+    if m.first_seen is None or t < m.first_seen:
+        m.first_seen = t
+    if m.last_seen is None or t > m.last_seen:
+        m.last_seen = t
+
+
+def _is_reject(text: str) -> bool:
+    return text.startswith("reject: ") or text.startswith("milter-reject: ")
+
+
+def _reject_reply(body: str) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """(client host, client address, SMTP code, DSN, reply text) of a reject:
+    ``RCPT from host[addr]: 554 5.7.1 ...``."""
+    host = addr = code = dsn = detail = None
+    f = body.find(" from ")
+    if f >= 0:
+        e = body.find("]", f)
+        if e >= 0:
+            host, addr = _split_client(body[f + 6 : e + 1])
+            c = body.find(": ", e)
+            if c >= 0:
+                reply = body[c + 2 :]
+                semi = reply.rfind("; from=<")
+                detail = reply[:semi] if semi >= 0 else reply
+                parts = detail.split(" ", 2)
+                if parts and len(parts[0]) == 3 and parts[0].isdigit():
+                    code = parts[0]
+                    if len(parts) > 1 and parts[1][:1].isdigit() and "." in parts[1]:
+                        dsn = parts[1]
+    if code is None:  # cleanup: "...: 5.7.1 message content rejected"
+        tail = body.rsplit(": ", 1)[-1].split(" ", 1)
+        if tail and tail[0][:1] in ("4", "5") and tail[0].count(".") == 2:
+            dsn = tail[0]
+            code = "550" if dsn.startswith("5") else "450"
+            detail = body.rsplit(": ", 1)[-1]
+    return host, addr, code, dsn, detail
