@@ -10,7 +10,7 @@ from typing import Annotated, TextIO
 import typer
 
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
-from lockdown.cli.output import FAIL, OK, Output, error_line
+from lockdown.cli.output import FAIL, OK, Output
 from lockdown.errors import ExitCode, IntegrityError
 from lockdown.evidence.export import export_incident
 from lockdown.evidence.verify import verify_bundle
@@ -122,7 +122,7 @@ def export(
         )
         hint = "the bundle holds the incident as it is on disk; `lockdown verify` will report the same failure"
         if json_out:
-            out.info(error_line(message, hint))
+            out.error(message, hint)
             raise typer.Exit(int(ExitCode.FAILED))
         raise IntegrityError(message, hint)
 
@@ -154,7 +154,7 @@ def verify(
         return
     if json_out:
         assert report.failure is not None
-        out.info(error_line(report.failure, None))
+        out.error(report.failure)
         raise typer.Exit(int(ExitCode.FAILED))
     report.raise_for_failure()
 

@@ -65,6 +65,10 @@ class Output:
         """One line of side information on stderr, shown in both modes; control characters escaped."""
         print(terminal_safe(text), file=self.err, flush=True)
 
+    def error(self, message: str, hint: str | None = None) -> None:
+        """``lockdown: error: …`` and its hint on stderr, in both modes (:func:`error_line` escapes both parts)."""
+        print(error_line(message, hint), file=self.err, flush=True)
+
     def json_line(self, doc: dict[str, Any]) -> None:
         """One compact JSON object per line: the --json form of long-running commands (serve, watch)."""
         if self.json_mode:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
-from lockdown.cli.output import FAIL, HELD, OK, Output, error_line
+from lockdown.cli.output import FAIL, HELD, OK, Output
 from lockdown.engine import incident as inc
 from lockdown.engine import runner
 from lockdown.engine.drift import read_drifts
@@ -170,7 +170,7 @@ def status(
         message = f"incident {incident_id} is damaged: {view.damage}"
         hint = f"the steps shown are what its readable parts say; `lockdown restore {incident_id} --force` undoes them"
         if json_out:  # the view is the one JSON document; the error goes to stderr only
-            out.info(error_line(message, hint))
+            out.error(message, hint)
             raise typer.Exit(int(ExitCode.FAILED))
         raise IntegrityError(message, hint)
 
