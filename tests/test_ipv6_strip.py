@@ -241,8 +241,7 @@ def test_lockout_guard_refuses_to_cut_the_operators_session(netns: str, tmp_path
     assert refused.stderr.strip() == (
         f"lockdown: error: {pb} step 1 (strip): 2001:db8:3::1/64 on {a0} carries the operator's SSH session "
         "(SSH_CONNECTION, from 2001:db8:ffff::9 port 53422); stripping it would cut this connection\n"
-        '  -> keep it with keep = ["2001:db8:3::1/128"] in the step (or through --var), '
-        "or rerun with --force to strip it anyway"
+        "  -> keep it with --var keep=2001:db8:3::1/128, or rerun with --force to strip it anyway"
     )
     assert not (state_dir / "incidents").exists() or not any((state_dir / "incidents").iterdir())
     netlab.assert_same_state(before, state(netns, [a0, a1]))
@@ -324,8 +323,7 @@ def test_lockout_guard_sees_an_established_sshd_connection(netns: str, tmp_path:
             f"lockdown: error: {pb} step 1 (strip): 2001:db8:3::1/64 on {a0} carries the operator's SSH session "
             f"(established sshd connection, pid {sshd.pid}, from 2001:db8:4::1 port {port}); "
             "stripping it would cut this connection\n"
-            '  -> keep it with keep = ["2001:db8:3::1/128"] in the step (or through --var), '
-            "or rerun with --force to strip it anyway"
+            "  -> keep it with --var keep=2001:db8:3::1/128, or rerun with --force to strip it anyway"
         )
         netlab.assert_same_state(before, state(netns, [a0, a1]))
 

@@ -33,7 +33,7 @@ from typing import Any
 from lockdown import netlink
 from lockdown.actions.base import Action, StepContext, UndoRecord, fail
 from lockdown.actions.sysctl_set import read_sysctl, write_sysctl
-from lockdown.errors import BadInput, LockdownError
+from lockdown.errors import BadInput, LockdownError, Setting
 from lockdown.netlink import AF_INET6, Address, Route
 
 SYSCTL_KEYS = ("accept_ra", "autoconf")
@@ -361,8 +361,11 @@ class Ipv6Strip(Action[Params]):
             raise BadInput(
                 f"{addr.cidr} on {addr.ifname} carries the operator's SSH session "
                 f"({session.how}, from {session.remote}); stripping it would cut this connection",
-                f'keep it with keep = ["{session.local}/128"] in the step (or through --var), '
-                "or rerun with --force to strip it anyway",
+                (
+                    "keep it with ",
+                    Setting("keep", (f"{session.local}/128",)),
+                    ", or rerun with --force to strip it anyway",
+                ),
             )
 
     def resolved(self) -> dict[str, Any]:
