@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, ip_json, run_finished, sh, wait_for
-from tests.test_lab import GATEWAY, Lab, host_snapshot, queue_id, require_lab_facilities
+from tests.conftest import REPO, docker_bridge, ip_json, run_finished, sh, wait_for
+from tests.test_lab import Lab, host_snapshot, queue_id, require_lab_facilities
 from tests.test_serve import am_payload
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
@@ -182,7 +182,8 @@ def bundle_members(bundle: Path) -> dict[str, bytes]:
 
 def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_before(lab: Lab, tmp_path: Path) -> None:
     relayed = queue_id(attack(lab, "open"))
-    assert f"client=unknown[{GATEWAY}]" in lab.docker_logs()
+    gateway = docker_bridge().gateway
+    assert f"client=unknown[{gateway}]" in lab.docker_logs()
     before = lab_state(lab)
     assert global_v6(lab) == [lab.env["LAB_HOST6"]]
     assert before["container"]["State"]["Status"] == "running"
@@ -219,7 +220,7 @@ def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_bef
     assert verify.returncode == 0, verify.stdout + verify.stderr
     files = bundle_members(bundle)
     logs = b"".join(v for k, v in files.items() if k.startswith("evidence/logs/")).decode()
-    assert re.search(rf"{relayed}: client=unknown\[{re.escape(GATEWAY)}\]", logs), logs[-2000:]
+    assert re.search(rf"{relayed}: client=unknown\[{re.escape(gateway)}\]", logs), logs[-2000:]
     held = [k for k in files if k.startswith("evidence/queue/") and k.endswith(f"{relayed}.txt")]
     assert held, sorted(files)
     spam = files[held[0]].decode()
