@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import urllib.error
@@ -324,7 +325,13 @@ def test_the_readme_demo_runs_and_proves_each_phase(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab-state")
     (tmp_path / "lab-state").mkdir()
     before = host_snapshot()
-    env = {**os.environ, **lab.env, "DEMO_SKIP_INSTALL": "1", "DEMO_DIR": str(tmp_path / "demo")}
+    env = {
+        **os.environ,
+        **lab.env,
+        "DEMO_SKIP_INSTALL": "1",
+        "LOCKDOWN_PYTHON": sys.executable,  # the interpreter running these tests, whichever it is
+        "DEMO_DIR": str(tmp_path / "demo"),
+    }
     try:
         result = subprocess.run(
             [str(REPO / "scripts" / "demo")], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
@@ -339,6 +346,10 @@ def test_the_readme_demo_runs_and_proves_each_phase(tmp_path: Path) -> None:
         bundle = Path(re.findall(r"Bundle: (\S+\.tar\.gz)", out)[-1])
         verify = subprocess.run([sys.executable, "-m", "lockdown", "verify", str(bundle)], capture_output=True)
         assert verify.returncode == 0
+        bindir = sysconfig.get_path("scripts")
+        assert out.splitlines()[-1] == (
+            f"lockdown is {bindir}/lockdown here (LOCKDOWN_PYTHON); in a new shell: {bindir}/lockdown --help"
+        )
     finally:
         lab.teardown()
     assert lab.leftovers() == []
