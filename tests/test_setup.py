@@ -55,7 +55,7 @@ def test_a_pep668_python_under_sudo_gets_the_project_venv_and_keeps_it(tmp_path:
     code, facts, err = choose(tmp_path, {})
     assert code == 0, err
     venv_py = tmp_path / ".venv" / "bin" / "python"
-    assert facts == {"py": str(venv_py), "why": "the project venv (new)", "bin": str(tmp_path / ".venv" / "bin")}
+    assert facts == {"py": str(venv_py), "why": "a new project venv", "bin": str(tmp_path / ".venv" / "bin")}
     assert (tmp_path / ".venv" / "pyvenv.cfg").is_file()
     in_venv = "import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)"
     assert subprocess.run([str(venv_py), "-c", in_venv]).returncode == 0
