@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from lockdown.errors import ActionError, BadInput, PrivilegeError, Unavailable
+from lockdown.errors import ActionError, BadInput, PrivilegeError, Setting, Unavailable
 
 if TYPE_CHECKING:
     import docker
@@ -314,13 +314,25 @@ def resolve_containers(spec: str, *, label: str | Sequence[str] = "", port: int 
             raise BadInput(
                 f'container = "{spec}": no running container{where} publishes port {port}/tcp; '
                 f"running containers: {_listing(running)}",
-                'name the container: container = "NAME" (or "service:NAME" for Compose services)',
+                (
+                    "name the container: ",
+                    Setting("container", "NAME"),
+                    " (or ",
+                    Setting("container", "service:NAME"),
+                    " for Compose services)",
+                ),
             )
         if spec == "auto" and len(found) > 1:
             raise BadInput(
                 f'container = "auto": {len(found)} running containers{where} publish port {port}/tcp, '
                 f"choose one: {_listing(found)}",
-                'set container = "NAME", or container = "all" to act on every one of them',
+                (
+                    "set ",
+                    Setting("container", "NAME"),
+                    ", or ",
+                    Setting("container", "all"),
+                    " to act on every one of them",
+                ),
             )
         return found
     if spec.startswith("service:"):
@@ -341,7 +353,12 @@ def resolve_containers(spec: str, *, label: str | Sequence[str] = "", port: int 
             raise BadInput(
                 f'container = "{spec}": {len(found)} running containers are service {service}, '
                 f"choose one: {_listing(found)}",
-                'set container = "NAME", or narrow with label = "com.docker.compose.project=PROJECT"',
+                (
+                    "set ",
+                    Setting("container", "NAME"),
+                    ", or narrow with ",
+                    Setting("label", "com.docker.compose.project=PROJECT"),
+                ),
             )
         return found
     if not spec:
@@ -350,7 +367,8 @@ def resolve_containers(spec: str, *, label: str | Sequence[str] = "", port: int 
     if data is None:
         raise BadInput(
             f"no such container {spec!r}",
-            'check the name with `docker ps -a`, or use container = "auto" or "service:NAME"',
+            ("check the name with `docker ps -a`, or use ", Setting("container", "auto"), " or ",
+             Setting("container", "service:NAME")),
         )
     return [ref_from_inspect(data)]
 

@@ -30,7 +30,7 @@ from lockdown.audit import (
     parse_proxy_cmdline,
     trusted_by,
 )
-from tests.conftest import run_cli, sh, unique
+from tests.conftest import docker_bridge, run_cli, sh, unique
 from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, lab, postqueue, wait_smtp
 from tests.netlab import nsexec
 
@@ -108,7 +108,12 @@ def check_shape(doc: dict[str, Any]) -> None:
         assert all(isinstance(f[k], str) and f[k] for k in FINDING_KEYS)
 
 
-VULNERABLE = {"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12", "PERMIT_DOCKER": "network"}
+def vulnerable() -> dict[str, str]:
+    """docker-mailserver's PERMIT_DOCKER=network trust, for this engine's bridge (172.16.0.0/12
+    when the bridge is inside it, else the bridge's own subnet): vulnerable on any host."""
+    return {"POSTFIX_MYNETWORKS": f"127.0.0.0/8 {docker_bridge().trusted}", "PERMIT_DOCKER": "network"}
+
+
 CORRECTED = {"POSTFIX_MYNETWORKS": "127.0.0.0/8"}
 
 
@@ -117,7 +122,7 @@ CORRECTED = {"POSTFIX_MYNETWORKS": "127.0.0.0/8"}
 
 def test_vulnerable_config_gives_the_findings(docker_engine: Any, host_v6: str, tmp_path: Path) -> None:
     with lab(docker_engine) as the_lab:
-        c = mail_container(the_lab, host_ip="", env=VULNERABLE)
+        c = mail_container(the_lab, host_ip="", env=vulnerable())
         code, doc, err = audit("--container", c.name, "--no-container-logs", tmp_path=tmp_path)
     assert code == 1, err
     check_shape(doc)
@@ -127,8 +132,10 @@ def test_vulnerable_config_gives_the_findings(docker_engine: Any, host_v6: str, 
     gateway = c.attrs["NetworkSettings"]["Networks"]["bridge"]["Gateway"]
     trust = found["postfix-trusts-gateway"]
     assert trust["severity"] == "high"
-    assert gateway in trust["title"] and "172.16.0.0/12" in trust["evidence"]
-    assert trust["fix"] == "main.cf: `mynetworks = 127.0.0.0/8` (was `mynetworks = 127.0.0.0/8 172.16.0.0/12`)"
+    trusted = docker_bridge().trusted
+    assert gateway == docker_bridge().gateway
+    assert gateway in trust["title"] and trusted in trust["evidence"]
+    assert trust["fix"] == f"main.cf: `mynetworks = 127.0.0.0/8` (was `mynetworks = 127.0.0.0/8 {trusted}`)"
     assert found["dms-permit-docker"]["fix"] == "mailserver.env: `PERMIT_DOCKER=none` (was `PERMIT_DOCKER=network`)"
     assert found["ipv6-relay-path"]["severity"] == "critical"
     proxy = found["proxy-ipv6-to-ipv4"]["evidence"]
@@ -179,14 +186,15 @@ def test_mailu_subnet_and_relaynets(docker_engine: Any, tmp_path: Path) -> None:
         c = the_lab.run(
             BUSYBOX,
             ["sleep", "300"],
-            env={"SUBNET": "172.16.0.0/12", "RELAYNETS": "10.9.0.0/16, 172.17.0.0/16"},
+            env={"SUBNET": docker_bridge().trusted, "RELAYNETS": f"10.9.0.0/16, {docker_bridge().subnet}"},
             labels={"com.docker.compose.service": "smtp", "com.docker.compose.project": unique()},
         )
         code, doc, err = audit("--container", c.name, "--no-container-logs", tmp_path=tmp_path)
     found = {f["id"]: f for f in of(doc, c.name)}
     assert {"mailu-subnet-gateway", "mailu-relaynets-gateway"} <= set(found), doc
     assert found["mailu-relaynets-gateway"]["fix"] == (
-        "mailu.env: `RELAYNETS=` without 172.17.0.0/16 (was `RELAYNETS=10.9.0.0/16, 172.17.0.0/16`)"
+        f"mailu.env: `RELAYNETS=` without {docker_bridge().subnet} "
+        f"(was `RELAYNETS=10.9.0.0/16, {docker_bridge().subnet}`)"
     )
     assert code == 1, err
 
@@ -211,7 +219,7 @@ def test_ipv6_disabled_says_the_ipv6_path_is_not_exposed(docker_engine: Any, net
     """
     host_before = Path(DISABLE_IPV6).read_text()
     with lab(docker_engine) as the_lab:
-        c = mail_container(the_lab, host_ip="", env=VULNERABLE)
+        c = mail_container(the_lab, host_ip="", env=vulnerable())
         port = c.attrs["NetworkSettings"]["Ports"]["25/tcp"][0]["HostPort"]
         args = ("--container", c.name, "--no-container-logs")
         _, on, _ = audit(*args, tmp_path=tmp_path, netns=netns)
@@ -252,6 +260,7 @@ def test_ipv6_disabled_reads_the_given_namespace_switch(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ abuse in the logs
 
+#: 172.17.0.1 stands for the bridge gateway; ``abuse_log()`` puts this engine's in its place.
 ABUSE_LOG = """\
 Nov 22 23:43:37 mail postfix/postscreen[77]: CONNECT from [172.17.0.1]:40312 to [172.17.0.2]:25
 Nov 22 23:43:37 mail postfix/smtpd[108]: connect from unknown[172.17.0.1]
@@ -269,9 +278,13 @@ Nov 22 23:44:02 mail postfix/qmgr[106]: B0B0B0B0B0: removed
 """
 
 
+def abuse_log() -> str:
+    return ABUSE_LOG.replace("[172.17.0.1]", f"[{docker_bridge().gateway}]")
+
+
 def test_abuse_in_the_logs(docker_engine: Any, tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
-    log.write_text(ABUSE_LOG)
+    log.write_text(abuse_log())
     with lab(docker_engine) as the_lab:
         c = mail_container(the_lab, host_ip="127.0.0.1", env=CORRECTED)
         code, doc, err = audit("--container", c.name, "--no-container-logs", "--log", str(log), tmp_path=tmp_path)
@@ -279,7 +292,7 @@ def test_abuse_in_the_logs(docker_engine: Any, tmp_path: Path) -> None:
     relay = found["log-gateway-relay"]
     assert relay["severity"] == "high"
     assert relay["title"] == "1 message(s) relayed from a Docker gateway without SASL"
-    assert "172.17.0.1" in relay["evidence"] and "qq.com (1)" in relay["evidence"]
+    assert docker_bridge().gateway in relay["evidence"] and "qq.com (1)" in relay["evidence"]
     assert "gmail" not in relay["evidence"]  # the authenticated message is not abuse
     conn = found["log-gateway-connections"]
     assert conn["title"] == "2 connection(s) logged from a Docker gateway"
@@ -289,7 +302,8 @@ def test_abuse_in_the_logs(docker_engine: Any, tmp_path: Path) -> None:
 
 def test_clean_log_gives_no_log_finding(docker_engine: Any, tmp_path: Path) -> None:
     log = tmp_path / "mail.log"
-    log.write_text("".join(ln + "\n" for ln in ABUSE_LOG.splitlines() if "172.17.0.1" not in ln))
+    gateway = f"[{docker_bridge().gateway}]"
+    log.write_text("".join(ln + "\n" for ln in abuse_log().splitlines() if gateway not in ln))
     with lab(docker_engine) as the_lab:
         c = mail_container(the_lab, host_ip="127.0.0.1", env=CORRECTED)
         code, doc, _ = audit("--container", c.name, "--no-container-logs", "--log", str(log), tmp_path=tmp_path)

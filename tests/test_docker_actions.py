@@ -537,8 +537,31 @@ def test_auto_with_no_candidate_lists_the_running_ones(dlab: Lab, tmp_path: Path
     assert error_lines(r) == [
         f'lockdown: error: {pb} step 1 (pause): container = "auto": no running container with label {label} '
         f"publishes port 25/tcp; running containers: {c.name} (running)",
-        '  -> name the container: container = "NAME" (or "service:NAME" for Compose services)',
+        '  -> name the container: container = "NAME" (or container = "service:NAME" for Compose services)',
     ]
+    assert status(c) == "running"
+    assert not (state_dir / "incidents").exists()
+
+
+def test_a_hint_after_lockdown_run_is_a_flag_the_operator_can_type(
+    dlab: Lab, tmp_path: Path, state_dir: Path
+) -> None:
+    """The container comes from a var: on the command line the way out is ``--var``, not TOML."""
+    c = dlab.run(BUSYBOX, SLEEPER)
+    label = f"{TEST_LABEL}={dlab.owner}"
+    pb = tmp_path / "var-target.toml"
+    pb.write_text(
+        '[vars]\ncontainer = "auto"\n\n[[steps]]\nid = "pause"\naction = "docker.pause"\n'
+        f'container = "{{container}}"\nlabel = "{label}"\n'
+    )
+    for extra in ((), ("--dry-run",)):
+        r = run_cli("run", str(pb), *extra, state_dir=state_dir)
+        assert r.returncode == 2, r.stderr
+        assert error_lines(r) == [
+            f'lockdown: error: {pb} step 1 (pause): container = "auto": no running container with label {label} '
+            f"publishes port 25/tcp; running containers: {c.name} (running)",
+            "  -> name the container: --var container=NAME (or --var container=service:NAME for Compose services)",
+        ]
     assert status(c) == "running"
     assert not (state_dir / "incidents").exists()
 
@@ -575,7 +598,7 @@ def test_container_not_found_is_exit_2(tmp_path: Path, state_dir: Path, docker_e
     assert r.returncode == 2
     assert error_lines(r) == [
         f"lockdown: error: {pb} step 1 (pause): no such container 'lkd-no-such-container'",
-        '  -> check the name with `docker ps -a`, or use container = "auto" or "service:NAME"',
+        '  -> check the name with `docker ps -a`, or use container = "auto" or container = "service:NAME"',
     ]
     assert not (state_dir / "incidents").exists()
 

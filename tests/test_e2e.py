@@ -20,6 +20,7 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import urllib.error
@@ -31,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, ip_json, run_finished, sh, wait_for
-from tests.test_lab import GATEWAY, Lab, host_snapshot, queue_id, require_lab_facilities
+from tests.conftest import REPO, docker_bridge, ip_json, run_finished, sh, wait_for
+from tests.test_lab import Lab, host_snapshot, queue_id, require_lab_facilities
 from tests.test_serve import am_payload
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
@@ -182,7 +183,8 @@ def bundle_members(bundle: Path) -> dict[str, bytes]:
 
 def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_before(lab: Lab, tmp_path: Path) -> None:
     relayed = queue_id(attack(lab, "open"))
-    assert f"client=unknown[{GATEWAY}]" in lab.docker_logs()
+    gateway = docker_bridge().gateway
+    assert f"client=unknown[{gateway}]" in lab.docker_logs()
     before = lab_state(lab)
     assert global_v6(lab) == [lab.env["LAB_HOST6"]]
     assert before["container"]["State"]["Status"] == "running"
@@ -219,7 +221,7 @@ def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_bef
     assert verify.returncode == 0, verify.stdout + verify.stderr
     files = bundle_members(bundle)
     logs = b"".join(v for k, v in files.items() if k.startswith("evidence/logs/")).decode()
-    assert re.search(rf"{relayed}: client=unknown\[{re.escape(GATEWAY)}\]", logs), logs[-2000:]
+    assert re.search(rf"{relayed}: client=unknown\[{re.escape(gateway)}\]", logs), logs[-2000:]
     held = [k for k in files if k.startswith("evidence/queue/") and k.endswith(f"{relayed}.txt")]
     assert held, sorted(files)
     spam = files[held[0]].decode()
@@ -323,7 +325,13 @@ def test_the_readme_demo_runs_and_proves_each_phase(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "lab-state")
     (tmp_path / "lab-state").mkdir()
     before = host_snapshot()
-    env = {**os.environ, **lab.env, "DEMO_SKIP_INSTALL": "1", "DEMO_DIR": str(tmp_path / "demo")}
+    env = {
+        **os.environ,
+        **lab.env,
+        "DEMO_SKIP_INSTALL": "1",
+        "LOCKDOWN_PYTHON": sys.executable,  # the interpreter running these tests, whichever it is
+        "DEMO_DIR": str(tmp_path / "demo"),
+    }
     try:
         result = subprocess.run(
             [str(REPO / "scripts" / "demo")], capture_output=True, text=True, env=env, timeout=600, cwd=REPO
@@ -338,6 +346,10 @@ def test_the_readme_demo_runs_and_proves_each_phase(tmp_path: Path) -> None:
         bundle = Path(re.findall(r"Bundle: (\S+\.tar\.gz)", out)[-1])
         verify = subprocess.run([sys.executable, "-m", "lockdown", "verify", str(bundle)], capture_output=True)
         assert verify.returncode == 0
+        bindir = sysconfig.get_path("scripts")
+        assert out.splitlines()[-1] == (
+            f"lockdown is {bindir}/lockdown here (LOCKDOWN_PYTHON); in a new shell: {bindir}/lockdown --help"
+        )
     finally:
         lab.teardown()
     assert lab.leftovers() == []

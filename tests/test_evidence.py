@@ -1066,6 +1066,9 @@ def test_case_json_host_identity_comes_from_the_run(real: Real) -> None:
         meta["lockdown_version"],
     )
     assert case["operator"] == meta["operator"]
+    # `lockdown --version` prints the version the bundle records (issue 12)
+    version = run_cli("--version")
+    assert (version.returncode, version.stdout, version.stderr) == (0, f"lockdown {host['lockdown_version']}\n", "")
 
 
 WEBHOOK_PLAYBOOK = """

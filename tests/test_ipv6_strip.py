@@ -269,8 +269,7 @@ def test_lockout_guard_refuses_to_cut_the_operators_session(netns: str, tmp_path
     assert refused.stderr.strip() == (
         f"lockdown: error: {pb} step 1 (strip): 2001:db8:3::1/64 on {a0} carries the operator's SSH session "
         "(SSH_CONNECTION, from 2001:db8:ffff::9 port 53422); stripping it would cut this connection\n"
-        '  -> keep it with keep = ["2001:db8:3::1/128"] in the step (or through --var), '
-        "or rerun with --force to strip it anyway"
+        "  -> keep it with --var keep=2001:db8:3::1/128, or rerun with --force to strip it anyway"
     )
     assert not (state_dir / "incidents").exists() or not any((state_dir / "incidents").iterdir())
     netlab.assert_same_state(before, state(netns, [a0, a1]))
@@ -352,8 +351,7 @@ def test_lockout_guard_sees_an_established_sshd_connection(netns: str, tmp_path:
             f"lockdown: error: {pb} step 1 (strip): 2001:db8:3::1/64 on {a0} carries the operator's SSH session "
             f"(established sshd connection, pid {sshd.pid}, from 2001:db8:4::1 port {port}); "
             "stripping it would cut this connection\n"
-            '  -> keep it with keep = ["2001:db8:3::1/128"] in the step (or through --var), '
-            "or rerun with --force to strip it anyway"
+            "  -> keep it with --var keep=2001:db8:3::1/128, or rerun with --force to strip it anyway"
         )
         netlab.assert_same_state(before, state(netns, [a0, a1]))
 
@@ -503,3 +501,56 @@ def test_netlink_dumps_agree_with_ip_json(netns: str) -> None:
         for r in ours["routes"]
     }
     assert ours_routes == theirs_routes
+
+
+# ------------------------------------------------------------ a host with IPv6 disabled
+
+
+def _ipv6_disabled_netns(ns: str) -> tuple[str, str]:
+    """disable_ipv6=1 for all and default, set inside the test's netns only (the host's own
+    sysctls are never touched); the veth pair made afterwards inherits it."""
+    for conf in ("all", "default"):
+        netlab.nsexec(ns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+    a0, a1 = veth(ns)
+    assert get_sysctl(ns, a0, "disable_ipv6") == "1"
+    return a0, a1
+
+
+def test_host_with_ipv6_disabled_has_nothing_to_strip_and_says_why(
+    netns: str, tmp_path: Path, state_dir: Path
+) -> None:
+    a0, a1 = _ipv6_disabled_netns(netns)
+    before = state(netns, [a0, a1])
+    pb = netlab.playbook(tmp_path, '[[steps]]\nid = "strip"\naction = "ipv6.strip"\n')
+
+    plan = lockdown(netns, state_dir, "run", str(pb), "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "        -> ipv6_disabled: net.ipv6.conf.all.disable_ipv6=1" in plan.stdout.splitlines()
+
+    run = lockdown(netns, state_dir, "run", str(pb), "--json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["status"] == "contained"
+    assert doc["steps"][0]["state"] == "ok" and doc["steps"][0]["error"] is None
+    assert doc["steps"][0]["notes"] == [
+        "IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1): no interface can hold an IPv6 "
+        "address, so there is nothing to strip and no IPv6 path into docker-proxy; nothing changed"
+    ]
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+    restore = lockdown(netns, state_dir, "restore", "--last")
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+def test_named_interface_with_ipv6_disabled_is_left_as_it_is(netns: str, tmp_path: Path, state_dir: Path) -> None:
+    a0, a1 = _ipv6_disabled_netns(netns)
+    set_sysctl(netns, a0, "accept_ra", "2")  # what a strip would set to 0 on an interface with IPv6
+    before = state(netns, [a0, a1])
+    run = lockdown(netns, state_dir, "run", str(netlab.playbook(tmp_path, STRIP.format(dev=a0))), "--json")
+    assert run.returncode == 0, run.stderr
+    notes = json.loads(run.stdout)["steps"][0]["notes"]
+    assert notes == [
+        f"{a0}: IPv6 is disabled (net.ipv6.conf.{a0}.disable_ipv6=1): no IPv6 address to strip; left as it is"
+    ]
+    assert get_sysctl(netns, a0, "accept_ra") == "2"
+    netlab.assert_same_state(before, state(netns, [a0, a1]))

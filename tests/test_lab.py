@@ -1,7 +1,8 @@
 """The relay lab (scripts/lab) against a real Docker Engine and real namespaces.
 
 Proves the facts of issue 7 on this machine: an IPv6 client is relayed because
-docker-proxy makes it look like 172.17.0.1, the same attempt over IPv4 (DNAT,
+docker-proxy makes it look like the bridge gateway (172.17.0.1 by default; read
+from Docker, never assumed), the same attempt over IPv4 (DNAT,
 real client address) gets 554, removing the host-side IPv6 address stops it,
 nothing is ever delivered, and `down` removes the lab and nothing else.
 
@@ -26,12 +27,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, ip_json, sh, unavailable, unique
+from tests.conftest import REPO, docker_bridge, ip_json, sh, unavailable, unique, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
 
 LAB = str(REPO / "scripts" / "lab")
-GATEWAY = "172.17.0.1"
 SYSCTLS = (
     "net/ipv4/ip_forward",
     "net/ipv6/conf/all/forwarding",
@@ -186,8 +186,8 @@ def test_up_publishes_on_both_families_and_writes_facts(lab: Lab) -> None:
     assert facts["LAB_HOST_IF"] == lab.host_if
     assert facts["LAB_PORT"] == lab.env["LAB_PORT"]
     assert facts["LAB_HOST6"] == lab.env["LAB_HOST6"]
-    assert facts["LAB_MYNETWORKS"] == "127.0.0.0/8 172.16.0.0/12"
-    assert facts["LAB_GATEWAY4"] == GATEWAY
+    assert facts["LAB_MYNETWORKS"] == f"127.0.0.0/8 {docker_bridge().trusted}"
+    assert facts["LAB_GATEWAY4"] == docker_bridge().gateway
 
     host = ip_json("addr", "show", "dev", lab.host_if)[0]
     assert {(a["local"], a["prefixlen"]) for a in host["addr_info"] if a["scope"] == "global"} == {
@@ -210,11 +210,18 @@ def test_ipv6_client_is_relayed_as_the_bridge_gateway(lab: Lab) -> None:
     r = lab.run("attack", "--expect", "open")
     assert r.returncode == 0, r.stderr
     assert "relay OPEN: RCPT TO:<victim@qq.com> -> 250 2.1.5 Ok" in r.stdout
-    assert f"(client seen as {GATEWAY})" in r.stdout
+    gateway = docker_bridge().gateway
+    assert f"(client seen as {gateway})" in r.stdout
     qid = queue_id(r.stdout)
-    logs = lab.docker_logs()
-    assert f"{qid}: client=unknown[{GATEWAY}]" in logs
-    assert f"{qid}: to=<victim@qq.com>, relay=none" in logs
+    # Postfix writes the delivery attempt after the client has its 250: wait for it, with a deadline.
+    line = f"{qid}: to=<victim@qq.com>, relay=none"
+
+    def logs_with_line() -> str | None:
+        text = lab.docker_logs()
+        return text if line in text else None
+
+    logs = wait_for(logs_with_line, timeout=30, what=f"the log line '{line}'")
+    assert f"{qid}: client=unknown[{gateway}]" in logs
 
     wrong = lab.run("attack", "--expect", "closed")
     assert wrong.returncode == 1
@@ -314,3 +321,24 @@ def test_failed_up_removes_what_it_made(tmp_path: Path) -> None:
             lab.run("down")
             sh("docker", "rm", "-f", lab.container, check=False)
             sh("ip", "netns", "del", lab.netns, check=False)
+
+
+def test_up_on_a_host_without_ipv6_says_what_to_enable(tmp_path: Path, netns: str) -> None:
+    """IPv6 disabled (common on servers): `up` names the sysctl to set instead of ip's raw
+    "IPv6 is disabled on this device", and makes nothing. The "host" is a netns of our own with
+    disable_ipv6=1 set inside it only, so the real host's sysctls are never touched."""
+    require_lab_facilities()
+    for conf in ("all", "default"):
+        sh("ip", "netns", "exec", netns, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1")
+    lab = Lab(tmp_path)
+    env = {**os.environ, **lab.env}
+    r = subprocess.run(["ip", "netns", "exec", netns, LAB, "up"], capture_output=True, text=True, env=env, timeout=60)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        "lab: IPv6 is disabled on this host (net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1),"
+        " and the lab's relay path is IPv6 -> docker-proxy; nothing was changed. To run the lab, enable it:"
+        " sysctl -w net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0"
+        " (and set it back afterwards if this host should stay IPv6-free)\n"
+    )
+    assert lab.leftovers() == []
+    assert ip_json("link", netns=netns)[0]["ifname"] == "lo" and len(ip_json("link", netns=netns)) == 1

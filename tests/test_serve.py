@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections import Counter
@@ -835,7 +836,8 @@ def test_unit_exec_start_parses_with_the_real_cli(unit: str) -> None:
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_passes_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    lockdown_bin = shutil.which("lockdown")
+    # The entry point of the environment running the tests (the project venv is not on PATH), else PATH's.
+    lockdown_bin = shutil.which("lockdown", path=sysconfig.get_path("scripts")) or shutil.which("lockdown")
     if analyze is None or lockdown_bin is None:
         unavailable("systemd-analyze and an installed lockdown entry point are needed")
     text = (DEPLOY / "systemd" / unit).read_text().replace("/usr/local/bin/lockdown", str(lockdown_bin))

@@ -241,7 +241,7 @@ class EvidenceFile:
     def __post_init__(self) -> None:
         parts = self.file.split("/")
         if len(self.file) > 255 or not all(p not in (".", "..") and SAFE_NAME_RE.match(p) for p in parts):
-            raise ValueError(
+            raise ParamError(
                 "file",
                 f"expected a relative file name of letters, digits and ._@+=- (like host.json), got {self.file!r}",
             )
@@ -265,11 +265,7 @@ def build_params(params_cls: type[Any], raw: dict[str, Any]) -> Any:
         return params_cls(**values)
     except ParamError:
         raise
-    except ValueError as exc:
-        # Legacy form still raised by ipv6_strip.Params: ValueError(key, reason).
-        # New code raises ParamError; drop this once ipv6_strip does too.
-        if len(exc.args) == 2 and all(isinstance(a, str) for a in exc.args):
-            raise ParamError(exc.args[0], exc.args[1]) from exc
+    except ValueError as exc:  # a Params check that did not name its key
         raise ParamError("params", str(exc)) from exc
 
 

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockdown import netlink
-from lockdown.actions.base import Action, StepContext, UndoRecord, fail
-from lockdown.errors import BadInput, LockdownError
+from lockdown.actions.base import Action, ParamError, StepContext, UndoRecord, fail
+from lockdown.errors import BadInput, LockdownError, Setting
 from lockdown.hostfacts import network_managers as suspect_managers
 from lockdown.hostfacts import plain_ip as _plain_ip
 from lockdown.hostfacts import sshd_ancestors as _sshd_ancestors
 from lockdown.hostfacts import sshd_pids as _sshd_pids
 from lockdown.hostfacts import tcp_established as _tcp_established
 from lockdown.netlink import AF_INET6, Address, Route
-from lockdown.sysctl import read_sysctl, write_sysctl
+from lockdown.sysctl import PROC_SYS, read_sysctl, write_sysctl
 
 SYSCTL_KEYS = ("accept_ra", "autoconf")
 RECORD_VERSION = 1
@@ -61,12 +61,12 @@ class Params:
     def __post_init__(self) -> None:
         for i, pattern in enumerate(self.interfaces):
             if not pattern or "/" in pattern or any(c.isspace() for c in pattern) or len(pattern) > 64:
-                raise ValueError(f"interfaces[{i}]", f"expected an interface name or glob, got {pattern!r}")
+                raise ParamError(f"interfaces[{i}]", f"expected an interface name or glob, got {pattern!r}")
         for i, cidr in enumerate(self.keep):
             try:
                 _net(cidr)
             except ValueError:
-                raise ValueError(
+                raise ParamError(
                     f"keep[{i}]", f"expected an address or CIDR like 2001:db8::1/128, got {cidr!r}"
                 ) from None
 
@@ -104,6 +104,36 @@ class Survey:
     interfaces: list[str]
     addresses: list[Address]
     skipped_kept: list[Address]
+    #: interfaces left out because IPv6 is off on them, with the reason (``ipv6_off``)
+    disabled: dict[str, str] = field(default_factory=dict)
+
+
+def ipv6_off(ifname: str) -> str | None:
+    """Why ``ifname`` can hold no IPv6 address (the sysctl that says so), or None when it can.
+
+    Servers often run with ``net.ipv6.conf.all.disable_ipv6=1``: there is then nothing to
+    strip and no IPv6 path into docker-proxy, which the step says instead of failing or
+    writing accept_ra/autoconf on interfaces that cannot take an address anyway.
+    """
+    if not (PROC_SYS / "net" / "ipv6").is_dir():
+        return "the kernel has IPv6 disabled (booted with ipv6.disable=1)"
+    try:
+        value = read_sysctl(_sysctl_name(ifname, "disable_ipv6"))
+    except BadInput:
+        return None
+    return f"net.ipv6.conf.{ifname}.disable_ipv6=1" if value == "1" else None
+
+
+def host_ipv6_off(names: list[str]) -> str | None:
+    """Why no interface of ``names`` (the non-loopback ones) can hold IPv6, or None if one can."""
+    reasons = [ipv6_off(n) for n in names]
+    if not names or not all(reasons):
+        return None
+    if not (PROC_SYS / "net" / "ipv6").is_dir():
+        return str(reasons[0])
+    if read_sysctl("net/ipv6/conf/all/disable_ipv6") == "1":
+        return "net.ipv6.conf.all.disable_ipv6=1"
+    return "disable_ipv6=1 on " + ", ".join(names)
 
 
 def survey(params: Params) -> Survey:
@@ -130,12 +160,17 @@ def survey(params: Params) -> Survey:
             else:
                 raise BadInput(f"interfaces: no interface named {pattern!r} (have: {', '.join(names)})")
             targets.extend(n for n in matched if n not in targets)
+        disabled = {n: why for n in targets if (why := ipv6_off(n))}
+        targets = [n for n in targets if n not in disabled]
     else:
         loopback = {link.name for link in links if link.loopback}
         with_global = {a.ifname for a in addrs if strippable(a, params)}
         targets = [n for n in names if n in with_global and n not in loopback]
+        host_off = None if targets else host_ipv6_off([n for n in names if n not in loopback])
+        disabled = {"host": host_off} if host_off else {}
     on_targets = [a for a in addrs if a.ifname in targets]
     return Survey(
+        disabled=disabled,
         interfaces=targets,
         addresses=[a for a in on_targets if strippable(a, params)],
         skipped_kept=[
@@ -284,14 +319,23 @@ class Ipv6Strip(Action[Params]):
             raise BadInput(
                 f"{addr.cidr} on {addr.ifname} carries the operator's SSH session "
                 f"({session.how}, from {session.remote}); stripping it would cut this connection",
-                f'keep it with keep = ["{session.local}/128"] in the step (or through --var), '
-                "or rerun with --force to strip it anyway",
+                (
+                    "keep it with ",
+                    Setting("keep", (f"{session.local}/128",)),
+                    ", or rerun with --force to strip it anyway",
+                ),
             )
 
     def resolved(self) -> dict[str, Any]:
         if self._survey is None:
             return {}
-        return {"interfaces": self._survey.interfaces, "strip": [a.cidr for a in self._survey.addresses]}
+        out: dict[str, Any] = {
+            "interfaces": self._survey.interfaces,
+            "strip": [a.cidr for a in self._survey.addresses],
+        }
+        if self._survey.disabled:
+            out["ipv6_disabled"] = [f"{n}: {why}" if n != "host" else why for n, why in self._survey.disabled.items()]
+        return out
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
         found = survey(self.params)
@@ -326,8 +370,20 @@ class Ipv6Strip(Action[Params]):
         for line in self._forced:
             ctx.note(line)
         ctx.write_json("ipv6-before.json", record)
+        disabled = self._survey.disabled if self._survey else {}
+        for ifname, why in disabled.items():
+            if ifname == "host":
+                ctx.note(
+                    f"IPv6 is disabled on this host ({why}): no interface can hold an IPv6 address, so there "
+                    "is nothing to strip and no IPv6 path into docker-proxy; nothing changed"
+                )
+            else:
+                ctx.note(f"{ifname}: IPv6 is disabled ({why}): no IPv6 address to strip; left as it is")
+        if disabled:
+            ctx.result["ipv6_disabled"] = dict(disabled)
         if not record["interfaces"]:
-            ctx.note("no interface has a global IPv6 address outside keep: nothing to strip")
+            if not disabled:
+                ctx.note("no interface has a global IPv6 address outside keep: nothing to strip")
             ctx.result["removed"] = {}
             return
         for kept in self._survey.skipped_kept if self._survey else []:

@@ -53,7 +53,21 @@ COMMAND_MODULES: dict[str, str] = {
 }
 
 
-def _root() -> None:
+def _print_version(value: bool) -> None:
+    """``lockdown --version``: the same ``__version__`` that every incident and bundle records
+    as ``lockdown_version``, so a script can compare the two."""
+    if value:
+        from lockdown import __version__
+
+        print(f"lockdown {__version__}")
+        raise typer.Exit(0)
+
+
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+    ),
+) -> None:
     """The group's callback: with one, typer keeps the command name even when an app holds a
     single command (without, it would run that command directly and refuse its name)."""
 
@@ -100,6 +114,8 @@ def __getattr__(name: str) -> Any:
 def _command_app(args: Sequence[str]) -> typer.Typer:
     """The app for this command line: only the invoked command's module when the first
     argument names one, else every command (top-level help, unknown command)."""
+    if args[:1] == ["--version"]:
+        return build_app([])  # nothing else to import for one line
     name = COMMAND_MODULES.get(args[0]) if args else None
     return __getattr__("app") if name is None else build_app([name])
 

@@ -6,6 +6,8 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Annotated, Any
 
@@ -16,8 +18,8 @@ from lockdown.cli.output import FAIL, HELD, OK, Output
 from lockdown.engine import incident as inc
 from lockdown.engine import runner
 from lockdown.engine.drift import read_drifts
-from lockdown.engine.playbook import load_playbook, parse_var_overrides
-from lockdown.errors import ExitCode, IntegrityError, PartialRestore
+from lockdown.engine.playbook import Playbook, load_playbook, parse_var_overrides
+from lockdown.errors import ExitCode, IntegrityError, LockdownError, PartialRestore
 
 EMPTY = "empty: nothing was changed (the incident has no journal line)"
 
@@ -31,6 +33,17 @@ RUN_EXIT = {
     "failed": ExitCode.FAILED,
     "interrupted": ExitCode.INTERRUPTED,
 }
+
+
+@contextmanager
+def _hints_as_flags(pb: Playbook) -> Iterator[None]:
+    """The operator typed ``lockdown run``: a hint that names one of the playbook's vars says
+    ``--var KEY=VALUE``, which is what they can type next, rather than the TOML of the file."""
+    try:
+        yield
+    except LockdownError as exc:
+        exc.cli_vars = frozenset(pb.vars)
+        raise
 
 
 def run(
@@ -47,7 +60,8 @@ def run(
     out = Output(json_out)
     pb = load_playbook(playbook, parse_var_overrides(var or []))
     if dry_run:
-        result = runner.dry_run(pb, force=force)
+        with _hints_as_flags(pb):
+            result = runner.dry_run(pb, force=force)
         if json_out:
             out.json(result.as_dict())
         else:
@@ -69,14 +83,15 @@ def run(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = runner.run_playbook(
-            pb,
-            root(state_dir),
-            force=force,
-            trigger={"kind": "cli", "argv": sys.argv, "command": shlex.join(sys.argv)},
-            on_event=out.event,
-            stop=stop,
-        )
+        with _hints_as_flags(pb):
+            result = runner.run_playbook(
+                pb,
+                root(state_dir),
+                force=force,
+                trigger={"kind": "cli", "argv": sys.argv, "command": shlex.join(sys.argv)},
+                on_event=out.event,
+                stop=stop,
+            )
     finally:
         for s, h in old.items():
             signal.signal(s, h)
