@@ -16,16 +16,19 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lockdown import dockerapi
 from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.actions.containers import ContainerAction, ContainerParams
-from lockdown.errors import ActionError, BadInput, IntegrityError
+from lockdown.errors import ActionError, BadInput
 
 ACTION = "postfix.hold_queue"
 DECISION = "release-queue"
+#: The other decision a held queue offers: delete exactly the held ids (``lockdown queue purge``).
+PURGE = "purge-queue"
 QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{4,32}$")
 #: Queue ids per ``postsuper``/``postcat`` exec (well under ARG_MAX).
 BATCH = 200
@@ -275,6 +278,7 @@ class PostfixHoldQueue(ContainerAction[Params]):
     name = ACTION
     Params = Params
     held_undo = DECISION
+    offers = (PURGE,)
 
     def describe(self) -> str:
         return f"save and hold the Postfix queue of {self.params.target_text()}"
@@ -384,6 +388,54 @@ class PostfixHoldQueue(ContainerAction[Params]):
             )
 
     @classmethod
+    def decide(cls, ctx: StepContext, record: UndoRecord, decision: str) -> dict[str, Any]:
+        """``purge-queue``: delete exactly the recorded ids still on hold (``postsuper -d ID ... hold``).
+
+        Write-ahead like every change: the record is amended (``purged``) in the
+        journal before postsuper runs, so a later ``restore --release-queue``
+        knows they are gone and never tries to release them.
+        """
+        if decision != PURGE:
+            return super().decide(ctx, record, decision)
+        done = []
+        for entry in record["containers"]:
+            notes: list[str] = []
+            item: dict[str, Any] = {"container": entry["name"], "deleted": [], "gone": [], "notes": notes}
+            done.append(item)
+            ids = pending_ids(entry)
+            if not ids:
+                notes.append("nothing left to purge")
+                continue
+            found = locate(entry, notes.append)
+            if found is None:
+                notes.append("the container no longer exists: its held messages went with it")
+                item["gone"] = ids
+                continue
+            cid, name = found
+            _not_paused(cid, name)
+            before = read_queue(cid, name)
+            on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
+            released = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
+            item["gone"] = [q for q in ids if q not in before.queue_of]
+            if released:
+                notes.append(
+                    f"{len(released)} recorded message(s) are no longer on hold (released by hand?): not deleted"
+                )
+            # Ids no longer in the queue count as purged too: nothing is left to release.
+            entry["purged"] = sorted(set(entry.get("purged", [])) | set(on_hold) | set(item["gone"]))
+            entry["purged_at"] = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+            ctx.amend_undo(record, reason="queue purge", container=name, deleting=on_hold)
+            if on_hold:
+                postsuper(cid, name, "-d", on_hold, queue="hold")
+            after = read_queue(cid, name)
+            left = [q for q in on_hold if q in after.queue_of]
+            if left:
+                raise ActionError(f"{name}: {len(left)} message(s) survived postsuper -d: {left[:5]}")
+            item["deleted"] = on_hold
+            item["container"] = name
+        return {"containers": done}
+
+    @classmethod
     def held_summary(cls, record: UndoRecord) -> str:
         incident = record.get("incident", "INCIDENT")
         parts = []
@@ -482,87 +534,3 @@ def show_queue(root: Path, incident_id: str, *, live: bool = True) -> dict[str, 
         )
     out["journal_intact"] = view.chain.intact
     return out
-
-
-def purge_queue(root: Path, incident_id: str, *, operator: str = "") -> dict[str, Any]:
-    """Delete exactly the held ids an incident recorded (``postsuper -d ID ... hold``).
-
-    Write-ahead like every change: the undo record is amended (``purged``)
-    in the journal before postsuper runs, so a later ``restore
-    --release-queue`` knows they are gone and never tries to release them.
-    Only messages still on hold are deleted. Takes the state-dir lock.
-    """
-    from lockdown.engine.incident import operator as current_operator
-    from lockdown.engine.journal import Journal, utcnow
-    from lockdown.engine.lock import StateLock
-
-    with StateLock(root, "queue purge") as lock:
-        lock.update(incident_id)
-        view, steps = _hold_steps(root, incident_id)
-        if not view.chain.intact:
-            raise IntegrityError(
-                f"incident {incident_id}: {view.chain.problem}; "
-                "refusing to act on a journal that may have been altered",
-                hint=f"check it with `lockdown status {incident_id}`",
-            )
-        open_steps = [qs for qs in steps if qs.open]
-        if not open_steps:
-            raise BadInput(
-                f"incident {incident_id}: the held queue was already released by `lockdown restore --release-queue`",
-                "nothing to purge; delete single messages with `postsuper -d ID` inside the container",
-            )
-        result: dict[str, Any] = {"incident_id": incident_id, "steps": []}
-        journal = Journal.open(view.path)
-        try:
-            for qs in open_steps:
-                record = json.loads(json.dumps(qs.record))
-                done = []
-                for entry in record["containers"]:
-                    notes: list[str] = []
-                    ids = pending_ids(entry)
-                    item: dict[str, Any] = {"container": entry["name"], "deleted": [], "gone": [], "notes": notes}
-                    done.append(item)
-                    if not ids:
-                        notes.append("nothing left to purge")
-                        continue
-                    found = locate(entry, notes.append)
-                    if found is None:
-                        notes.append("the container no longer exists: its held messages went with it")
-                        item["gone"] = ids
-                        continue
-                    cid, name = found
-                    _not_paused(cid, name)
-                    before = read_queue(cid, name)
-                    on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
-                    released = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
-                    item["gone"] = [q for q in ids if q not in before.queue_of]
-                    if released:
-                        notes.append(
-                            f"{len(released)} recorded message(s) are no longer on hold "
-                            "(released by hand?): not deleted"
-                        )
-                    # Ids no longer in the queue count as purged too: nothing is left to release.
-                    entry["purged"] = sorted(set(entry.get("purged", [])) | set(on_hold) | set(item["gone"]))
-                    entry["purged_at"] = utcnow()
-                    journal.append(
-                        "intent-update",
-                        step=qs.step,
-                        action=ACTION,
-                        undo=record,
-                        reason="queue purge",
-                        operator=operator or current_operator(),
-                        container=name,
-                        deleting=on_hold,
-                    )
-                    if on_hold:
-                        postsuper(cid, name, "-d", on_hold, queue="hold")
-                    after = read_queue(cid, name)
-                    left = [q for q in on_hold if q in after.queue_of]
-                    if left:
-                        raise ActionError(f"{name}: {len(left)} message(s) survived postsuper -d: {left[:5]}")
-                    item["deleted"] = on_hold
-                    item["container"] = name
-                result["steps"].append({"step": qs.step, "containers": done})
-        finally:
-            journal.close()
-        return result
