@@ -216,6 +216,39 @@ def test_hold_then_release_queue(dlab: Lab, tmp_path: Path, state_dir: Path) -> 
     assert run_ok("restore", doc["incident_id"], "--release-queue", state_dir=state_dir)["status"] == "nothing-to-do"
 
 
+def test_hold_after_the_pause_resumes_the_container_for_the_hold_and_pauses_it_again(
+    dlab: Lab, tmp_path: Path, state_dir: Path
+) -> None:
+    """relay-incident's order (issue 17.5): pause first, hold later with resume_paused."""
+    c = dlab.postfix()
+    send_spam(host_port(c), 2)
+    spam = sorted(wait_queue(c, 2))
+    pb = playbook(
+        tmp_path,
+        {"id": "pause", "action": "docker.pause", "container": c.name},
+        {"id": "hold", "action": "postfix.hold_queue", "container": c.name, "resume_paused": True},
+    )
+    doc = run_ok("run", str(pb), state_dir=state_dir)
+    assert doc["status"] == "contained", doc
+    assert status(c) == "paused"
+    notes = doc["steps"][1]["notes"]
+    assert notes[1].endswith("; 2 message(s) held by this step")
+    assert notes[2].startswith(f"{c.name} was paused: resumed for the hold, paused again after ")
+    entries = journal(state_dir, doc["incident_id"])
+    intent = next(e for e in entries if e["phase"] == "intent" and e["step"] == "hold")
+    assert intent["undo"]["containers"][0] == {
+        "id": c.id, "name": c.name, "held": [], "already_held": [], "resume": True,
+    }
+    update = next(e for e in entries if e["phase"] == "intent-update" and e["step"] == "hold")
+    assert update["undo"]["containers"][0]["held"] == spam  # journaled before postsuper -h
+    assert postqueue_paused(c) == dict.fromkeys(spam, "hold")
+    # The pause is undone first, so the release can exec.
+    released = run_ok("restore", doc["incident_id"], "--release-queue", "--reopen-anyway", state_dir=state_dir)
+    assert [(s["id"], s["state"]) for s in released["steps"]] == [("pause", "undone"), ("hold", "undone")]
+    assert status(c) == "running"
+    assert set(postqueue(c).values()) <= {"deferred", "active", "incoming"}
+
+
 def test_queue_purge_deletes_exactly_the_held_ids(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
     c = dlab.postfix()
     send_spam(host_port(c), 1, tag="held-by-admin")

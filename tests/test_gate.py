@@ -176,7 +176,7 @@ def test_reopen_anyway_undoes_everything_without_a_probe(
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
     assert doc["gate"] is None and doc["held"] == []
-    assert [(s["id"], s["state"]) for s in doc["steps"]] == [("block", "undone"), ("pause", "undone")]
+    assert [(s["id"], s["state"]) for s in doc["steps"]] == [("pause", "undone"), ("block", "undone")]
     assert no_stray_table[-1] not in lockdown_tables()
     assert container_status(c) == "running"
     assert smtp_relay(bot.ns, bot.host6, port) == "250"  # the operator's choice: the hole is back

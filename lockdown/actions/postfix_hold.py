@@ -6,7 +6,9 @@ decision ``release-queue`` (``lockdown restore --release-queue``), and
 exactly the queue ids this step recorded, nothing else.
 
 Everything runs through ``docker exec``, which Docker refuses on a paused
-container (HTTP 409): this step must come before ``docker.pause``.
+container (HTTP 409): this step comes before ``docker.pause``, or after it
+with ``resume_paused = true`` once another step closed the outside path
+(``relay-incident`` pauses first, strips IPv6, then holds).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -237,12 +240,52 @@ def pending_ids(entry: dict[str, Any]) -> list[str]:
     return [q for q in entry.get("held", []) if q not in purged]
 
 
+def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any]) -> dict[str, Any]:
+    """Save one container's queue as evidence, then ``postsuper -h ALL``; returns its summary.
+
+    Mail that arrived between the listing and the hold is held too, so it is
+    recorded too (``amend_undo``).
+    """
+    cid, name = entry["id"], entry["name"]
+    with ctx.open_evidence(f"queue/{name}/postqueue.jsonl") as fh:
+        listing = read_queue(cid, name, sink=fh)
+    codes = save_messages(ctx, cid, name, listing.ids())
+    failed = sorted(q for q, rc in codes.items() if rc != 0)
+    ctx.note(
+        f"{name}: queue {listing.text()}; saved {len(codes) - len(failed)} message(s) "
+        f"with postcat to evidence/queue/{name}/"
+        + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
+    )
+    output = postsuper(cid, name, "-h", ["ALL"])
+    after = read_queue(cid, name)
+    extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
+    if extra:
+        entry["held"] = sorted(set(entry["held"]) | set(extra))
+        ctx.amend_undo(record)
+        codes.update(save_messages(ctx, cid, name, extra))
+    not_held = sorted(set(entry["held"]) - set(after.ids("hold")))
+    held_now = sorted(set(entry["held"]) & set(after.ids("hold")))
+    ctx.note(
+        f"{name}: {'; '.join(output) or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
+        f"this step" + (f", {len(entry['already_held'])} were on hold before" if entry["already_held"] else "")
+        + (f", {len(not_held)} left the queue before the hold" if not_held else "")
+    )
+    return {
+        "held": len(held_now),
+        "already_held": len(entry["already_held"]),
+        "queues_after": after.counts(),
+        "postcat_failed": failed,
+    }
+
+
 # ------------------------------------------------------------------ the action
 
 
 @dataclass(frozen=True)
 class Params(ContainerParams):
-    pass
+    #: A container an earlier step paused is resumed for the hold and paused again. Only
+    #: safe once another step (ipv6.strip, nft.block) closed the outside path.
+    resume_paused: bool = False
 
 
 class PostfixHoldQueue(ContainerAction[Params]):
@@ -265,6 +308,11 @@ class PostfixHoldQueue(ContainerAction[Params]):
         docker.pause; Mailu: "service:smtp").
       label: only consider containers with this label (KEY or KEY=VALUE) for
         "auto", "all" and "service:".
+      resume_paused: a container that an earlier step paused is resumed for
+        the hold (about 0.7 s of docker exec) and paused again. Lets the
+        playbook pause first, so the abused path closes at once; put an
+        ipv6.strip or nft.block step before this one, so that no outside
+        client reaches the container while it runs (default false).
 
     Example::
 
@@ -286,6 +334,10 @@ class PostfixHoldQueue(ContainerAction[Params]):
     def prepare(self, ctx: StepContext) -> UndoRecord:
         entries = []
         for ref in self.resolve():
+            if self.params.resume_paused and dockerapi.inspect(ref.id, ref.name)["State"]["Status"] == "paused":
+                # Read in apply, once resumed (prepare changes nothing): an empty record until then.
+                entries.append({"id": ref.id, "name": ref.name, "held": [], "already_held": [], "resume": True})
+                continue
             _not_paused(ref.id, ref.name)
             listing = read_queue(ref.id, ref.name)
             entries.append(
@@ -307,38 +359,22 @@ class PostfixHoldQueue(ContainerAction[Params]):
         total = 0
         for entry in record["containers"]:
             cid, name = entry["id"], entry["name"]
-            with ctx.open_evidence(f"queue/{name}/postqueue.jsonl") as fh:
-                listing = read_queue(cid, name, sink=fh)
-            ids = listing.ids()
-            codes = save_messages(ctx, cid, name, ids)
-            failed = sorted(q for q, rc in codes.items() if rc != 0)
-            ctx.note(
-                f"{name}: queue {listing.text()}; saved {len(codes) - len(failed)} message(s) "
-                f"with postcat to evidence/queue/{name}/"
-                + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
-            )
-            output = postsuper(cid, name, "-h", ["ALL"])
-            after = read_queue(cid, name)
-            extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
-            if extra:
-                # Mail that arrived between the snapshot and the hold: held too, so recorded too.
-                entry["held"] = sorted(set(entry["held"]) | set(extra))
-                ctx.amend_undo(record)
-                codes.update(save_messages(ctx, cid, name, extra))
-            not_held = sorted(set(entry["held"]) - set(after.ids("hold")))
-            held_now = sorted(set(entry["held"]) & set(after.ids("hold")))
-            ctx.note(
-                f"{name}: {'; '.join(output) or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
-                f"this step" + (f", {len(entry['already_held'])} were on hold before" if entry["already_held"] else "")
-                + (f", {len(not_held)} left the queue before the hold" if not_held else "")
-            )
-            total += len(held_now)
-            summary[name] = {
-                "held": len(held_now),
-                "already_held": len(entry["already_held"]),
-                "queues_after": after.counts(),
-                "postcat_failed": failed,
-            }
+            if not entry.get("resume"):
+                summary[name] = _hold_entry(ctx, record, entry)
+                total += summary[name]["held"]
+                continue
+            t0 = time.monotonic()
+            dockerapi.unpause(cid, name)
+            try:
+                listing = read_queue(cid, name)
+                entry["held"], entry["already_held"] = listing.ids(not_in="hold"), listing.ids("hold")
+                entry["queues_before"] = listing.counts()
+                ctx.amend_undo(record)  # the ids to hold, journaled before the hold
+                summary[name] = _hold_entry(ctx, record, entry)
+                total += summary[name]["held"]
+            finally:
+                dockerapi.pause(cid, name)
+            ctx.note(f"{name} was paused: resumed for the hold, paused again after {time.monotonic() - t0:.2f} s")
         ctx.result["containers"] = summary
         if total:
             ctx.note(

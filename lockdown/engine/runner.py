@@ -400,11 +400,14 @@ class _RestorePlan:
         plan = cls(view.id, todo, decisions)
         known = [s for s in todo if s.action in REGISTRY]
         plan.held = [s for s in known if (d := get_action(s.action).held_undo) and d not in decisions]
+        # A paused container first: the probe, and later undos through docker exec, need it running.
+        resumes = [s for s in known if get_action(s.action).probe_needs_undo]
         if REOPEN_ANYWAY in decisions or not gate_mod.containers_of(view.steps):
+            plan.first = resumes
             return plan
         reopening = [s for s in known if get_action(s.action).reopens_path]
-        paths = [s for s in reopening if not get_action(s.action).probe_needs_undo]
-        plan.first = [s for s in reopening if s not in paths] if paths else []
+        paths = [s for s in reopening if s not in resumes]
+        plan.first = resumes if paths else []
         plan.gated = [s for s in reopening if s not in plan.first]
         return plan
 
