@@ -286,7 +286,8 @@ def test_hold_on_a_paused_container_says_why(dlab: Lab, tmp_path: Path, state_di
     assert step["error"] == (
         f"container {c.name} is paused: Docker refuses exec in a paused container (HTTP 409 Conflict), "
         "so its queue cannot be read or changed (hold the queue before pausing (put postfix.hold_queue "
-        "before docker.pause), or unpause it first (`lockdown restore` of the pause, or `docker unpause`))"
+        "before docker.pause, or after it with resume_paused = true once another step closed the outside path), "
+        "or unpause it first (`lockdown restore` of the pause, or `docker unpause`))"
     )
     failed = [e for e in journal(state_dir, json.loads(r.stdout)["incident_id"]) if e["phase"] == "failed"]
     assert failed[0]["before_intent"] is True

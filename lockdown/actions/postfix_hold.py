@@ -227,7 +227,8 @@ def _not_paused(cid: str, name: str) -> None:
         raise ActionError(
             f"container {name} is paused: Docker refuses exec in a paused container (HTTP 409 Conflict), "
             "so its queue cannot be read or changed",
-            "hold the queue before pausing (put postfix.hold_queue before docker.pause), "
+            "hold the queue before pausing (put postfix.hold_queue before docker.pause, or after it with "
+            "resume_paused = true once another step closed the outside path), "
             "or unpause it first (`lockdown restore` of the pause, or `docker unpause`)",
         )
     if status != "running":
