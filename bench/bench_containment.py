@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -71,7 +72,7 @@ while True:
         except (OSError, smtplib.SMTPException):
             pass
         out = str(code)
-    except (OSError, smtplib.SMTPException) as exc:
+    except Exception as exc:  # every failure is a failed attempt; the loop never stops on its own
         out = "fail:" + type(exc).__name__
         t1 = time.monotonic()
         time.sleep(0.001)
@@ -95,13 +96,16 @@ class Attacker:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            start, end, out = line.split()
-            self.attempts.append((float(start), float(end), out))
+            parts = line.split()
+            if len(parts) == 3:
+                self.attempts.append((float(parts[0]), float(parts[1]), parts[2]))
 
     def wait_open(self, timeout: float = 150) -> None:
         """Until an attempt started now gets 250."""
         t = time.monotonic()
         while time.monotonic() - t < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the attacker loop exited ({self.proc.returncode})")
             if any(s >= t and out == "250" for s, _, out in self.attempts[-20:]):
                 return
             time.sleep(0.02)
@@ -253,6 +257,7 @@ def main() -> int:
                     "relay-incident": lockdown_round(sport, state, bot, "RelayBlunt", i),
                     "relay-incident-surgical": lockdown_round(sport, state, bot, "RelaySurgical", i),
                 }
+                print(f"round {i}: lockdown done, peers", file=sys.stderr, flush=True)
                 t0 = time.monotonic()
                 sh("nft", "add", "rule", "inet", table, "c", "meta", "nfproto", "ipv6", "tcp", "dport", str(port),
                    "ct", "state", "new", "drop")
@@ -297,4 +302,5 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.environ.pop("LOCKDOWN_STATE_DIR", None)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # clean up what it made
     raise SystemExit(main())
