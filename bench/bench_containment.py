@@ -29,6 +29,22 @@ table the bench made beforehand; the rule is flushed after) and a bare Docker
 API ``pause`` (then ``unpause``).
 
 Goal (issue 17.5): p99 <= 100 ms for both playbooks.
+
+Figures from this machine (2 cores, other suites running), 2026-11-30, ``--rounds 12``::
+
+    POST -> relay fails, relay-incident:          p50 350.4 ms   p99 553.0 ms   min 181.9   max 553.0
+    POST -> relay fails, relay-incident-surgical: p50 205.4 ms   p99 668.2 ms   min 101.8   max 668.2
+    bare `nft add rule` -> relay fails:           p50  16.4 ms   p99 218.6 ms   min   9.1   max 218.6
+    bare Docker API pause -> relay fails:         p50  24.1 ms   p99 339.6 ms   min  10.8   max 339.6
+    goal p99 <= 100 ms: NOT met for either playbook
+
+The closing step now comes first, so the ~0.7 s hold no longer delays it;
+what is left is ``Run.start``: privileges, then every step's preflight before
+anything changes (the lockout guard of ``ipv6.strip`` reads every process
+and session; each Docker step resolves its container again), and serve's
+de-dup, which reads every incident of the state dir (relay-incident grew
+from ~200 to ~500 ms over the run as incidents piled up). The peers' own
+p99 shows how much of the spread is this shared machine.
 """
 
 from __future__ import annotations

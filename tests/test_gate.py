@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ def open_relay(dlab: Lab) -> tuple[Any, int]:
     c = published_everywhere(dlab, POSTFIX, environment={"POSTFIX_MYNETWORKS": MYNETWORKS})
     port = published_port(c)
     wait_smtp(port)
+    # runc can fail to freeze a container whose Postfix is still forking its daemons
+    # ("unable to freeze"): let it settle before the first pause.
+    time.sleep(1)
     return c, port
 
 
