@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     PRIVILEGES = 4  # missing root, CAP_NET_ADMIN or Docker socket access
     UNAVAILABLE = 5  # a dependency is unavailable (Docker daemon, netlink)
     PARTIAL_RESTORE = 6  # restore finished but some undo failed (held steps exit 0)
+    GATED = 7  # restore kept steps that reopen a path: the relay probe accepted, or could not tell
     INTERNAL = 70  # a bug: traceback written to a file
     INTERRUPTED = 130  # SIGINT/SIGTERM stopped a run after the current step
 
@@ -129,3 +130,9 @@ class IntegrityError(LockdownError):
 
 class PartialRestore(LockdownError):
     exit_code = ExitCode.PARTIAL_RESTORE
+
+
+class ReopenRefused(LockdownError):
+    """Restore's gate kept the steps that would reopen the path: the relay is (or may be) open."""
+
+    exit_code = ExitCode.GATED

@@ -72,6 +72,8 @@ def error_lines(r: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 def test_pause_then_restore_gives_the_same_state(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
+    # No other step keeps the path closed, so restore's gate cannot probe a paused container: the tests of
+    # exact restore pass --reopen-anyway (the gate itself: tests/test_gate.py).
     c = dlab.run(BUSYBOX, SLEEPER, publish_smtp=True)
     before = state(c)
     pb = playbook(tmp_path, {"id": "pause", "action": "docker.pause", "container": c.name})
@@ -87,7 +89,7 @@ def test_pause_then_restore_gives_the_same_state(dlab: Lab, tmp_path: Path, stat
     assert intent["undo"]["containers"][0]["status"] == "running"
     assert intent["undo"]["containers"][0]["restart_policy"]["Name"] in ("", "no")
 
-    restored = run_ok("restore", doc["incident_id"], state_dir=state_dir)
+    restored = run_ok("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert restored["status"] == "restored"
     # Pause/unpause starts no new process: the whole State comes back, nothing excluded.
     assert state(c) == before
@@ -103,7 +105,7 @@ def test_already_paused_container_stays_paused(dlab: Lab, tmp_path: Path, state_
     pb = playbook(tmp_path, {"action": "docker.pause", "container": c.name})
     doc = run_ok("run", str(pb), state_dir=state_dir)
     assert doc["steps"][0]["notes"] == [f"{c.name} already paused: left as it is, and restore will leave it so"]
-    restored = run_ok("restore", doc["incident_id"], state_dir=state_dir)
+    restored = run_ok("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert restored["steps"][0]["notes"] == [f"{c.name} was paused before the run: left as it is"]
     assert state(c) == before
 
@@ -115,7 +117,7 @@ def test_stop_then_restore_starts_it_again(dlab: Lab, tmp_path: Path, state_dir:
     doc = run_ok("run", str(pb), state_dir=state_dir)
     stopped = state(c)
     assert stopped["Status"] == "exited" and stopped["ExitCode"] == 0  # the trap ran: SIGTERM, not SIGKILL
-    run_ok("restore", doc["incident_id"], state_dir=state_dir)
+    run_ok("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     after = state(c)
     # A stop/start round trip runs a new process: only its pid and times may differ.
     assert after["Pid"] != before["Pid"] and after["StartedAt"] > before["StartedAt"]
@@ -143,7 +145,7 @@ def test_all_and_service_targets(dlab: Lab, tmp_path: Path, state_dir: Path) -> 
     params = {s["id"]: s["params"] for s in view["steps"]}
     assert sorted(params["both"]["containers"]) == sorted([a.name, b.name])
     assert params["svc"]["containers"] == [service.name]
-    run_ok("restore", doc["incident_id"], state_dir=state_dir)
+    run_ok("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert {c.name: state(c) for c in (a, b, service)} == before
 
 
@@ -181,7 +183,7 @@ def test_hold_then_release_queue(dlab: Lab, tmp_path: Path, state_dir: Path) -> 
     assert intent["undo"]["containers"][0]["already_held"] == [admin_held]
 
     # Restore without the decision: unpaused, but the spam stays on hold and is listed.
-    r = run_cli("restore", doc["incident_id"], state_dir=state_dir)
+    r = run_cli("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert r.returncode == 0, r.stderr
     assert status(c) == "running"
     assert postqueue(c) == dict.fromkeys(queue, "hold")
@@ -214,6 +216,39 @@ def test_hold_then_release_queue(dlab: Lab, tmp_path: Path, state_dir: Path) -> 
     assert run_ok("restore", doc["incident_id"], "--release-queue", state_dir=state_dir)["status"] == "nothing-to-do"
 
 
+def test_hold_after_the_pause_resumes_the_container_for_the_hold_and_pauses_it_again(
+    dlab: Lab, tmp_path: Path, state_dir: Path
+) -> None:
+    """relay-incident's order (issue 17.5): pause first, hold later with resume_paused."""
+    c = dlab.postfix()
+    send_spam(host_port(c), 2)
+    spam = sorted(wait_queue(c, 2))
+    pb = playbook(
+        tmp_path,
+        {"id": "pause", "action": "docker.pause", "container": c.name},
+        {"id": "hold", "action": "postfix.hold_queue", "container": c.name, "resume_paused": True},
+    )
+    doc = run_ok("run", str(pb), state_dir=state_dir)
+    assert doc["status"] == "contained", doc
+    assert status(c) == "paused"
+    notes = doc["steps"][1]["notes"]
+    assert notes[1].endswith("; 2 message(s) held by this step")
+    assert notes[2].startswith(f"{c.name} was paused: resumed for the hold, paused again after ")
+    entries = journal(state_dir, doc["incident_id"])
+    intent = next(e for e in entries if e["phase"] == "intent" and e["step"] == "hold")
+    assert intent["undo"]["containers"][0] == {
+        "id": c.id, "name": c.name, "held": [], "already_held": [], "resume": True,
+    }
+    update = next(e for e in entries if e["phase"] == "intent-update" and e["step"] == "hold")
+    assert update["undo"]["containers"][0]["held"] == spam  # journaled before postsuper -h
+    assert postqueue_paused(c) == dict.fromkeys(spam, "hold")
+    # The pause is undone first, so the release can exec.
+    released = run_ok("restore", doc["incident_id"], "--release-queue", "--reopen-anyway", state_dir=state_dir)
+    assert [(s["id"], s["state"]) for s in released["steps"]] == [("pause", "undone"), ("hold", "undone")]
+    assert status(c) == "running"
+    assert set(postqueue(c).values()) <= {"deferred", "active", "incoming"}
+
+
 def test_queue_purge_deletes_exactly_the_held_ids(dlab: Lab, tmp_path: Path, state_dir: Path) -> None:
     c = dlab.postfix()
     send_spam(host_port(c), 1, tag="held-by-admin")
@@ -235,7 +270,7 @@ def test_queue_purge_deletes_exactly_the_held_ids(dlab: Lab, tmp_path: Path, sta
     assert update[-1]["reason"] == "queue purge" and update[-1]["deleting"] == spam
     assert update[-1]["undo"]["containers"][0]["purged"] == spam
 
-    r = run_cli("restore", incident, "--release-queue", state_dir=state_dir)
+    r = run_cli("restore", incident, "--release-queue", "--reopen-anyway", state_dir=state_dir)
     assert r.returncode == 0, r.stderr
     assert f"{c.name}: 2 message(s) were deleted by `lockdown queue purge`" in r.stdout
     assert postqueue(c) == {admin_held: "hold"}
@@ -251,7 +286,8 @@ def test_hold_on_a_paused_container_says_why(dlab: Lab, tmp_path: Path, state_di
     assert step["error"] == (
         f"container {c.name} is paused: Docker refuses exec in a paused container (HTTP 409 Conflict), "
         "so its queue cannot be read or changed (hold the queue before pausing (put postfix.hold_queue "
-        "before docker.pause), or unpause it first (`lockdown restore` of the pause, or `docker unpause`))"
+        "before docker.pause, or after it with resume_paused = true once another step closed the outside path), "
+        "or unpause it first (`lockdown restore` of the pause, or `docker unpause`))"
     )
     failed = [e for e in journal(state_dir, json.loads(r.stdout)["incident_id"]) if e["phase"] == "failed"]
     assert failed[0]["before_intent"] is True
@@ -274,7 +310,7 @@ def test_hold_without_postfix_fails_the_step_and_the_playbook_decides(
     assert [s["state"] for s in doc["steps"]] == ["failed", "ok"]
     assert doc["steps"][0]["error"].startswith(f"no Postfix in container {c.name}: postqueue not found")
     assert status(c) == "paused"
-    run_ok("restore", doc["incident_id"], state_dir=state_dir)
+    run_ok("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert status(c) == "running"
 
 
@@ -501,7 +537,7 @@ def test_mailu_playbook_pauses_front_and_smtp_and_restore_gives_them_back(
     assert [(p["host_ip"], p["container_port"]) for p in ports] == [("127.0.0.1", "25/tcp")]
 
     # Restore: both unpaused, the strip undone, the spam listed as held with both decisions.
-    r = netlab.lockdown(netns, state_dir, "restore", incident)
+    r = netlab.lockdown(netns, state_dir, "restore", incident, "--reopen-anyway")
     assert r.returncode == 0, r.stderr
     assert (
         f"hold-queue (postfix.hold_queue) is held: 2 message(s) held in {smtp.name}. "
@@ -685,7 +721,7 @@ def test_container_removed_mid_run_is_journaled_and_restorable(
         "(everything journaled so far stays restorable: `lockdown restore INCIDENT`)"
     )
     assert any(e["phase"] == "failed" and e["step"] == "log" for e in journal(state_dir, doc["incident_id"]))
-    restored = run_ok("restore", doc["incident_id"], state_dir=state_dir)
+    restored = run_ok("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert restored["status"] == "restored"
     notes = {s["id"]: s["notes"] for s in restored["steps"]}
     assert notes["pause-doomed"] == [f"{doomed.name} ({doomed.id[:12]}) no longer exists: nothing to unpause"]

@@ -249,7 +249,7 @@ def test_alert_contains_the_relay_keeps_evidence_and_restore_gives_the_state_bef
     finally:
         sh("docker", "pause", lab.container)
 
-    restore = lockdown(serve.state, "restore", incident, "--release-queue")
+    restore = lockdown(serve.state, "restore", incident, "--release-queue", "--reopen-anyway")
     assert restore.returncode == 0, restore.stderr
     after = lab_state(lab)
     assert demo_state.compare(before, after) == []
@@ -311,7 +311,7 @@ def test_sigkill_during_containment_then_restore(lab: Lab, tmp_path: Path, kill_
     assert doc["journal"]["intact"] is True
     assert sh("docker", "inspect", "--format", "{{.State.Paused}}", lab.container).stdout.strip() == "true"
 
-    restore = lockdown(state, "restore", incident, "--release-queue")
+    restore = lockdown(state, "restore", incident, "--release-queue", "--reopen-anyway")
     assert restore.returncode == 0, restore.stdout + restore.stderr
     assert lab_state(lab) == before
     assert postqueue(lab).get(relayed) != "hold"

@@ -327,6 +327,89 @@ def test_status_metrics_and_case_json_agree_on_a_held_queue(tmp_path: Path, stat
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+NFT_UNDO = {"family": "inet", "table": "lockdown_t", "chain": "block"}
+GATE_TRANSCRIPT = [
+    "<- 220 mail ESMTP Postfix",
+    "EHLO lockdown-restore.example -> 250",
+    "MAIL FROM:<lockdown-gate@example.org> -> 250 2.1.0 Ok",
+    "RCPT TO:<lockdown-gate@example.com> -> 250 2.1.5 Ok",
+    "RSET -> 250",
+    "QUIT -> 221",
+]
+
+
+def gated_incident(state: Path) -> str:
+    """An incident whose nft.block restore's gate kept (the relay accepted), through lockdown's journal writer."""
+    from lockdown.engine.journal import Journal
+
+    incident = "20261130T195214.180832Z-relay-incident-surgical-3f2b"
+    path = state / "incidents" / incident
+    os.makedirs(path / "evidence")
+    (path / "playbook.toml").write_text('[[steps]]\nid = "block"\naction = "nft.block"\n')
+    (path / "incident.json").write_text(json.dumps({"incident_id": incident, "playbook": {"name": "surgical"}}))
+    (path / "manifest.json").write_text('{"files": []}')
+    journal = Journal.create(path)
+    plan = [{"number": 1, "id": "block", "action": "nft.block", "describe": "block", "params": {}}]
+    journal.append("run-start", incident=incident, plan=plan)
+    resolved = {"containers": ["lkd-mail"], "container_ids": ["c0ffee"]}
+    journal.append("intent", step="block", action="nft.block", params={}, resolved=resolved, undo=NFT_UNDO)
+    journal.append("applied", step="block", action="nft.block", notes=[], result={}, seconds=0.1)
+    journal.append("run-end", status="contained", steps={"block": "ok"})
+    target = {"container": "lkd-mail", "address": "172.17.0.2", "port": 25, "transcript": GATE_TRANSCRIPT}
+    journal.append(
+        "gate", verdict="open", reason="the relay is open", targets=[target], fixes=["x"], gated=["block"],
+        kept=["block"],
+    )
+    journal.append("restore-end", status="restored", steps={"block": "gated"}, decisions=[])
+    journal.close()
+    return incident
+
+
+def test_status_dry_run_metrics_and_case_json_show_a_gated_step_like_a_held_one(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    from lockdown.triggers.dispatch import Metrics
+
+    incident = gated_incident(state_dir)
+    r = run_cli("status", incident, "--json", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["containment_active"], doc["restore_status"]) == (True, "restored")
+    assert doc["held"] == [{"id": "block", "action": "nft.block", "decision": "reopen-anyway"}]
+    assert doc["steps"][0]["gated"] == "open"
+    r = run_cli("status", incident, state_dir=state_dir)
+    assert "  containment active: YES (1 step(s) held until you decide, see below)" in r.stdout.splitlines()
+    assert "applied (held: reopen-anyway)" in r.stdout
+
+    r = run_cli("restore", incident, "--dry-run", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:2] == [
+        f"restore of {incident} would, newest first:",
+        "  would-gate  block                  nft.block",
+    ]
+    assert "block (nft.block) is held: reopens a path from outside: undone only if the relay probe" in r.stdout
+
+    rendered = Metrics(state_dir).render().splitlines()
+    assert "lockdown_containment_active 1" in rendered
+    assert 'lockdown_steps_held{decision="reopen-anyway"} 1' in rendered
+
+    bundle = tmp_path / "b.tar.gz"
+    r = run_cli("export", incident, "-o", str(bundle), "--no-report", "--json", state_dir=state_dir)
+    assert r.returncode == 0, r.stderr
+    import tarfile
+
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile(f"{incident}/case.json")
+        assert member is not None
+        case = json.loads(member.read())
+    assert case["containment_active"] is True
+    (gate,) = case["timeline"]["gates"]
+    assert (gate["verdict"], gate["kept"]) == ("open", ["block"])
+    assert gate["transcript"] == [{"container": "lkd-mail", "lines": GATE_TRANSCRIPT}]
+    r = run_cli("verify", str(bundle))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_damaged_journal_exports_and_verifies_without_an_internal_error(tmp_path: Path, state_dir: Path) -> None:
     incident = held_queue_incident(state_dir)
     path = state_dir / "incidents" / incident

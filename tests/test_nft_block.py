@@ -462,7 +462,7 @@ def test_inbound_through_docker_proxy_on_a_real_container(
     assert resolved["ports"] == [port] and resolved["containers"] == [c.name]
     assert not connects(bot.ns, bot.host6, port)
     assert connects(None, "127.0.0.1", port)  # IPv4 still answered
-    r = run_cli("restore", doc["incident_id"], state_dir=state_dir)
+    r = run_cli("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     assert table not in lockdown_tables()
     assert connects(bot.ns, bot.host6, port)
@@ -541,7 +541,7 @@ def test_outbound_blocks_port_25_from_the_container_network_only(
             assert intent["resolved"]["subnets"] == [subnet] and intent["resolved"]["ports"] == [25]
             assert not container_connects(c, gateway, 25)
             assert container_connects(c, gateway, 2587)
-            r = run_cli("restore", incident, state_dir=state_dir)
+            r = run_cli("restore", incident, "--reopen-anyway", state_dir=state_dir)
             assert r.returncode == 0, r.stdout + r.stderr
             assert container_connects(c, gateway, 25)
             assert counters(state_dir, incident, "out")[0]["packets"] >= 1
@@ -636,14 +636,14 @@ def test_surgical_playbook_closes_the_ipv6_relay_and_keeps_the_container_running
         assert c.attrs["State"]["Status"] == "running"
         assert host_v6_addresses(bot.host_if) == addrs_before
         assert f"{bot.host_if} {bot.host6}/64" in addrs_before
-        r = run_cli("restore", incident, state_dir=state_dir, timeout=300)
+        r = run_cli("restore", incident, "--reopen-anyway", state_dir=state_dir, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert counters(state_dir, incident, "block-inbound-v6")[0]["packets"] >= 1  # the bot's SYNs
         assert lockdown_tables() == tables_before  # our table gone, no other lockdown table touched
         c.reload()
         assert c.attrs["State"] == state_before  # never paused, never restarted
         assert host_v6_addresses(bot.host_if) == addrs_before
-        assert smtp_relay(bot.ns, bot.host6, port) == "250"  # restore reopens (restore gate: issue 17.3)
+        assert smtp_relay(bot.ns, bot.host6, port) == "250"  # the hole is back (gate: test_gate.py)
     finally:
         dlab.cleanup()
         dlab.containers.clear()

@@ -366,7 +366,8 @@ def test_on_signature_fires_on_the_gateway_without_sasl_alone(box: tuple[Lab, An
         # the watch keeps following the container it paused; after the restore it reads on
         lines_before = watch.status()["lines"]
         assert watch.status()["following"] == f"container {container.name}"
-        result = run_cli("restore", incident_id, state_dir=watch.state)
+        # pause-only: nothing else keeps the path closed, so the gate cannot probe (exit 7 without this)
+        result = run_cli("restore", incident_id, "--reopen-anyway", state_dir=watch.state)
         assert result.returncode == 0, result.stderr
         assert not is_paused(container)
         after = relayed() + local()

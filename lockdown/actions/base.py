@@ -34,6 +34,8 @@ from lockdown.evidence.store import EvidenceStore, EvidenceWriter, ManifestEntry
 from lockdown.paths import SAFE_NAME_RE
 
 UndoRecord = dict[str, Any]
+#: The decision that undoes steps restore's gate kept (the relay probe accepted or could not tell).
+REOPEN_ANYWAY = "reopen-anyway"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class StepContext:
     notes: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
     on_note: Callable[[str], None] | None = None
-    amend: Callable[[UndoRecord], None] | None = None
+    amend: Callable[..., None] | None = None
 
     def note(self, message: str) -> None:
         """A line for the operator; shown live and kept in the journal."""
@@ -57,11 +59,15 @@ class StepContext:
         if self.on_note is not None:
             self.on_note(message)
 
-    def amend_undo(self, record: UndoRecord) -> None:
-        """Journal a fuller undo record before making a further change."""
+    def amend_undo(self, record: UndoRecord, **why: Any) -> None:
+        """Journal a fuller undo record before making a further change.
+
+        ``why`` adds fields to the ``intent-update`` line (a decision says what
+        it is about to do, e.g. ``deleting=[...]``).
+        """
         if self.amend is None:
-            raise RuntimeError("amend_undo is only available during apply")
-        self.amend(record)
+            raise RuntimeError("amend_undo is only available during apply and decide")
+        self.amend(record, **why)
 
     def open_evidence(self, name: str) -> EvidenceWriter:
         return self.evidence.open(name, step=self.step_id, action=self.action)
@@ -85,6 +91,15 @@ class Action(Generic[P]):
     requires: ClassVar[tuple[str, ...]] = ()
     #: Decision name when the undo must wait for an operator (e.g. "release-queue").
     held_undo: ClassVar[str | None] = None
+    #: Other decisions a held step offers (e.g. "purge-queue"), carried out by :meth:`decide`
+    #: through the engine (``runner.decide``), which locks and journals.
+    offers: ClassVar[tuple[str, ...]] = ()
+    #: Undoing it reopens a path from outside to the mail server: restore's gate probes the
+    #: relay first and keeps the step while the relay accepts (decision ``reopen-anyway``).
+    reopens_path: ClassVar[bool] = False
+    #: The gate's probe needs this step undone first (a paused container cannot answer).
+    #: Undone first only while another step still keeps the path closed.
+    probe_needs_undo: ClassVar[bool] = False
 
     def __init__(self, params: P) -> None:
         self.params = params
@@ -115,6 +130,15 @@ class Action(Generic[P]):
     @classmethod
     def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
         """Put back what ``record`` describes. Notes go through ``ctx.note``."""
+
+    @classmethod
+    def decide(cls, ctx: StepContext, record: UndoRecord, decision: str) -> dict[str, Any]:
+        """Carry out one of :attr:`offers` on a held step; returns what was done.
+
+        Called by the engine holding the state lock. Before each change, journal
+        the amended record with ``ctx.amend_undo(record, ...)`` (write-ahead).
+        """
+        raise NotImplementedError(f"{cls.name} offers no decision {decision!r}")
 
     @classmethod
     def held_summary(cls, record: UndoRecord) -> str:

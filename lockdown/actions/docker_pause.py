@@ -55,6 +55,9 @@ class DockerPause(ContainerAction[Params]):
     """
 
     name = "docker.pause"
+    #: Unpausing reopens Postfix to the outside; the gate unpauses first while another step keeps the path closed.
+    reopens_path = True
+    probe_needs_undo = True
     Params = Params
 
     def describe(self) -> str:

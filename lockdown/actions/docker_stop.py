@@ -52,6 +52,9 @@ class DockerStop(ContainerAction[Params]):
     """
 
     name = "docker.stop"
+    #: Starting reopens Postfix to the outside; the gate starts it first while another step keeps the path closed.
+    reopens_path = True
+    probe_needs_undo = True
     Params = Params
 
     def describe(self) -> str:

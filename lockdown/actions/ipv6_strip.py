@@ -280,6 +280,8 @@ class Ipv6Strip(Action[Params]):
     """
 
     name = "ipv6.strip"
+    #: Putting the addresses back reopens the IPv6 path: restore's gate probes the relay first.
+    reopens_path = True
     Params = Params
     requires = ("root",)
 

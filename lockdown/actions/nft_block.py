@@ -150,6 +150,8 @@ class NftBlock(ContainerAction[NftParams]):
     """
 
     name = "nft.block"
+    #: Deleting the table reopens the blocked path: restore's gate probes the relay first.
+    reopens_path = True
     Params = NftParams
     requires = ("net_admin",)
 

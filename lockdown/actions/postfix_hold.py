@@ -6,7 +6,9 @@ decision ``release-queue`` (``lockdown restore --release-queue``), and
 exactly the queue ids this step recorded, nothing else.
 
 Everything runs through ``docker exec``, which Docker refuses on a paused
-container (HTTP 409): this step must come before ``docker.pause``.
+container (HTTP 409): this step comes before ``docker.pause``, or after it
+with ``resume_paused = true`` once another step closed the outside path
+(``relay-incident`` pauses first, strips IPv6, then holds).
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lockdown import dockerapi
 from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.actions.containers import ContainerAction, ContainerParams
-from lockdown.errors import ActionError, BadInput, IntegrityError
+from lockdown.errors import ActionError, BadInput
 
 ACTION = "postfix.hold_queue"
 DECISION = "release-queue"
+#: The other decision a held queue offers: delete exactly the held ids (``lockdown queue purge``).
+PURGE = "purge-queue"
 QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{4,32}$")
 #: Queue ids per ``postsuper``/``postcat`` exec (well under ARG_MAX).
 BATCH = 200
@@ -221,7 +227,8 @@ def _not_paused(cid: str, name: str) -> None:
         raise ActionError(
             f"container {name} is paused: Docker refuses exec in a paused container (HTTP 409 Conflict), "
             "so its queue cannot be read or changed",
-            "hold the queue before pausing (put postfix.hold_queue before docker.pause), "
+            "hold the queue before pausing (put postfix.hold_queue before docker.pause, or after it with "
+            "resume_paused = true once another step closed the outside path), "
             "or unpause it first (`lockdown restore` of the pause, or `docker unpause`)",
         )
     if status != "running":
@@ -234,12 +241,52 @@ def pending_ids(entry: dict[str, Any]) -> list[str]:
     return [q for q in entry.get("held", []) if q not in purged]
 
 
+def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any]) -> dict[str, Any]:
+    """Save one container's queue as evidence, then ``postsuper -h ALL``; returns its summary.
+
+    Mail that arrived between the listing and the hold is held too, so it is
+    recorded too (``amend_undo``).
+    """
+    cid, name = entry["id"], entry["name"]
+    with ctx.open_evidence(f"queue/{name}/postqueue.jsonl") as fh:
+        listing = read_queue(cid, name, sink=fh)
+    codes = save_messages(ctx, cid, name, listing.ids())
+    failed = sorted(q for q, rc in codes.items() if rc != 0)
+    ctx.note(
+        f"{name}: queue {listing.text()}; saved {len(codes) - len(failed)} message(s) "
+        f"with postcat to evidence/queue/{name}/"
+        + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
+    )
+    output = postsuper(cid, name, "-h", ["ALL"])
+    after = read_queue(cid, name)
+    extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
+    if extra:
+        entry["held"] = sorted(set(entry["held"]) | set(extra))
+        ctx.amend_undo(record)
+        codes.update(save_messages(ctx, cid, name, extra))
+    not_held = sorted(set(entry["held"]) - set(after.ids("hold")))
+    held_now = sorted(set(entry["held"]) & set(after.ids("hold")))
+    ctx.note(
+        f"{name}: {'; '.join(output) or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
+        f"this step" + (f", {len(entry['already_held'])} were on hold before" if entry["already_held"] else "")
+        + (f", {len(not_held)} left the queue before the hold" if not_held else "")
+    )
+    return {
+        "held": len(held_now),
+        "already_held": len(entry["already_held"]),
+        "queues_after": after.counts(),
+        "postcat_failed": failed,
+    }
+
+
 # ------------------------------------------------------------------ the action
 
 
 @dataclass(frozen=True)
 class Params(ContainerParams):
-    pass
+    #: A container an earlier step paused is resumed for the hold and paused again. Only
+    #: safe once another step (ipv6.strip, nft.block) closed the outside path.
+    resume_paused: bool = False
 
 
 class PostfixHoldQueue(ContainerAction[Params]):
@@ -268,6 +315,11 @@ class PostfixHoldQueue(ContainerAction[Params]):
         front and smtp) or "logs" (the containers whose log holds the mail log).
       project: only consider containers of this Compose project (label
         com.docker.compose.project), for every kind of target.
+      resume_paused: a container that an earlier step paused is resumed for
+        the hold (about 0.7 s of docker exec) and paused again. Lets the
+        playbook pause first, so the abused path closes at once; put an
+        ipv6.strip or nft.block step before this one, so that no outside
+        client reaches the container while it runs (default false).
 
     Example::
 
@@ -281,6 +333,7 @@ class PostfixHoldQueue(ContainerAction[Params]):
     name = ACTION
     Params = Params
     held_undo = DECISION
+    offers = (PURGE,)
 
     def describe(self) -> str:
         return f"save and hold the Postfix queue of {self.params.target_text()}"
@@ -288,6 +341,10 @@ class PostfixHoldQueue(ContainerAction[Params]):
     def prepare(self, ctx: StepContext) -> UndoRecord:
         entries = []
         for ref in self.resolve():
+            if self.params.resume_paused and dockerapi.inspect(ref.id, ref.name)["State"]["Status"] == "paused":
+                # Read in apply, once resumed (prepare changes nothing): an empty record until then.
+                entries.append({"id": ref.id, "name": ref.name, "held": [], "already_held": [], "resume": True})
+                continue
             _not_paused(ref.id, ref.name)
             listing = read_queue(ref.id, ref.name)
             entries.append(
@@ -309,38 +366,22 @@ class PostfixHoldQueue(ContainerAction[Params]):
         total = 0
         for entry in record["containers"]:
             cid, name = entry["id"], entry["name"]
-            with ctx.open_evidence(f"queue/{name}/postqueue.jsonl") as fh:
-                listing = read_queue(cid, name, sink=fh)
-            ids = listing.ids()
-            codes = save_messages(ctx, cid, name, ids)
-            failed = sorted(q for q, rc in codes.items() if rc != 0)
-            ctx.note(
-                f"{name}: queue {listing.text()}; saved {len(codes) - len(failed)} message(s) "
-                f"with postcat to evidence/queue/{name}/"
-                + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
-            )
-            output = postsuper(cid, name, "-h", ["ALL"])
-            after = read_queue(cid, name)
-            extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
-            if extra:
-                # Mail that arrived between the snapshot and the hold: held too, so recorded too.
-                entry["held"] = sorted(set(entry["held"]) | set(extra))
-                ctx.amend_undo(record)
-                codes.update(save_messages(ctx, cid, name, extra))
-            not_held = sorted(set(entry["held"]) - set(after.ids("hold")))
-            held_now = sorted(set(entry["held"]) & set(after.ids("hold")))
-            ctx.note(
-                f"{name}: {'; '.join(output) or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
-                f"this step" + (f", {len(entry['already_held'])} were on hold before" if entry["already_held"] else "")
-                + (f", {len(not_held)} left the queue before the hold" if not_held else "")
-            )
-            total += len(held_now)
-            summary[name] = {
-                "held": len(held_now),
-                "already_held": len(entry["already_held"]),
-                "queues_after": after.counts(),
-                "postcat_failed": failed,
-            }
+            if not entry.get("resume"):
+                summary[name] = _hold_entry(ctx, record, entry)
+                total += summary[name]["held"]
+                continue
+            t0 = time.monotonic()
+            dockerapi.unpause(cid, name)
+            try:
+                listing = read_queue(cid, name)
+                entry["held"], entry["already_held"] = listing.ids(not_in="hold"), listing.ids("hold")
+                entry["queues_before"] = listing.counts()
+                ctx.amend_undo(record)  # the ids to hold, journaled before the hold
+                summary[name] = _hold_entry(ctx, record, entry)
+                total += summary[name]["held"]
+            finally:
+                dockerapi.pause(cid, name)
+            ctx.note(f"{name} was paused: resumed for the hold, paused again after {time.monotonic() - t0:.2f} s")
         ctx.result["containers"] = summary
         if total:
             ctx.note(
@@ -388,6 +429,54 @@ class PostfixHoldQueue(ContainerAction[Params]):
                 + (f"; {len(elsewhere)} already released" if elsewhere else "")
                 + (f"; {len(gone)} no longer in the queue" if gone else "")
             )
+
+    @classmethod
+    def decide(cls, ctx: StepContext, record: UndoRecord, decision: str) -> dict[str, Any]:
+        """``purge-queue``: delete exactly the recorded ids still on hold (``postsuper -d ID ... hold``).
+
+        Write-ahead like every change: the record is amended (``purged``) in the
+        journal before postsuper runs, so a later ``restore --release-queue``
+        knows they are gone and never tries to release them.
+        """
+        if decision != PURGE:
+            return super().decide(ctx, record, decision)
+        done = []
+        for entry in record["containers"]:
+            notes: list[str] = []
+            item: dict[str, Any] = {"container": entry["name"], "deleted": [], "gone": [], "notes": notes}
+            done.append(item)
+            ids = pending_ids(entry)
+            if not ids:
+                notes.append("nothing left to purge")
+                continue
+            found = locate(entry, notes.append)
+            if found is None:
+                notes.append("the container no longer exists: its held messages went with it")
+                item["gone"] = ids
+                continue
+            cid, name = found
+            _not_paused(cid, name)
+            before = read_queue(cid, name)
+            on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
+            released = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
+            item["gone"] = [q for q in ids if q not in before.queue_of]
+            if released:
+                notes.append(
+                    f"{len(released)} recorded message(s) are no longer on hold (released by hand?): not deleted"
+                )
+            # Ids no longer in the queue count as purged too: nothing is left to release.
+            entry["purged"] = sorted(set(entry.get("purged", [])) | set(on_hold) | set(item["gone"]))
+            entry["purged_at"] = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+            ctx.amend_undo(record, reason="queue purge", container=name, deleting=on_hold)
+            if on_hold:
+                postsuper(cid, name, "-d", on_hold, queue="hold")
+            after = read_queue(cid, name)
+            left = [q for q in on_hold if q in after.queue_of]
+            if left:
+                raise ActionError(f"{name}: {len(left)} message(s) survived postsuper -d: {left[:5]}")
+            item["deleted"] = on_hold
+            item["container"] = name
+        return {"containers": done}
 
     @classmethod
     def held_summary(cls, record: UndoRecord) -> str:
@@ -488,87 +577,3 @@ def show_queue(root: Path, incident_id: str, *, live: bool = True) -> dict[str, 
         )
     out["journal_intact"] = view.chain.intact
     return out
-
-
-def purge_queue(root: Path, incident_id: str, *, operator: str = "") -> dict[str, Any]:
-    """Delete exactly the held ids an incident recorded (``postsuper -d ID ... hold``).
-
-    Write-ahead like every change: the undo record is amended (``purged``)
-    in the journal before postsuper runs, so a later ``restore
-    --release-queue`` knows they are gone and never tries to release them.
-    Only messages still on hold are deleted. Takes the state-dir lock.
-    """
-    from lockdown.engine.incident import operator as current_operator
-    from lockdown.engine.journal import Journal, utcnow
-    from lockdown.engine.lock import StateLock
-
-    with StateLock(root, "queue purge") as lock:
-        lock.update(incident_id)
-        view, steps = _hold_steps(root, incident_id)
-        if not view.chain.intact:
-            raise IntegrityError(
-                f"incident {incident_id}: {view.chain.problem}; "
-                "refusing to act on a journal that may have been altered",
-                hint=f"check it with `lockdown status {incident_id}`",
-            )
-        open_steps = [qs for qs in steps if qs.open]
-        if not open_steps:
-            raise BadInput(
-                f"incident {incident_id}: the held queue was already released by `lockdown restore --release-queue`",
-                "nothing to purge; delete single messages with `postsuper -d ID` inside the container",
-            )
-        result: dict[str, Any] = {"incident_id": incident_id, "steps": []}
-        journal = Journal.open(view.path)
-        try:
-            for qs in open_steps:
-                record = json.loads(json.dumps(qs.record))
-                done = []
-                for entry in record["containers"]:
-                    notes: list[str] = []
-                    ids = pending_ids(entry)
-                    item: dict[str, Any] = {"container": entry["name"], "deleted": [], "gone": [], "notes": notes}
-                    done.append(item)
-                    if not ids:
-                        notes.append("nothing left to purge")
-                        continue
-                    found = locate(entry, notes.append)
-                    if found is None:
-                        notes.append("the container no longer exists: its held messages went with it")
-                        item["gone"] = ids
-                        continue
-                    cid, name = found
-                    _not_paused(cid, name)
-                    before = read_queue(cid, name)
-                    on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
-                    released = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
-                    item["gone"] = [q for q in ids if q not in before.queue_of]
-                    if released:
-                        notes.append(
-                            f"{len(released)} recorded message(s) are no longer on hold "
-                            "(released by hand?): not deleted"
-                        )
-                    # Ids no longer in the queue count as purged too: nothing is left to release.
-                    entry["purged"] = sorted(set(entry.get("purged", [])) | set(on_hold) | set(item["gone"]))
-                    entry["purged_at"] = utcnow()
-                    journal.append(
-                        "intent-update",
-                        step=qs.step,
-                        action=ACTION,
-                        undo=record,
-                        reason="queue purge",
-                        operator=operator or current_operator(),
-                        container=name,
-                        deleting=on_hold,
-                    )
-                    if on_hold:
-                        postsuper(cid, name, "-d", on_hold, queue="hold")
-                    after = read_queue(cid, name)
-                    left = [q for q in on_hold if q in after.queue_of]
-                    if left:
-                        raise ActionError(f"{name}: {len(left)} message(s) survived postsuper -d: {left[:5]}")
-                    item["deleted"] = on_hold
-                    item["container"] = name
-                result["steps"].append({"step": qs.step, "containers": done})
-        finally:
-            journal.close()
-        return result

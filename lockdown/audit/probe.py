@@ -88,22 +88,28 @@ def probe_targets(
     return targets
 
 
-def smtp_probe(target: ProbeTarget, rcpt: str = PROBE_RCPT, timeout: float = 5.0) -> ProbeReply:
-    """EHLO, MAIL FROM, RCPT TO an outside domain, then RSET and QUIT. Never DATA."""
-    if not facts.is_host_address(target.address):  # checked again right before connecting
-        raise BadInput(f"{target.address} is not configured on this host; refusing to probe it")
+def smtp_exchange(
+    address: str, port: int, rcpt: str, *, helo: str = PROBE_HELO, sender: str = PROBE_FROM, timeout: float = 5.0
+) -> tuple[list[str], int | None, str | None]:
+    """EHLO, MAIL FROM, RCPT TO ``rcpt``, then RSET and QUIT; never DATA, so nothing is ever sent.
+
+    Returns the transcript, the RCPT TO reply code (None if not reached) and
+    what went wrong (None when the exchange completed). The caller chooses
+    the address: the audit only its host's own, restore's gate the mail
+    container's bridge address.
+    """
     transcript: list[str] = []
     code: int | None = None
     try:
         with smtplib.SMTP(timeout=timeout) as s:
-            c, msg = s.connect(target.address, target.port)
+            c, msg = s.connect(address, port)
             transcript.append(f"<- {c} {msg.decode(errors='replace')}")
             if c != 220:
-                return ProbeReply(target, transcript, None, f"no 220 banner (got {c})")
-            c, msg = s.ehlo(PROBE_HELO)
-            transcript.append(f"EHLO {PROBE_HELO} -> {c}")
-            c, msg = s.mail(PROBE_FROM)
-            transcript.append(f"MAIL FROM:<{PROBE_FROM}> -> {c} {msg.decode(errors='replace')}")
+                return transcript, None, f"no 220 banner (got {c})"
+            c, msg = s.ehlo(helo)
+            transcript.append(f"EHLO {helo} -> {c}")
+            c, msg = s.mail(sender)
+            transcript.append(f"MAIL FROM:<{sender}> -> {c} {msg.decode(errors='replace')}")
             if c == 250:
                 code, msg = s.rcpt(rcpt)
                 transcript.append(f"RCPT TO:<{rcpt}> -> {code} {msg.decode(errors='replace')}")
@@ -113,8 +119,16 @@ def smtp_probe(target: ProbeTarget, rcpt: str = PROBE_RCPT, timeout: float = 5.0
             transcript.append(f"QUIT -> {c}")
             s.close()
     except (OSError, smtplib.SMTPException) as exc:
-        return ProbeReply(target, transcript, code, f"{type(exc).__name__}: {exc}")
-    return ProbeReply(target, transcript, code)
+        return transcript, code, f"{type(exc).__name__}: {exc}"
+    return transcript, code, None
+
+
+def smtp_probe(target: ProbeTarget, rcpt: str = PROBE_RCPT, timeout: float = 5.0) -> ProbeReply:
+    """EHLO, MAIL FROM, RCPT TO an outside domain, then RSET and QUIT. Never DATA."""
+    if not facts.is_host_address(target.address):  # checked again right before connecting
+        raise BadInput(f"{target.address} is not configured on this host; refusing to probe it")
+    transcript, code, error = smtp_exchange(target.address, target.port, rcpt, timeout=timeout)
+    return ProbeReply(target, transcript, code, error)
 
 
 def probe(

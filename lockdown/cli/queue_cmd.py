@@ -6,9 +6,10 @@ from typing import Annotated, Any
 
 import typer
 
-from lockdown.actions.postfix_hold import purge_queue, show_queue
+from lockdown.actions.postfix_hold import PURGE, show_queue
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
 from lockdown.cli.output import OK, Output
+from lockdown.engine.runner import decide
 
 app = typer.Typer(
     help="The mail queue an incident held (postfix.hold_queue): show it, or purge it.",
@@ -63,7 +64,7 @@ def purge(
     out = Output(json_out)
     base = root(state_dir)
     incident_id = pick_incident(base, incident, last)
-    doc = purge_queue(base, incident_id)
+    doc = decide(base, incident_id, PURGE)
     if json_out:
         out.json(doc)
         return

@@ -13,13 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
+from lockdown.actions.base import REOPEN_ANYWAY
+from lockdown.actions.postfix_hold import DECISION as RELEASE_QUEUE
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
 from lockdown.cli.output import FAIL, HELD, OK, Output
 from lockdown.engine import incident as inc
 from lockdown.engine import runner
 from lockdown.engine.drift import read_drifts
 from lockdown.engine.playbook import Playbook, load_playbook, parse_var_overrides
-from lockdown.errors import ExitCode, IntegrityError, LockdownError, PartialRestore
+from lockdown.errors import ExitCode, IntegrityError, LockdownError, PartialRestore, ReopenRefused
 
 EMPTY = "empty: nothing was changed (the incident has no journal line)"
 
@@ -127,15 +129,23 @@ def restore(
     release_queue: Annotated[
         bool, typer.Option("--release-queue", help="Also release the mail queue that the run held.")
     ] = False,
+    reopen_anyway: Annotated[
+        bool,
+        typer.Option(
+            f"--{REOPEN_ANYWAY}",
+            help="Undo the steps that reopen a path from outside even if the relay probe accepts (or cannot tell).",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Restore even if the journal chain is broken.")] = False,
     json_out: JsonOpt = False,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Undo every journaled change of an incident, newest first."""
+    """Undo every journaled change of an incident, newest first; probe the relay before reopening a path."""
     out = Output(json_out)
     base = root(state_dir)
     incident_id = pick_incident(base, incident, last)
-    decisions = frozenset({"release-queue"} if release_queue else set())
+    given = ((RELEASE_QUEUE, release_queue), (REOPEN_ANYWAY, reopen_anyway))
+    decisions = frozenset(name for name, on in given if on)
     result = runner.restore(
         base, incident_id, dry_run=dry_run, decisions=decisions, force=force, on_event=out.event
     )
@@ -155,6 +165,7 @@ def restore(
         else:
             mark = OK if result.status == "restored" else FAIL
             out.line(f"{mark} restore of {incident_id}: {result.status}")
+        _print_gate(out, result)
         for h in result.held:
             out.line(f"  {HELD} {h['id']} ({h['action']}) is held: {h['summary']}")
     if result.status == "partial":
@@ -163,6 +174,25 @@ def restore(
             f"restore of {incident_id} is partial: undo failed for {failed}",
             f"see `lockdown status {incident_id}`, fix the cause, then run `lockdown restore {incident_id}` again",
         )
+    if result.status != "dry-run" and result.gated and result.gate is not None:
+        raise ReopenRefused(
+            f"restore of {incident_id} kept {', '.join(result.gated)} in place: {result.gate['reason']}",
+            "fix: " + " | ".join(result.gate["fixes"]) + f"; then `lockdown restore {incident_id}` probes again "
+            f"(`--{REOPEN_ANYWAY}` reopens the path anyway)",
+        )
+
+
+def _print_gate(out: Output, result: runner.RestoreResult) -> None:
+    """The relay probe's verdict, its transcript and what to fix."""
+    gate = result.gate
+    if gate is None:
+        return
+    out.line(f"  relay probe: {gate['verdict']}: {gate['reason']}")
+    for target in gate["targets"]:
+        for line in target.get("transcript", []):
+            out.line(f"    {target['container']}: {line}")
+    for fix in gate["fixes"]:
+        out.line(f"  fix: {fix}")
 
 
 def status(

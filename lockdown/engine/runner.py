@@ -21,7 +21,8 @@ from typing import Any
 
 from lockdown import __version__
 from lockdown.actions import REGISTRY, get_action
-from lockdown.actions.base import StepContext, UndoRecord
+from lockdown.actions.base import REOPEN_ANYWAY, StepContext, UndoRecord
+from lockdown.engine import gate as gate_mod
 from lockdown.engine import incident as inc
 from lockdown.engine.journal import Journal, utcnow
 from lockdown.engine.lock import StateLock
@@ -29,6 +30,7 @@ from lockdown.engine.playbook import Playbook, Step
 from lockdown.engine.privileges import check_all
 from lockdown.errors import (
     ActionError,
+    BadInput,
     IntegrityError,
     LockdownError,
     PrivilegeError,
@@ -359,6 +361,12 @@ class RestoreResult:
     steps: list[StepResult]
     held: list[dict[str, Any]]
     journal_problem: str | None = None
+    gate: dict[str, Any] | None = None  # the relay probe, when a step that reopens a path was due
+
+    @property
+    def gated(self) -> list[str]:
+        """Steps the gate kept in place (the relay accepted, or the probe could not tell)."""
+        return [s.id for s in self.steps if s.state in ("gated", "would-gate")]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -367,7 +375,69 @@ class RestoreResult:
             "steps": [s.as_dict() for s in self.steps],
             "held": self.held,
             "journal_problem": self.journal_problem,
+            "gate": self.gate,
         }
+
+
+@dataclass
+class _RestorePlan:
+    """Which due undos wait for a decision, which the gate decides, and which go first.
+
+    ``first``: steps the probe needs undone (a paused container cannot answer),
+    undone before the probe, which is safe only while another step still keeps
+    the path closed. ``gated``: undone only if the probe says the relay refuses.
+    """
+
+    incident_id: str
+    todo: list[inc.StepState]
+    decisions: frozenset[str]
+    held: list[inc.StepState] = field(default_factory=list)
+    first: list[inc.StepState] = field(default_factory=list)
+    gated: list[inc.StepState] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, view: inc.IncidentView, todo: list[inc.StepState], decisions: frozenset[str]) -> _RestorePlan:
+        """An incident that resolved no container (a host-only playbook) has no relay to ask: no gate."""
+        plan = cls(view.id, todo, decisions)
+        known = [s for s in todo if s.action in REGISTRY]
+        plan.held = [s for s in known if (d := get_action(s.action).held_undo) and d not in decisions]
+        # A paused container first: the probe, and later undos through docker exec, need it running.
+        resumes = [s for s in known if get_action(s.action).probe_needs_undo]
+        if REOPEN_ANYWAY in decisions or not gate_mod.containers_of(view.steps):
+            plan.first = resumes
+            return plan
+        reopening = [s for s in known if get_action(s.action).reopens_path]
+        paths = [s for s in reopening if s not in resumes]
+        plan.first = resumes if paths else []
+        plan.gated = [s for s in reopening if s not in plan.first]
+        return plan
+
+    def held_out(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.held:
+            assert s.undo is not None
+            summary = get_action(s.action).held_summary(s.undo)
+            out.append({"id": s.id, "action": s.action, "decision": s.held or "", "summary": summary})
+        return out
+
+    def gated_out(self, gate: gate_mod.GateProbe | None) -> list[dict[str, Any]]:
+        """Gated steps as held steps, with what the probe saw and what to fix."""
+        why = (
+            f"kept in place: {gate.reason}; fix: {' | '.join(gate.fixes)}; then `lockdown restore "
+            f"{self.incident_id}` probes again"
+            if gate
+            else "reopens a path from outside: undone only if the relay probe (EHLO, MAIL FROM, RCPT TO "
+            f"<{gate_mod.GATE_RCPT}>, never DATA) is refused"
+        )
+        summary = f"{why}; `lockdown restore {self.incident_id} --{REOPEN_ANYWAY}` reopens it anyway"
+        return [{"id": s.id, "action": s.action, "decision": REOPEN_ANYWAY, "summary": summary} for s in self.gated]
+
+    def dry_steps(self) -> list[StepResult]:
+        def word(s: inc.StepState) -> str:
+            return "would-hold" if s in self.held else "would-gate" if s in self.gated else "would-undo"
+
+        ordered = self.first + [s for s in self.todo if s not in self.first]
+        return [StepResult(s.id, s.action, word(s)) for s in ordered]
 
 
 def restore(
@@ -383,7 +453,8 @@ def restore(
 
     One failed undo is journaled and the others still run (fail2ban's
     stopActions). Steps whose undo needs an operator decision are listed
-    and left alone unless ``decisions`` names it.
+    and left alone unless ``decisions`` names it. Steps that reopen a path
+    from outside pass restore's gate first (:mod:`lockdown.engine.gate`).
     """
     emit = on_event or _noop
     with StateLock(root, "restore") as lock:
@@ -391,45 +462,18 @@ def restore(
         view = inc.read_incident(root, incident_id)
         if view.empty:
             return RestoreResult(incident_id, "empty", [], [], None)
-        problem = view.chain.problem or view.meta_problem
-        if not view.chain.intact and not force:
-            raise IntegrityError(
-                f"incident {incident_id}: {problem}; refusing to restore from a journal that may have been altered",
-                hint="check it with `lockdown status`; `lockdown restore --force` undoes what the readable lines say",
-            )
-        if view.meta_problem and not force:
-            raise IntegrityError(
-                f"incident {incident_id}: {view.meta_problem}; refusing to restore an incident whose files "
-                "may have been altered",
-                hint="check it with `lockdown status`; `lockdown restore --force` undoes what the journal says",
-            )
+        problem = _check_restorable(view, force)
         todo = [s for s in reversed(view.steps) if s.needs_undo]
-        held_out = []
-        for s in todo:
-            if s.held and s.held not in decisions:
-                cls = get_action(s.action)
-                assert s.undo is not None
-                held_out.append(
-                    {"id": s.id, "action": s.action, "decision": s.held, "summary": cls.held_summary(s.undo)}
-                )
+        plan = _RestorePlan.of(view, todo, decisions)
         if dry_run:
-            steps = [
-                StepResult(s.id, s.action, "would-hold" if s.held and s.held not in decisions else "would-undo")
-                for s in todo
-            ]
-            return RestoreResult(incident_id, "dry-run", steps, held_out, problem)
+            held = plan.held_out() + plan.gated_out(None)
+            return RestoreResult(incident_id, "dry-run", plan.dry_steps(), held, problem)
         if not todo:
-            return RestoreResult(incident_id, "nothing-to-do", [], held_out, problem)
+            return RestoreResult(incident_id, "nothing-to-do", [], plan.held_out(), problem)
         journal = Journal.open(view.path, allow_broken=force)
         evidence = EvidenceStore(view.path)
-        results: list[StepResult] = []
         try:
-            for s in todo:
-                if s.held and s.held not in decisions:
-                    results.append(StepResult(s.id, s.action, "held"))
-                    emit("step-end", results[-1].as_dict())
-                    continue
-                results.append(_undo_step(journal, evidence, view, s, emit))
+            results, gate = _restore_steps(journal, evidence, view, plan, emit)
             failed = [r for r in results if r.state == "undo-failed"]
             status = "partial" if failed else "restored"
             journal.append(
@@ -440,7 +484,68 @@ def restore(
             )
         finally:
             journal.close()
-        return RestoreResult(incident_id, status, results, held_out, problem)
+        held = plan.held_out() + (plan.gated_out(gate) if gate and gate.keeps else [])
+        return RestoreResult(incident_id, status, results, held, problem, gate.as_dict() if gate else None)
+
+
+def _check_restorable(view: inc.IncidentView, force: bool) -> str | None:
+    """The journal's problem (None when intact); IntegrityError unless ``force``."""
+    problem = view.chain.problem or view.meta_problem
+    if not view.chain.intact and not force:
+        raise IntegrityError(
+            f"incident {view.id}: {problem}; refusing to restore from a journal that may have been altered",
+            hint="check it with `lockdown status`; `lockdown restore --force` undoes what the readable lines say",
+        )
+    if view.meta_problem and not force:
+        raise IntegrityError(
+            f"incident {view.id}: {view.meta_problem}; refusing to restore an incident whose files "
+            "may have been altered",
+            hint="check it with `lockdown status`; `lockdown restore --force` undoes what the journal says",
+        )
+    return problem
+
+
+def _restore_steps(
+    journal: Journal,
+    evidence: EvidenceStore,
+    view: inc.IncidentView,
+    plan: _RestorePlan,
+    emit: EventHandler,
+) -> tuple[list[StepResult], gate_mod.GateProbe | None]:
+    """Undo ``first``, probe the relay if a gated step is due, then undo the rest newest first.
+
+    Undoing the others before the gated ones is safe: none of them reopens a path.
+    """
+    results = [_undo_step(journal, evidence, view, s, emit) for s in plan.first]
+    gate = _gate(journal, evidence, view, plan, emit) if plan.gated else None
+    for s in plan.todo:
+        if s in plan.first:
+            continue
+        if s in plan.held or (gate is not None and gate.keeps and s in plan.gated):
+            results.append(StepResult(s.id, s.action, "held" if s in plan.held else "gated"))
+            emit("step-end", results[-1].as_dict())
+            continue
+        results.append(_undo_step(journal, evidence, view, s, emit))
+    return results, gate
+
+
+def _gate(
+    journal: Journal, evidence: EvidenceStore, view: inc.IncidentView, plan: _RestorePlan, emit: EventHandler
+) -> gate_mod.GateProbe:
+    """Probe the relay; journal the transcript and what it keeps, and keep it as evidence."""
+    paused = [s.id for s in plan.gated if get_action(s.action).probe_needs_undo]
+    if paused and len(paused) == len(plan.gated):
+        gate = gate_mod.cannot_probe(paused)
+    else:
+        due = ", ".join(s.id for s in plan.gated)
+        emit("note", {"step": "restore", "message": f"probing the relay before undoing {due}"})
+        gate = gate_mod.probe_relay(gate_mod.containers_of(view.steps))
+    kept = [s.id for s in plan.gated] if gate.keeps else []
+    entry = journal.append("gate", **gate.as_dict(), gated=[s.id for s in plan.gated], kept=kept)
+    evidence.write_json(f"gate/restore-gate-{entry['seq']}.json", {**entry, "kept": kept}, step="restore",
+                        action="restore.gate")
+    emit("note", {"step": "restore", "message": f"relay probe: {gate.verdict}: {gate.reason}"})
+    return gate
 
 
 def _undo_step(
@@ -484,3 +589,70 @@ def _undo_step(
     res = StepResult(s.id, s.action, "undone", seconds, ctx.notes)
     emit("step-end", res.as_dict())
     return res
+
+
+# ------------------------------------------------------------------ decisions on held steps
+
+
+def decide(root: Path, incident_id: str, decision: str, *, step: str | None = None) -> dict[str, Any]:
+    """Carry out ``decision`` on the held steps of an incident that offer it (fail2ban's shape).
+
+    The one path for operator decisions other than restore's: it takes the
+    state-dir lock, checks the journal, and gives each step's action a context
+    whose ``amend_undo`` journals the amended record (``intent-update`` with
+    the decision and the operator) before the action changes anything. The
+    action's :meth:`~lockdown.actions.base.Action.decide` sits next to its undo.
+    """
+    offering = sorted(name for name in REGISTRY if decision in get_action(name).offers)
+    with StateLock(root, decision) as lock:
+        lock.update(incident_id)
+        view = inc.read_incident(root, incident_id)
+        steps = [
+            s for s in view.steps
+            if s.action in offering and s.has_intent and s.undo is not None and (step is None or s.id == step)
+        ]
+        if not steps:
+            raise BadInput(
+                f"incident {incident_id} has no step to {decision} "
+                f"(no {' or '.join(offering) or 'action offering it'} step got as far as its intent)",
+                f"see `lockdown status {incident_id}`",
+            )
+        if not view.chain.intact:
+            raise IntegrityError(
+                f"incident {incident_id}: {view.chain.problem}; "
+                "refusing to act on a journal that may have been altered",
+                hint=f"check it with `lockdown status {incident_id}`",
+            )
+        pending = [s for s in steps if s.needs_undo]
+        if not pending:
+            raise BadInput(
+                f"incident {incident_id}: {', '.join(s.id for s in steps)} already undone by `lockdown restore`: "
+                f"nothing to {decision}",
+                f"see `lockdown status {incident_id}`",
+            )
+        journal = Journal.open(view.path)
+        try:
+            done = [{"step": s.id, **_decide_step(journal, view, s, decision)} for s in pending]
+        finally:
+            journal.close()
+    return {"incident_id": incident_id, "decision": decision, "steps": done}
+
+
+def _decide_step(journal: Journal, view: inc.IncidentView, s: inc.StepState, decision: str) -> dict[str, Any]:
+    assert s.undo is not None
+    who = inc.operator()
+
+    def amend(record: UndoRecord, **why: Any) -> None:
+        journal.append("intent-update", step=s.id, action=s.action, undo=record, decision=decision,
+                       operator=who, **why)
+
+    ctx = StepContext(
+        incident_id=view.id,
+        incident_dir=view.path,
+        step_id=s.id,
+        action=s.action,
+        evidence=EvidenceStore(view.path),
+        amend=amend,
+    )
+    record = json.loads(json.dumps(s.undo))
+    return get_action(s.action).decide(ctx, record, decision)

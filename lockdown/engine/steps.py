@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lockdown.actions import REGISTRY, get_action
+from lockdown.actions.base import REOPEN_ANYWAY
 
 #: States after which a journaled undo record still has to run.
 _UNDONE = "undone"
@@ -37,6 +38,8 @@ class StepState:
     undo: dict[str, Any] | None = None
     has_intent: bool = False
     held: str | None = None
+    #: The verdict of the restore gate that kept this step in place (open | undecided), until undone.
+    gated: str | None = None
     started: str | None = None
     ended: str | None = None
     undo_started: str | None = None
@@ -92,6 +95,7 @@ class StepReader:
         self.restores: list[dict[str, Any]] = []
         self.run_start: dict[str, Any] | None = None
         self.restore_status: str | None = None
+        self.gates: list[dict[str, Any]] = []
         self.lines = 0
 
     def add(self, entry: dict[str, Any]) -> None:
@@ -107,6 +111,8 @@ class StepReader:
         elif phase == "restore-end":
             self.restore_status = _str(entry.get("status"))
             self.restores.append({"ended": when, "status": self.restore_status})
+        elif phase == "gate":
+            self._gate(entry, when)
         else:
             sid = entry.get("step")
             if isinstance(sid, str) and sid in self.steps:
@@ -128,6 +134,29 @@ class StepReader:
                 params=_dict(item.get("params")) or {},
             )
 
+    def _gate(self, entry: dict[str, Any], when: str | None) -> None:
+        """A restore's relay probe: the steps it kept stay gated until an undo finishes."""
+        verdict = _str(entry.get("verdict"))
+        kept = _strs(entry.get("kept"))
+        self.gates.append(
+            {
+                "time": when,
+                "verdict": verdict,
+                "reason": _str(entry.get("reason")),
+                "kept": kept,
+                "transcript": [
+                    {"container": _str(t.get("container")), "lines": _strs(t.get("transcript"))}
+                    for t in entry.get("targets") or []
+                    if isinstance(t, dict)
+                ]
+                if isinstance(entry.get("targets"), list)
+                else [],
+            }
+        )
+        for sid in kept:
+            if sid in self.steps and verdict:
+                self.steps[sid].gated = verdict
+
     @staticmethod
     def _step(s: StepState, phase: object, when: str | None, entry: dict[str, Any]) -> None:
         if phase == "intent":
@@ -148,6 +177,8 @@ class StepReader:
             s.state, s.undo_started = "undoing", when
         elif phase in ("undone", "undo-failed"):
             s.state, s.undo_ended = str(phase), when
+            if phase == "undone":
+                s.gated = None
             s.undo_notes = _strs(entry.get("notes"))
             s.undo_error = _str(entry.get("error"))
 
@@ -175,10 +206,14 @@ class StepReader:
 
 
 def held_decision(s: StepState) -> str | None:
-    """The decision an undo waits for (``release-queue``), when its action asks for one."""
+    """The decision an undo waits for: the action's own (``release-queue``), or
+    ``reopen-anyway`` for a step restore's gate kept because the relay was open."""
     if not s.needs_undo or s.action not in REGISTRY:
         return None
-    return get_action(s.action).held_undo
+    own = get_action(s.action).held_undo
+    if own:
+        return own
+    return REOPEN_ANYWAY if s.gated else None
 
 
 def read_steps(entries: Iterable[dict[str, Any]]) -> StepReader:

@@ -204,11 +204,14 @@ class TimelineBuilder:
 
     def as_dict(self) -> dict[str, Any]:
         steps = sorted(self.reader.steps.values(), key=lambda s: (s.number is None, s.number or 0))
-        return {
+        out: dict[str, Any] = {
             "run": dict(self.reader.run),
             "steps": [s.timeline() for s in steps],
             "restores": [dict(r) for r in self.reader.restores],
         }
+        if self.reader.gates:  # only when a restore probed: older bundles recompute unchanged
+            out["gates"] = [dict(g) for g in self.reader.gates]
+        return out
 
     @property
     def containment_active(self) -> bool:

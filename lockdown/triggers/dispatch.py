@@ -76,7 +76,7 @@ class Metrics:
         self.bucket_counts = [0] * len(BUCKETS)
         self.hist_sum = 0.0
         self.hist_count = 0
-        self._active: tuple[float, int] = (0.0, 0)
+        self._active: tuple[float, int, dict[str, int]] = (0.0, 0, {})
 
     def trigger(self, source: str, result: str) -> None:
         with self._lock:
@@ -101,22 +101,31 @@ class Metrics:
 
     def containment_active(self) -> int:
         """Incidents in the state dir whose containment is active (cached for 2 s)."""
+        return self._incidents()[0]
+
+    def held_steps(self) -> dict[str, int]:
+        """Steps waiting for an operator decision, by decision (``release-queue``, ``reopen-anyway``
+        for steps restore's gate kept): the one reader's ``held``, as ``status`` shows them."""
+        return self._incidents()[1]
+
+    def _incidents(self) -> tuple[int, dict[str, int]]:
         now = time.monotonic()
-        stamp, value = self._active
+        stamp, value, held = self._active
         if now - stamp < 2.0 and stamp:
-            return value
-        value = 0
+            return value, held
+        value, counts = 0, Counter[str]()
         for incident_id in list_incident_ids(self.root):
             try:
-                if read_incident(self.root, incident_id).containment_active:
-                    value += 1
+                view = read_incident(self.root, incident_id)
             except (LockdownError, OSError, ValueError):
                 continue
-        self._active = (now, value)
-        return value
+            value += 1 if view.containment_active else 0
+            counts.update(s.held for s in view.held if s.held)
+        self._active = (now, value, dict(sorted(counts.items())))
+        return value, self._active[2]
 
     def render(self) -> str:
-        active = self.containment_active()
+        active, held = self._incidents()
         with self._lock:
             lines = [
                 "# HELP lockdown_triggers_total Alerts received, by source and what was done with them.",
@@ -143,6 +152,10 @@ class Metrics:
                 "# HELP lockdown_containment_active Incidents whose containment is active (applied, not restored).",
                 "# TYPE lockdown_containment_active gauge",
                 f"lockdown_containment_active {active}",
+                "# HELP lockdown_steps_held Steps left in place until an operator decides, by decision "
+                "(reopen-anyway: kept by restore's relay probe).",
+                "# TYPE lockdown_steps_held gauge",
+                *(f'lockdown_steps_held{{decision="{d}"}} {n}' for d, n in held.items()),
                 "# HELP lockdown_trigger_to_contained_seconds Seconds from receiving the trigger to the run's end.",
                 "# TYPE lockdown_trigger_to_contained_seconds histogram",
             ]

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""Benchmark: alert POST to the moment the bots' IPv6 relay attempt fails, for both relay playbooks.
+
+    python3 bench/bench_containment.py [--rounds 20] [--quick]
+
+Sets up its own open relay (nothing of the host is touched but what it
+creates, all named ``lkd-…``): a Postfix container (``lockdown-test/postfix``)
+publishing 25 on every address and trusting 172.16.0.0/12, as in the
+postmortems, and an attacker namespace joined to the host by a veth pair
+(2001:db8:…/64, ``nodad``). In the attacker namespace a tight loop makes the
+bots' attempt again and again (connect to the host's veth address and the
+published port through docker-proxy, EHLO, MAIL FROM, RCPT TO qq.com, RSET,
+QUIT; never DATA; 300 ms timeout) and prints each attempt's start, the time
+of the relay's answer to RCPT TO (or of the failure), both CLOCK_MONOTONIC
+(shared by every process), and the outcome.
+
+A real ``lockdown serve`` routes one alert to ``relay-incident`` (container
+and the bench's veth as ``interfaces``) and another to
+``relay-incident-surgical``. For each round the figure is the time from just
+before the POST is written to the moment after which no attempt succeeded:
+the later of the first failed attempt's start and the last 250 answer to
+RCPT TO. Then the incident is restored (``--reopen-anyway
+--release-queue``: the relay is still open on purpose) and the next round
+waits until the relay answers 250 again.
+
+Peers, in the same run, against the same container and the same loop: a
+bare ``nft add rule`` (a drop rule for new IPv6 connections to the port in a
+table the bench made beforehand; the rule is flushed after) and a bare Docker
+API ``pause`` (then ``unpause``).
+
+Goal (issue 17.5): p99 <= 100 ms for both playbooks.
+
+Figures from this machine (2 cores, other suites running), 2026-11-30, ``--rounds 12``::
+
+    POST -> relay fails, relay-incident:          p50 350.4 ms   p99 553.0 ms   min 181.9   max 553.0
+    POST -> relay fails, relay-incident-surgical: p50 205.4 ms   p99 668.2 ms   min 101.8   max 668.2
+    bare `nft add rule` -> relay fails:           p50  16.4 ms   p99 218.6 ms   min   9.1   max 218.6
+    bare Docker API pause -> relay fails:         p50  24.1 ms   p99 339.6 ms   min  10.8   max 339.6
+    goal p99 <= 100 ms: NOT met for either playbook
+
+The closing step now comes first, so the ~0.7 s hold no longer delays it;
+what is left is ``Run.start``: privileges, then every step's preflight before
+anything changes (the lockout guard of ``ipv6.strip`` reads every process
+and session; each Docker step resolves its container again), and serve's
+de-dup, which reads every incident of the state dir (relay-incident grew
+from ~200 to ~500 ms over the run as incidents piled up). The peers' own
+p99 shows how much of the spread is this shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_trigger import TOKEN, percentile, read_answer, restore_when_free, start_server, summary  # noqa: E402
+
+POSTFIX = "lockdown-test/postfix:latest"
+TIMEOUT = 0.3
+
+LOOP = r"""
+import smtplib, socket, sys, time
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+while True:
+    t0 = time.monotonic()
+    try:
+        s = smtplib.SMTP(host, port, timeout=timeout)
+        s.ehlo("bot.example")
+        s.mail("bot@example.net")
+        code = s.rcpt("victim@qq.com")[0]
+        t1 = time.monotonic()  # the relay's answer: what counts, not the RSET/QUIT after it
+        try:
+            s.rset(); s.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+        out = str(code)
+    except Exception as exc:  # every failure is a failed attempt; the loop never stops on its own
+        out = "fail:" + type(exc).__name__
+        t1 = time.monotonic()
+        time.sleep(0.001)
+    print(f"{t0:.6f} {t1:.6f} {out}", flush=True)
+"""
+
+
+class Attacker:
+    """The tight loop in the attacker namespace; keeps every attempt (start, end, outcome)."""
+
+    def __init__(self, ns: str, host: str, port: int) -> None:
+        self.attempts: list[tuple[float, float, str]] = []
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", LOOP, host, str(port), str(TIMEOUT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            parts = line.split()
+            if len(parts) == 3:
+                self.attempts.append((float(parts[0]), float(parts[1]), parts[2]))
+
+    def wait_open(self, timeout: float = 150) -> None:
+        """Until an attempt started now gets 250."""
+        t = time.monotonic()
+        while time.monotonic() - t < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the attacker loop exited ({self.proc.returncode})")
+            if any(s >= t and out == "250" for s, _, out in self.attempts[-20:]):
+                return
+            time.sleep(0.02)
+        raise SystemExit(f"the relay did not answer 250 again within {timeout} s: {self.attempts[-3:]}")
+
+    def closed_after(self, t0: float, timeout: float = 30) -> float:
+        """Seconds from ``t0`` to the moment after which no attempt succeeded (waits for 3 failures)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            after = [a for a in self.attempts if a[0] >= t0 or a[1] >= t0]
+            fails = [a for a in after if a[2] != "250"]
+            if len(fails) >= 3:
+                first_fail = fails[0][0]
+                ok_end = max((e for s, e, out in after if out == "250"), default=t0)
+                if ok_end > first_fail:  # a later success: not closed yet at that failure
+                    later = [a for a in fails if a[0] >= ok_end]
+                    if len(later) < 3:
+                        time.sleep(0.02)
+                        continue
+                    first_fail = later[0][0]
+                return max(first_fail, ok_end) - t0
+            time.sleep(0.02)
+        raise SystemExit(f"the relay attempt never failed: {self.attempts[-3:]}")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def alert(name: str, n: int) -> bytes:
+    return json.dumps(
+        {
+            "version": "4",
+            "status": "firing",
+            "receiver": "lockdown",
+            "groupLabels": {"alertname": name},
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": name, "severity": "critical"},
+                    "annotations": {},
+                    "startsAt": f"2026-11-30T{n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
+                    "endsAt": "0001-01-01T00:00:00Z",
+                    "fingerprint": f"{name}{n:08x}",
+                }
+            ],
+        }
+    ).encode()
+
+
+def post(port: int, body: bytes) -> tuple[socket.socket, float]:
+    head = (
+        f"POST /v1/alerts/alertmanager HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    t0 = time.monotonic()
+    sock.sendall(head + body)
+    return sock, t0
+
+
+def lockdown_round(port: int, state: Path, bot: Attacker, name: str, n: int) -> float:
+    from lockdown.engine.incident import read_incident
+    from lockdown.engine.runner import restore
+    from lockdown.errors import Busy
+
+    sock, t0 = post(port, alert(name, n))
+    took = bot.closed_after(t0)
+    code, doc = read_answer(sock)
+    if code != 202:
+        raise SystemExit(f"{name} round {n}: HTTP {code} {doc}")
+    incident_id = doc["incident_id"]
+    deadline = time.monotonic() + 120
+    while read_incident(state, incident_id).run_status in (None, "running"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{incident_id}: the run did not end")
+        time.sleep(0.05)
+    status = read_incident(state, incident_id).run_status
+    if status != "contained":
+        raise SystemExit(f"{incident_id}: run status {status}")
+
+    def undo(root: Path, iid: str) -> Any:
+        return restore(root, iid, decisions=frozenset({"reopen-anyway", "release-queue"}))
+
+    result = restore_when_free(undo, Busy, state, incident_id)
+    if result.status != "restored":
+        raise SystemExit(f"{incident_id}: restore {result.status}: {result.as_dict()}")
+    bot.wait_open()
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=20, help="rounds per playbook and per peer; default 20")
+    ap.add_argument("--quick", action="store_true", help="3 rounds: a smoke run")
+    args = ap.parse_args()
+    rounds = 3 if args.quick else args.rounds
+
+    import docker
+
+    client = docker.from_env(timeout=60)
+    tag = secrets.token_hex(3)
+    name, ns, host_if, bot_if = f"lkd-{tag}", f"lkd-{tag}n", f"lkd-{tag}h", f"lkd-{tag}c"
+    net = f"2001:db8:{secrets.randbelow(0xFFFF) + 1:x}:{secrets.randbelow(0xFFFF) + 1:x}"
+    table = f"lkd_bench_{tag}"
+    container = client.containers.run(
+        POSTFIX, name=name, detach=True, labels={"lkd.test": f"bench-{name}"}, ports={"25/tcp": None},
+        environment={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"},
+    )
+    proc: subprocess.Popen[str] | None = None
+    bot: Attacker | None = None
+    figures: dict[str, list[float]] = {"relay-incident": [], "relay-incident-surgical": [], "nft": [], "pause": []}
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", bot_if, "netns", ns)
+        sh("ip", "addr", "add", f"{net}::1/64", "dev", host_if, "nodad")
+        sh("ip", "link", "set", host_if, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{net}::2/64", "dev", bot_if, "nodad")
+        sh("ip", "-n", ns, "link", "set", bot_if, "up")
+        container.reload()
+        port = int(container.attrs["NetworkSettings"]["Ports"]["25/tcp"][0]["HostPort"])
+        bot = Attacker(ns, f"{net}::1", port)
+        bot.wait_open()
+        with tempfile.TemporaryDirectory(prefix="lkd-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            state = tmp / "state"
+            token = tmp / "webhook.token"
+            token.write_text(TOKEN + "\n")
+            token.chmod(0o600)
+            config = tmp / "lockdown.toml"
+            config.write_text(
+                f'state_dir = "{state}"\n[server]\nlisten = "127.0.0.1:0"\ntoken_file = "webhook.token"\n'
+                f'[[routes]]\nalert = "RelayBlunt"\nplaybook = "relay-incident"\n'
+                f'vars = {{ container = "{name}", interfaces = ["{host_if}"] }}\n'
+                f'[[routes]]\nalert = "RelaySurgical"\nplaybook = "relay-incident-surgical"\n'
+                f'vars = {{ container = "{name}" }}\n'
+            )
+            proc, sport = start_server(config)
+            print(f"lockdown serve on 127.0.0.1:{sport}, container {name}, port {port}, {rounds} rounds", flush=True)
+            sh("nft", "add", "table", "inet", table)
+            sh("nft", "add", "chain", "inet", table, "c", "{ type filter hook prerouting priority -150; }")
+            api = client.api
+            for i in range(rounds + 1):  # round 0 warms every path up and is not counted
+                got = {
+                    "relay-incident": lockdown_round(sport, state, bot, "RelayBlunt", i),
+                    "relay-incident-surgical": lockdown_round(sport, state, bot, "RelaySurgical", i),
+                }
+                print(f"round {i}: lockdown done, peers", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                sh("nft", "add", "rule", "inet", table, "c", "meta", "nfproto", "ipv6", "tcp", "dport", str(port),
+                   "ct", "state", "new", "drop")
+                got["nft"] = bot.closed_after(t0)
+                sh("nft", "flush", "chain", "inet", table, "c")
+                bot.wait_open()
+                t0 = time.monotonic()
+                api.pause(container.id)
+                got["pause"] = bot.closed_after(t0)
+                api.unpause(container.id)
+                bot.wait_open()
+                if i:
+                    for key, value in got.items():
+                        figures[key].append(value)
+                print(f"round {i}: " + "  ".join(f"{k} {v * 1000:.1f} ms" for k, v in got.items()), flush=True)
+    finally:
+        if bot is not None:
+            bot.stop()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        container.remove(force=True)
+        client.close()
+    print()
+    labels = {
+        "relay-incident": "POST -> relay fails, relay-incident:          ",
+        "relay-incident-surgical": "POST -> relay fails, relay-incident-surgical: ",
+        "nft": "bare `nft add rule` -> relay fails:           ",
+        "pause": "bare Docker API pause -> relay fails:         ",
+    }
+    for key, label in labels.items():
+        print(label + summary(figures[key]))
+    for key in ("relay-incident", "relay-incident-surgical"):
+        p99 = percentile(figures[key], 99)
+        print(f"goal p99 <= 100 ms, {key}: {'met' if p99 <= 0.100 else 'NOT met'} ({p99 * 1000:.1f} ms)")
+    print(f"attempt timeout {TIMEOUT * 1000:.0f} ms; a failed attempt marks the moment it started")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("LOCKDOWN_STATE_DIR", None)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # clean up what it made
+    raise SystemExit(main())
