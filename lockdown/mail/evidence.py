@@ -1,6 +1,8 @@
 """What an incident's own evidence tells the report, read from files collected at containment:
 
 * gateways: ``evidence/docker/<container>/inspect.json`` (``docker.inspect``);
+* the stack and Mailu's hand-off address: ``evidence/docker/stack.json`` (``docker.inspect`` with
+  ``container = "stack"``) and front's ``inspect.json``;
 * local domains: ``postconf.txt`` files under ``evidence/`` (``postconf`` output, ``name = value``);
 * held spam: ``evidence/queue/<container>/postqueue.jsonl`` (``postfix.hold_queue``).
 
@@ -117,6 +119,79 @@ def choose_gateways(explicit: list[str] | None, incident_dir: Path | None = None
     if live:
         return live, "docker"
     return default_gateways(), "default-pools"
+
+
+# --------------------------------------------------------------------------- the stack
+
+#: Compose services whose container hands clients to Postfix over a connection of its own, per stack.
+HANDOFF_SERVICES = {"mailu": ("front",)}
+
+
+def stack_from_evidence(incident_dir: Path) -> dict[str, Any] | None:
+    """What ``evidence/docker/stack.json`` says (stack, title, network, gateway, inbound), or None."""
+    path = incident_dir / "evidence" / "docker" / "stack.json"
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        doc = jsonsafe.loads(path.read_bytes(), what=str(path))
+    except (OSError, jsonsafe.JSONError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("stack"), str):
+        return None
+    inbound = doc.get("inbound")
+    return {
+        "stack": doc["stack"][:100],
+        "title": _text(doc.get("title")),
+        "gateway": _text(doc.get("gateway")),
+        "inbound": [n[:200] for n in inbound if isinstance(n, str)][:50] if isinstance(inbound, list) else [],
+    }
+
+
+def handoff_addresses(incident_dir: Path, stack: dict[str, Any] | None) -> list[str]:
+    """The addresses of the stack's hand-off containers (Mailu's ``front``) in their ``inspect.json``.
+
+    Postfix in Mailu's ``smtp`` logs the address nginx hands it with XCLIENT (the gateway, for a
+    client docker-proxy brought in) or, without XCLIENT, front's own address: either is the path.
+    """
+    services = HANDOFF_SERVICES.get(stack["stack"], ()) if stack else ()
+    found: list[str] = []
+    for p in _evidence_files(incident_dir, "inspect.json") if services else ():
+        try:
+            doc = jsonsafe.loads(p.read_bytes(), what=str(p))
+        except (OSError, jsonsafe.JSONError):
+            continue
+        for item in doc if isinstance(doc, list) else [doc]:
+            if _compose_service(item) in services:
+                found.extend(_container_addresses(item))
+    return sorted(set(found))
+
+
+def _compose_service(doc: Any) -> str | None:
+    config = doc.get("Config") if isinstance(doc, dict) else None
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    service = labels.get("com.docker.compose.service") if isinstance(labels, dict) else None
+    return service if isinstance(service, str) else None
+
+
+def _container_addresses(doc: dict[str, Any]) -> list[str]:
+    settings = doc.get("NetworkSettings")
+    nets = settings.get("Networks") if isinstance(settings, dict) else None
+    out: list[str] = []
+    for net in nets.values() if isinstance(nets, dict) else ():
+        if isinstance(net, dict):
+            for key in ("IPAddress", "GlobalIPv6Address"):
+                value = net.get(key)
+                if isinstance(value, str) and value and _is_ip(value):
+                    out.append(value)
+    return out
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- local domains
