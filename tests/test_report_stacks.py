@@ -94,6 +94,11 @@ def test_mailcow_postscreen_allowlisted_gateway_is_the_relays_first_trace(tmp_pa
     assert (d["lines"], d["postfix_lines"], d["unparsed_lines"]) == (18, 17, 1)
     assert d["unparsed_sample"][0].startswith("2026-11-22T23:40:00.100000000Z 2026-11-22 23:40:00,100 INFO success")
     assert d["handoff"] == [] and d["stack"] is None
+    html = tmp_path / "r.html"
+    report_text("--log", str(log), "--gateway", MAILCOW_GW, "--html", str(html))
+    page = html.read_text()
+    trace_row = "<td>first gateway trace (postscreen)</td><td>2026-11-22T23:43:10+00:00 ALLOWLISTED [172.22.1.1]</td>"
+    assert trace_row in page
     text = report_text("--log", str(log), "--gateway", MAILCOW_GW)
     assert "postscreen:          allowlisted 2, pass_new 1, disconnect 1 (from a gateway: allowlisted 2)" in text
     assert (
