@@ -314,3 +314,27 @@ def test_real_postscreen_allowlisted_and_whitelisted_are_read(docker_engine: Any
     assert trace["time"] == when.isoformat()
     assert d["signature_messages"] == 2 and d["by_client"] == {gateway: 2}
     assert d["postscreen_connects_from_gateway"] >= 2
+
+
+def test_postconf_naming_a_table_leaves_the_domains_to_be_learned(tmp_path: Path) -> None:
+    """mailcow keeps its domains in MySQL: a postconf.txt naming a table gives no list (None, the
+    report learns them from deliveries), not a partial one that would make the server's own domains
+    outside."""
+    from lockdown.mail.evidence import local_domains_from_evidence
+
+    ev = tmp_path / "evidence" / "postfix" / "postfix-mailcow"
+    ev.mkdir(parents=True)
+    (ev / "postconf.txt").write_text(
+        "mydestination = localhost.$mydomain, localhost\nmydomain = localdomain\n"
+        "virtual_mailbox_domains = proxy:mysql:/opt/postfix/conf/sql/mysql_virtual_domains_maps.cf\n"
+        "relay_domains = proxy:mysql:/opt/postfix/conf/sql/mysql_virtual_relay_domain_maps.cf\n"
+    )
+    assert local_domains_from_evidence(tmp_path) is None
+    (ev / "postconf.txt").write_text("mydestination = $mydomain, localhost\nmydomain = lab.example\nrelay_domains =\n")
+    assert local_domains_from_evidence(tmp_path) == {"lab.example", "localhost"}
+    (ev / "postconf.txt").write_text("relay_domains = partner.example, hash:/etc/postfix/relay_domains\n")
+    assert local_domains_from_evidence(tmp_path) is None
+    (ev / "postconf.txt").write_text("virtual_mailbox_domains = /etc/postfix/vhost\n")
+    assert local_domains_from_evidence(tmp_path) is None
+    (ev / "postconf.txt").write_text("myhostname = mail.lab.example\n")
+    assert local_domains_from_evidence(tmp_path) is None

@@ -204,22 +204,30 @@ def local_domains_from_evidence(incident_dir: Path) -> set[str] | None:
     """The domains in ``mydestination``, ``virtual_mailbox_domains``, ``virtual_alias_domains`` and
     ``relay_domains`` of the ``postconf.txt`` files under ``evidence/``; None when there is none.
 
-    ``$name`` is expanded from the same file; table lookups (``hash:/etc/...``) and file
-    names cannot be read from the evidence and are left out.
+    ``$name`` is expanded from the same file. A table lookup (``hash:/etc/...``,
+    ``proxy:mysql:...``) or a file name cannot be read from the evidence, so the list would be
+    incomplete: then None, and the report learns local domains from deliveries, because a
+    partial list would make the domains in the table (on mailcow, Mailu and docker-mailserver,
+    the server's own) outside. None too when no file names a domain.
     """
-    found: set[str] | None = None
+    found: set[str] = set()
     for p in _evidence_files(incident_dir, "postconf.txt"):
         params: dict[str, str] = {}
         for raw in _lines(p):
             m = _PARAM.match(raw.decode("utf-8", "replace").strip())
             if m:
                 params[m.group(1)] = m.group(2)
-        if not any(k in params for k in LOCAL_DOMAIN_PARAMS):
-            continue
-        found = found if found is not None else set()
         for key in LOCAL_DOMAIN_PARAMS:
-            found.update(_domains(_expand(params.get(key, ""), params)))
-    return found
+            value = _expand(params.get(key, ""), params)
+            if _unreadable(value):
+                return None
+            found.update(_domains(value))
+    return found or None
+
+
+def _unreadable(value: str) -> bool:
+    """True when a domain list names a table or a file: its domains are not in the evidence."""
+    return any(":" in item or "/" in item for item in re.split(r"[\s,]+", value) if item)
 
 
 def _expand(value: str, params: dict[str, str], depth: int = 0) -> str:
