@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lockdown.mail.parser import (
+    EVENT_KINDS,
     MAX_LINE,
     Correlator,
     GatewayMatcher,
@@ -516,6 +517,11 @@ def test_random_chunking_gives_the_same_lines(cuts: list[int]) -> None:
 # ----------------------------------------------------------------- feed_block == feed_text, line by line
 
 VARIED = [
+    "Nov 22 23:43:37 mail postfix/postscreen[77]: ALLOWLISTED [172.22.1.1]:40022",
+    "2026-11-22T23:43:37.5Z Nov 22 23:43:37 mail postfix/postscreen[77]: WHITELISTED [172.22.1.1]:40023",
+    "Nov 22 23:43:37 mail postfix/postscreen[77]: PASS NEW [2001:db8::5]:40024",
+    "Nov 22 23:43:37 mail postfix/postscreen[77]: DISCONNECT [198.51.100.7]:40025",
+    "Nov 22 23:43:37 mail postfix/smtpd[9]: ALLOWLISTED [172.22.1.1]:40022",
     *LAB.splitlines(),
     *AMAVIS.splitlines(),
     "Nov 22 23:43:37 postfix/smtpd[9]: 5D1C2A3B4E: client=unknown[172.17.0.1]",  # no host
@@ -559,7 +565,7 @@ VARIED = [
 
 def _as_line_by_line(lines: list[str], count: bool) -> tuple[object, ...]:
     """What ``Correlator.feed`` makes of ``parse_line`` of each line, one at a time."""
-    c = Correlator(count_connects=count)
+    c = Correlator(count_connects=count, events=EVENT_KINDS)
     kinds: list[str] = []
     for line in lines:
         parsed = parse_line(line, 2026)
@@ -567,7 +573,7 @@ def _as_line_by_line(lines: list[str], count: bool) -> tuple[object, ...]:
             c.lines += 1
             c.not_postfix(line)
         else:
-            kinds += [e.kind for e in c.feed(parsed)]
+            kinds += [f"{e.kind}:{e.code}" for e in c.feed(parsed)]
     return [m.as_dict() for m in c.finish()], dict(c.connects), sorted(kinds), c.lines, c.unparsed, c.unparsed_sample
 
 
@@ -582,7 +588,7 @@ def test_feed_block_is_feed_text_line_by_line(lines: list[str], cuts: list[int],
     data = "".join(ln + ("\r\n" if crlf else "\n") for ln in lines).encode()
     points = sorted({min(c, len(data)) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-    c = Correlator(count_connects=count)
+    c = Correlator(count_connects=count, events=EVENT_KINDS)
     s = LineSplitter()
     kinds: list[str] = []
     total = 0
@@ -590,10 +596,10 @@ def test_feed_block_is_feed_text_line_by_line(lines: list[str], cuts: list[int],
         block, n = s.feed_block(ch)
         total += n
         if n:
-            kinds += [e.kind for e in c.feed_block(block, 2026)]
+            kinds += [f"{e.kind}:{e.code}" for e in c.feed_block(block, 2026)]
     for line in s.flush():
         total += 1
-        kinds += [e.kind for e in c.feed_text(line, 2026)]
+        kinds += [f"{e.kind}:{e.code}" for e in c.feed_text(line, 2026)]
     expected = _as_line_by_line(lines, count)
     got = [m.as_dict() for m in c.finish()], dict(c.connects), sorted(kinds), c.lines, c.unparsed, c.unparsed_sample
     assert got == expected
@@ -647,6 +653,14 @@ def _mail_log(draw: st.DrawFn) -> list[str]:
                 f"postfix/smtpd[9]: connect from unknown[{addr}]",
                 f"postfix/submission/smtpd[9]: connect from host.example[{addr}]",
                 "postfix/postscreen[77]: CONNECT from [ipv6:]:1 to [172.17.0.2]:25",
+                f"postfix/postscreen[77]: ALLOWLISTED [{addr}]:4444",
+                f"postfix/postscreen[77]: WHITELISTED [{addr}]:4444",
+                f"postfix/postscreen[77]: PASS OLD [{addr}]:4444",
+                f"postfix/postscreen[77]: PASS NEW [{addr}]:4444",
+                f"postfix/postscreen[77]: DISCONNECT [{addr}]:4444",
+                f"postfix/smtpd[9]: ALLOWLISTED [{addr}]:4444",
+                "postfix/postscreen[77]: ALLOWLISTED 172.17.0.1",
+                f"postfix/postscreen[77]: PREGREET 11 after 0.1 from [{addr}]:4444: EHLO x",
             ])))  # fmt: skip
         elif kind == "noise":
             emit(draw(st.sampled_from([
@@ -712,7 +726,8 @@ def _reference_report(lines: list[str], year: int) -> dict[str, Any]:
 
     rep = rp.Report(sources=["generated"], gateways=[_GW], gateway_source="option", local_domains=None)
     matcher = GatewayMatcher([_GW])
-    c = Correlator(None, events=("reject",), count_connects=True)
+    c = Correlator(None, events=("reject", "postscreen"), count_connects=True)
+    traces = []
     for line in lines:
         parsed = parse_line(line, year)
         if parsed is None:
@@ -721,7 +736,15 @@ def _reference_report(lines: list[str], year: int) -> dict[str, Any]:
                 rep.unparsed_sample = [*rep.unparsed_sample, line[:200]][:5]
             continue
         rep.postfix_lines += 1
-        for ev in c.feed(parsed):  # rejects, counted plainly (not with the module's own code)
+        for ev in c.feed(parsed):  # rejects and postscreen verdicts, counted plainly (not with the module's own code)
+            if ev.kind == "postscreen":
+                rep.postscreen[ev.code] += 1
+                if matcher(ev.message.client_addr):
+                    rep.gateway_seen = True
+                    rep.postscreen_from_gateway[ev.code] += 1
+                    if ev.code in ("ALLOWLISTED", "WHITELISTED"):
+                        traces.append(ev)
+                continue
             assert ev.kind == "reject"
             rep.rejects += 1
             rep.rejects_by_code[ev.code or "?"] += 1
@@ -736,6 +759,8 @@ def _reference_report(lines: list[str], year: int) -> dict[str, Any]:
             rep.connects_from_gateway += n
             if service.endswith("postscreen"):
                 rep.postscreen_connects_from_gateway += n
+    timed = [ev for ev in traces if ev.time is not None]
+    rep.first_gateway_trace = min(timed, key=lambda ev: ev.time) if timed else (traces[0] if traces else None)
     rep.lines = len(lines)
     _reference_summary(rep, c.finish(), matcher)
     return rep.as_dict()

@@ -410,8 +410,8 @@ POSTCONF = """\
 mydestination = $myhostname, localhost.$mydomain, localhost, $mydomain
 myhostname = mail.lab.example
 mydomain = lab.example
-relay_domains = partner.example, hash:/etc/postfix/relay_domains
-virtual_mailbox_domains = /etc/postfix/vhost
+relay_domains = partner.example
+virtual_mailbox_domains =
 """
 
 POSTQUEUE = [

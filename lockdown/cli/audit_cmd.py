@@ -207,6 +207,7 @@ def _print_report(out: Output, r: object) -> None:
         out.line(f"containment:         {d['containment_time']}")
         out.line(f"abusive before/after containment: {d['before_containment']} / {d['after_containment']}")
     out.line(f"rejects:             {d['rejects']['total']} ({d['rejects']['from_gateway']} from a gateway)")
+    _print_path(out, r)
     held = r.held_queue
     if held is not None:
         out.line(f"held at containment: {held['messages']} message(s), "
@@ -220,6 +221,29 @@ def _print_report(out: Output, r: object) -> None:
         if counter:
             out.line()
             out.table([[_printable(k), str(v)] for k, v in top(counter, 10)], [title, unit])
+
+
+def _print_path(out: Output, r: object) -> None:
+    """postscreen's verdicts, the gateway's first trace, and the stack's hand-off (when there are any)."""
+    from lockdown.mail.report import Report
+
+    assert isinstance(r, Report)
+    d = r.as_dict()
+    ps = d["postscreen"]
+    counts = {k: v for k, v in ps.items() if k != "from_gateway"}
+    if any(counts.values()):
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+        gw = ", ".join(f"{k} {v}" for k, v in ps["from_gateway"].items() if v) or "none"
+        out.line(f"postscreen:          {shown} (from a gateway: {gw})")
+    trace = d["first_gateway_trace"]
+    if trace:
+        addr = _printable(trace["client_addr"])
+        out.line(f"first gateway trace: {trace['time']} postscreen {trace['verdict']} [{addr}] "
+                 "(the gateway path: let in without postscreen's tests)")  # fmt: skip
+    if r.stack:
+        hand = f"; front hands clients over from {', '.join(r.handoff)}" if r.handoff else ""
+        out.line(f"stack:               {_printable(r.stack.get('title') or r.stack['stack'])} "
+                 f"(incident evidence){_printable(hand)}")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

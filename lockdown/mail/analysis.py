@@ -6,7 +6,12 @@ deferred, or not yet ``removed`` for ``RETIRE_AFTER`` lines), not the length of 
 message is counted and forgotten once retired.
 
 The *signature* of the IPv6-through-docker-proxy relay: a message for an outside domain whose
-client is a Docker gateway address and which carried no SASL authentication.
+client is a Docker gateway address and which carried no SASL authentication. On Mailu, whose
+``front`` (nginx's mail proxy) hands each client to Postfix in ``smtp``, a client that is front's
+own address (``handoff``: nginx without XCLIENT) arrived through the same path and counts too.
+
+postscreen (mailcow runs it) lets the gateway in before smtpd logs anything about a message:
+its ``ALLOWLISTED``/``WHITELISTED`` of a gateway address is the relay's first trace.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lockdown.mail.parser import (
+    POSTSCREEN_VERDICTS,
     Correlator,
     GatewayMatcher,
     LineSplitter,
@@ -70,6 +76,11 @@ class Report:
     rejects_from_gateway: int = 0
     connects_from_gateway: int = 0
     postscreen_connects_from_gateway: int = 0
+    postscreen: Counter[str] = field(default_factory=Counter)
+    postscreen_from_gateway: Counter[str] = field(default_factory=Counter)
+    first_gateway_trace: MessageEvent | None = None
+    handoff: list[str] = field(default_factory=list)
+    stack: dict[str, Any] | None = None
     sample: list[Message] = field(default_factory=list)
     learned_local: set[str] = field(default_factory=set)
     held_queue: dict[str, Any] | None = None
@@ -116,6 +127,13 @@ class Report:
             },
             "connects_from_gateway": self.connects_from_gateway,
             "postscreen_connects_from_gateway": self.postscreen_connects_from_gateway,
+            "postscreen": {
+                **{_key(v): self.postscreen[v] for v in POSTSCREEN_VERDICTS},
+                "from_gateway": {_key(v): self.postscreen_from_gateway[v] for v in POSTSCREEN_VERDICTS},
+            },
+            "first_gateway_trace": _trace(self.first_gateway_trace),
+            "handoff": list(self.handoff),
+            "stack": self.stack,
             "signature_sample": [m.as_dict() for m in self.sample],
             "held_queue": self.held_queue,
             "incident": self.incident,
@@ -124,6 +142,18 @@ class Report:
 
 def _iso(t: datetime | None) -> str | None:
     return t.astimezone(UTC).isoformat() if t else None
+
+
+def _key(verdict: str) -> str:
+    """``PASS OLD`` -> ``pass_old``: a postscreen verdict as a JSON key."""
+    return verdict.lower().replace(" ", "_")
+
+
+def _trace(ev: MessageEvent | None) -> dict[str, Any] | None:
+    if ev is None:
+        return None
+    return {"time": _iso(ev.time), "verdict": ev.code, "client_addr": ev.message.client_addr,
+            "service": ev.message.service}  # fmt: skip
 
 
 def _first_seen(m: Message | None) -> str | None:
@@ -152,8 +182,12 @@ def analyse(
     containment_time: datetime | None = None,
     year: int | None = None,
     retire_after: int = RETIRE_AFTER,
+    handoff: Sequence[str] = (),
 ) -> Report:
     """Read every source once, in one process, and build the report.
+
+    ``handoff``: addresses that, as a client, mean the proxied path as much as a gateway does
+    (Mailu's ``front``, ``evidence.handoff_addresses``).
 
     With several sources (read oldest first), a line already read from another source (the
     same log kept by ``docker logs`` and ``/var/log/mail.log``) is counted once; that needs one
@@ -167,9 +201,12 @@ def analyse(
         gateway_source=gateway_source,
         local_domains=sorted(local_domains) if local_domains is not None else None,
         containment_time=containment_time,
+        handoff=list(handoff),
     )
-    tally = _Tally(report, GatewayMatcher(gateways))
-    correlator = Correlator(local_domains, retire_after=retire_after, events=("reject",), count_connects=True)
+    tally = _Tally(report, GatewayMatcher([*gateways, *handoff]))
+    correlator = Correlator(
+        local_domains, retire_after=retire_after, events=("reject", "postscreen"), count_connects=True
+    )
     seen: dict[int, int] | None = {} if len(sources) > 1 else None
     for index, source in enumerate(sources):
         _read(correlator, source, year, tally, seen, index)
@@ -248,9 +285,12 @@ class _Tally:
         self._minutes: dict[datetime, datetime] = {}
 
     def events(self, events: Iterable[MessageEvent]) -> None:
-        """Rejects: counted by code, from a gateway, and per minute."""
+        """Rejects: counted by code, from a gateway, and per minute; postscreen's verdicts."""
         r = self.report
         for ev in events:
+            if ev.kind == "postscreen":
+                self._postscreen(ev)
+                continue
             if ev.kind != "reject":
                 continue
             r.rejects += 1
@@ -260,6 +300,22 @@ class _Tally:
                 r.gateway_seen = True
             if ev.time is not None:
                 r.timeline.setdefault(minute(ev.time), [0, 0, 0])[2] += 1
+
+    def _postscreen(self, ev: MessageEvent) -> None:
+        """A verdict, counted; the earliest ALLOWLISTED/WHITELISTED of a gateway is the first trace
+        (the first of them on a tie: events come in the order their lines were read)."""
+        r = self.report
+        verdict = ev.code or "?"
+        r.postscreen[verdict] += 1
+        if not self.matcher(ev.message.client_addr):
+            return
+        r.postscreen_from_gateway[verdict] += 1
+        r.gateway_seen = True
+        if verdict not in ("ALLOWLISTED", "WHITELISTED"):
+            return
+        first = r.first_gateway_trace
+        if first is None or (ev.time is not None and (first.time is None or ev.time < first.time)):
+            r.first_gateway_trace = ev
 
     def connects(self, connects: Counter[tuple[str, str]]) -> None:
         r = self.report

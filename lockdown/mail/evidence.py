@@ -1,6 +1,8 @@
 """What an incident's own evidence tells the report, read from files collected at containment:
 
 * gateways: ``evidence/docker/<container>/inspect.json`` (``docker.inspect``);
+* the stack and Mailu's hand-off address: ``evidence/docker/stack.json`` (``docker.inspect`` with
+  ``container = "stack"``) and front's ``inspect.json``;
 * local domains: ``postconf.txt`` files under ``evidence/`` (``postconf`` output, ``name = value``);
 * held spam: ``evidence/queue/<container>/postqueue.jsonl`` (``postfix.hold_queue``).
 
@@ -119,6 +121,79 @@ def choose_gateways(explicit: list[str] | None, incident_dir: Path | None = None
     return default_gateways(), "default-pools"
 
 
+# --------------------------------------------------------------------------- the stack
+
+#: Compose services whose container hands clients to Postfix over a connection of its own, per stack.
+HANDOFF_SERVICES = {"mailu": ("front",)}
+
+
+def stack_from_evidence(incident_dir: Path) -> dict[str, Any] | None:
+    """What ``evidence/docker/stack.json`` says (stack, title, network, gateway, inbound), or None."""
+    path = incident_dir / "evidence" / "docker" / "stack.json"
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        doc = jsonsafe.loads(path.read_bytes(), what=str(path))
+    except (OSError, jsonsafe.JSONError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("stack"), str):
+        return None
+    inbound = doc.get("inbound")
+    return {
+        "stack": doc["stack"][:100],
+        "title": _text(doc.get("title")),
+        "gateway": _text(doc.get("gateway")),
+        "inbound": [n[:200] for n in inbound if isinstance(n, str)][:50] if isinstance(inbound, list) else [],
+    }
+
+
+def handoff_addresses(incident_dir: Path, stack: dict[str, Any] | None) -> list[str]:
+    """The addresses of the stack's hand-off containers (Mailu's ``front``) in their ``inspect.json``.
+
+    Postfix in Mailu's ``smtp`` logs the address nginx hands it with XCLIENT (the gateway, for a
+    client docker-proxy brought in) or, without XCLIENT, front's own address: either is the path.
+    """
+    services = HANDOFF_SERVICES.get(stack["stack"], ()) if stack else ()
+    found: list[str] = []
+    for p in _evidence_files(incident_dir, "inspect.json") if services else ():
+        try:
+            doc = jsonsafe.loads(p.read_bytes(), what=str(p))
+        except (OSError, jsonsafe.JSONError):
+            continue
+        for item in doc if isinstance(doc, list) else [doc]:
+            if _compose_service(item) in services:
+                found.extend(_container_addresses(item))
+    return sorted(set(found))
+
+
+def _compose_service(doc: Any) -> str | None:
+    config = doc.get("Config") if isinstance(doc, dict) else None
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    service = labels.get("com.docker.compose.service") if isinstance(labels, dict) else None
+    return service if isinstance(service, str) else None
+
+
+def _container_addresses(doc: dict[str, Any]) -> list[str]:
+    settings = doc.get("NetworkSettings")
+    nets = settings.get("Networks") if isinstance(settings, dict) else None
+    out: list[str] = []
+    for net in nets.values() if isinstance(nets, dict) else ():
+        if isinstance(net, dict):
+            for key in ("IPAddress", "GlobalIPv6Address"):
+                value = net.get(key)
+                if isinstance(value, str) and value and _is_ip(value):
+                    out.append(value)
+    return out
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- local domains
 
 _PARAM = re.compile(r"^([a-z_][a-z0-9_]*) ?= ?(.*)$")
@@ -129,22 +204,30 @@ def local_domains_from_evidence(incident_dir: Path) -> set[str] | None:
     """The domains in ``mydestination``, ``virtual_mailbox_domains``, ``virtual_alias_domains`` and
     ``relay_domains`` of the ``postconf.txt`` files under ``evidence/``; None when there is none.
 
-    ``$name`` is expanded from the same file; table lookups (``hash:/etc/...``) and file
-    names cannot be read from the evidence and are left out.
+    ``$name`` is expanded from the same file. A table lookup (``hash:/etc/...``,
+    ``proxy:mysql:...``) or a file name cannot be read from the evidence, so the list would be
+    incomplete: then None, and the report learns local domains from deliveries, because a
+    partial list would make the domains in the table (on mailcow, Mailu and docker-mailserver,
+    the server's own) outside. None too when no file names a domain.
     """
-    found: set[str] | None = None
+    found: set[str] = set()
     for p in _evidence_files(incident_dir, "postconf.txt"):
         params: dict[str, str] = {}
         for raw in _lines(p):
             m = _PARAM.match(raw.decode("utf-8", "replace").strip())
             if m:
                 params[m.group(1)] = m.group(2)
-        if not any(k in params for k in LOCAL_DOMAIN_PARAMS):
-            continue
-        found = found if found is not None else set()
         for key in LOCAL_DOMAIN_PARAMS:
-            found.update(_domains(_expand(params.get(key, ""), params)))
-    return found
+            value = _expand(params.get(key, ""), params)
+            if _unreadable(value):
+                return None
+            found.update(_domains(value))
+    return found or None
+
+
+def _unreadable(value: str) -> bool:
+    """True when a domain list names a table or a file: its domains are not in the evidence."""
+    return any(":" in item or "/" in item for item in re.split(r"[\s,]+", value) if item)
 
 
 def _expand(value: str, params: dict[str, str], depth: int = 0) -> str:

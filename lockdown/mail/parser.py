@@ -565,7 +565,8 @@ class MessageEvent:
     ``kind``: ``outside-recipient`` (the first time a recipient in an outside
     domain is seen for a message), ``reject`` (``message`` is a stand-in
     holding client, sender and the refused recipient; ``code`` e.g. ``554``) or
-    ``connect`` (``message`` holds only the client; queue id ``NOQUEUE``).
+    ``connect`` (``message`` holds only the client; queue id ``NOQUEUE``) or
+    ``postscreen`` (a verdict of ``POSTSCREEN_VERDICTS`` in ``code``; ``message`` as for ``connect``).
     """
 
     kind: str
@@ -641,7 +642,14 @@ _MISSING: Any = object()
 _PROBE_STATUSES = frozenset({"deliverable", "undeliverable"})
 """Statuses of an address-verification probe (``sendmail -bv``, ``reject_unverified_*``): nothing was sent."""
 
-EVENT_KINDS = frozenset({"outside-recipient", "reject", "connect"})
+EVENT_KINDS = frozenset({"outside-recipient", "reject", "connect", "postscreen"})
+#: The kinds built when none are asked for (``postscreen`` is asked for by name: the report does).
+DEFAULT_EVENTS = frozenset({"outside-recipient", "reject", "connect"})
+
+#: postscreen's verdicts on a client, as it logs them before the address: ``ALLOWLISTED [addr]:port``
+#: (``WHITELISTED`` before Postfix 3.6) lets a client in without tests, ``PASS OLD``/``PASS NEW``
+#: after them, ``DISCONNECT`` ends a connection postscreen kept.
+POSTSCREEN_VERDICTS = ("ALLOWLISTED", "WHITELISTED", "PASS OLD", "PASS NEW", "DISCONNECT")
 
 _MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 #: An RFC 3164 timestamp as ``_stamp_at`` accepts it: the day space-padded (``Mar  7``) or not (``Mar 7``).
@@ -649,7 +657,10 @@ _STAMP = _MONTH + r" (?:[ 0-9][0-9]|[1-9]) [0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
 #: A host or tag: no space, and a colon only when no space follows it (``find(": ")`` semantics).
 _WORD = r"(?:[^ \n:]++|:(?! ))++"
 #: What the message of every line ``Correlator._handle`` acts on starts with (after a queue id).
-_MARKERS = r"to=<|client=|from=<|removed|message-id=|reject: |milter-reject: |uid=|connect from |CONNECT from "
+_MARKERS = (
+    r"to=<|client=|from=<|removed|message-id=|reject: |milter-reject: |uid=|connect from |CONNECT from "
+    r"|ALLOWLISTED \[|WHITELISTED \[|PASS OLD \[|PASS NEW \[|DISCONNECT \["
+)
 #: A queue id exactly as ``is_queue_id`` accepts it: short (upper-case hex) or long (with a ``z``).
 _QID = r"(?:[0-9A-F]{5,24}+|(?=[0-9A-Za-y]{0,23}+z)[0-9A-Za-z]{12,24}+)(?=: )"
 #: The header ``parse_line`` reads, in its usual shape: ``host `` (optional), a tag that starts with
@@ -721,6 +732,9 @@ def might_matter(text: str) -> bool:
         or ": removed" in text
         or ": connect from " in text
         or ": CONNECT from " in text
+        or "LISTED [" in text  # postscreen's ALLOWLISTED / WHITELISTED
+        or ": PASS " in text
+        or ": DISCONNECT [" in text
         or ": message-id=" in text
         or "reject: " in text
         or ": uid=" in text
@@ -755,8 +769,8 @@ class Correlator:
     as no line names the message's queue ids later than that (Postfix logs
     nothing for a queue id after ``removed``, until it reuses it for a new message).
 
-    ``events`` limits the kinds of events built (default: all of
-    ``EVENT_KINDS``). ``count_connects``: instead of a ``connect`` event per
+    ``events`` limits the kinds of events built (default: ``DEFAULT_EVENTS``,
+    all of ``EVENT_KINDS`` but ``postscreen``). ``count_connects``: instead of a ``connect`` event per
     connection line, count them in ``connects[(service, client address)]``.
 
     Lines that are not Postfix (or Amavis) lines are counted in ``unparsed``,
@@ -775,12 +789,13 @@ class Correlator:
         self.local_domains = None if local_domains is None else {d.lower().rstrip(".") for d in local_domains}
         self.max_open = max_open
         self.retire_after = retire_after
-        wanted = EVENT_KINDS if events is None else frozenset(events)
+        wanted = DEFAULT_EVENTS if events is None else frozenset(events)
         if wanted - EVENT_KINDS:
             raise ValueError(f"unknown event kinds: {sorted(wanted - EVENT_KINDS)}")
         self._want_outside = "outside-recipient" in wanted
         self._want_reject = "reject" in wanted
         self._want_connect = "connect" in wanted or count_connects
+        self._want_postscreen = "postscreen" in wanted
         self._count_connects = count_connects
         self.connects: Counter[tuple[str, str]] = Counter()
         self._open: dict[str, Message] = OrderedDict() if max_open is not None else {}
@@ -1102,15 +1117,34 @@ class Correlator:
                 self._link(key, m, second)
 
     def _connect(self, t: datetime | None, service: str, text: str) -> None:
-        """``connect from host[addr]`` (smtpd) or ``CONNECT from [addr]:port to ...`` (postscreen)."""
+        """``connect from host[addr]`` (smtpd), ``CONNECT from [addr]:port to ...`` (postscreen), or
+        one of postscreen's verdicts (``ALLOWLISTED [addr]:port``, ...)."""
         if text.startswith("CONNECT from "):
             host, addr = None, _split_client(text[13:].split(" ", 1)[0])[1]
         elif text.startswith("connect from "):
             host, addr = _split_client(text[13:])
         else:
+            self._verdict(t, service, text)
             return
         if addr is not None:
             self._on_connect(t, service, host, addr, 1)
+
+    def _verdict(self, t: datetime | None, service: str, text: str) -> None:
+        """postscreen's ``ALLOWLISTED [addr]:port`` and the other ``POSTSCREEN_VERDICTS``."""
+        b = text.find(" [")
+        verdict = text[:b]
+        if b < 0 or verdict not in POSTSCREEN_VERDICTS:
+            return
+        addr = _split_client(text[b + 1 :].split(" ", 1)[0])[1]
+        if addr is not None:
+            self._on_postscreen(t, service, verdict, addr)
+
+    def _on_postscreen(self, t: datetime | None, service: str, verdict: str, addr: str) -> None:
+        """A postscreen verdict on ``addr``: a ``postscreen`` event (code: the verdict)."""
+        if not self._want_postscreen or (self._agents.get(service) or self._agent(service)) != "postscreen":
+            return
+        m = Message(queue_id="NOQUEUE", client_addr=addr, service=service, first_seen=t, last_seen=t)
+        self._out.append(MessageEvent(kind="postscreen", message=m, recipient=None, time=t, code=verdict))
 
     def _on_connect(self, t: datetime | None, service: str, host: str | None, addr: str, n: int) -> None:
         """``n`` connections from ``addr`` to smtpd or postscreen: counted, or a ``connect`` event each."""

@@ -138,10 +138,19 @@ def _summary(report: Report) -> list[tuple[str, Any]]:
         ("rejects", d["rejects"]["total"]),
         ("rejects from a gateway", d["rejects"]["from_gateway"]),
         ("connections from a gateway", d["connects_from_gateway"]),
+        ("postscreen ALLOWLISTED/WHITELISTED from a gateway",
+         d["postscreen"]["from_gateway"]["allowlisted"] + d["postscreen"]["from_gateway"]["whitelisted"]),
+        ("first gateway trace (postscreen)", _trace_text(d["first_gateway_trace"])),
+        ("stack (incident evidence)", (d["stack"] or {}).get("title") or "-"),
+        ("hand-off addresses (counted as the gateway path)", ", ".join(d["handoff"]) or "-"),
         ("gateways", f"{', '.join(d['gateways'])} ({d['gateway_source']})"),
         ("log lines read", d["lines"]),
         ("lines that are not Postfix", d["unparsed_lines"]),
     ]
+
+
+def _trace_text(trace: dict[str, Any] | None) -> str:
+    return f"{trace['time']} {trace['verdict']} [{trace['client_addr']}]" if trace else "-"
 
 
 def _breakdowns(report: Report) -> list[str]:

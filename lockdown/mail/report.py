@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from lockdown.mail.analysis import SAMPLE, Report, analyse
-from lockdown.mail.evidence import choose_gateways, held_queue, local_domains_from_evidence
+from lockdown.mail.evidence import (
+    choose_gateways,
+    handoff_addresses,
+    held_queue,
+    local_domains_from_evidence,
+    stack_from_evidence,
+)
 from lockdown.mail.render import render_html, write_html
 from lockdown.mail.sources import ContainerLogSource, LogSource, Source, evidence_sources, sources_from_paths
 
@@ -66,7 +72,8 @@ def incident_report(
     year: int | None = None,
 ) -> Report:
     """The report for an incident: its logs, and from its own evidence its gateways (docker.inspect),
-    its local domains (postconf) and the spam held in its queue (postfix.hold_queue)."""
+    its stack and hand-off addresses (docker.inspect's stack.json), its local domains (postconf)
+    and the spam held in its queue (postfix.hold_queue)."""
     from lockdown.engine.incident import read_incident
 
     view = read_incident(root, incident_id)
@@ -77,6 +84,7 @@ def incident_report(
         created = view.meta.get("created")
         if isinstance(created, str) and len(created) >= 4 and created[:4].isdigit():
             year = int(created[:4])
+    stack = stack_from_evidence(view.path)
     report = analyse(
         evidence_sources(view.path),
         gateways=gw,
@@ -84,7 +92,9 @@ def incident_report(
         local_domains=local_domains,
         containment_time=containment_time(view.steps),
         year=year,
+        handoff=handoff_addresses(view.path, stack),
     )
+    report.stack = stack
     held = held_queue(view.path, local_domains, report.learned_local)
     report.held_queue = held.as_dict() if held is not None else None
     report.incident = {
