@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 
+from lockdown.audit import stackfix
 from tests import netlab
 from tests.conftest import REPO, ip_json, run_cli, sh, unique, wait_for
 from tests.dockerlab import incident_dir
-from tests.test_lab import free_port, require_lab_facilities
+from tests.test_lab import free_port, host_snapshot, require_lab_facilities
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns, pytest.mark.slow]
 
@@ -57,10 +58,13 @@ class StackLab:
         self.facts: dict[str, str] = {}
         self.ops = ""  # the namespace lockdown runs in
         self.ops_if = ""
+        self.before: dict[str, Any] = {}
 
     def run(self, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.env, **extra}
-        r = subprocess.run([LAB, *args, "--stack", self.stack], capture_output=True, text=True, env=env, timeout=timeout)
+        r = subprocess.run(
+            [LAB, *args, "--stack", self.stack], capture_output=True, text=True, env=env, timeout=timeout
+        )
         print(f"$ scripts/lab {' '.join(args)} --stack {self.stack} -> {r.returncode}\n{r.stdout}{r.stderr}")
         return r
 
@@ -106,6 +110,7 @@ def slab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         a0, _ = netlab.veth(the_lab.ops)
         netlab.ipn(the_lab.ops, "addr", "add", "2001:db8:18::1/64", "dev", a0, "nodad")
         the_lab.ops_if = a0
+        the_lab.before = {**host_snapshot(), "networks": docker_networks()}
         up = the_lab.run("up", timeout=300)
         assert up.returncode == 0, up.stderr
         the_lab.facts = dict(ln.split("=", 1) for ln in shlex.split(the_lab.env_file.read_text(), comments=True))
@@ -113,6 +118,12 @@ def slab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     finally:
         the_lab.run("down")
         sh("ip", "netns", "del", the_lab.ops, check=False)
+
+
+def docker_networks() -> list[str]:
+    """Docker's networks but the tests' own (lkd-...), which other tests make in parallel."""
+    names = sh("docker", "network", "ls", "--format", "{{.Name}}").stdout.split()
+    return sorted(n for n in names if not n.startswith("lkd-"))
 
 
 def test_up_builds_the_stack_shape(slab: StackLab) -> None:
@@ -166,7 +177,11 @@ def test_audit_names_the_stack_and_gives_its_fix(slab: StackLab, tmp_path: Path)
     doc = audit(slab, tmp_path)
     f = slab.facts
     (stack,) = doc["stacks"]
-    assert (stack["stack"], stack["project"], stack["postfix"]) == (STACK_IDS[slab.stack], slab.prefix, f["LAB_POSTFIX"])
+    assert (stack["stack"], stack["project"], stack["postfix"]) == (
+        STACK_IDS[slab.stack],
+        slab.prefix,
+        f["LAB_POSTFIX"],
+    )
     assert stack["inbound"] == sorted(slab.inbound)
     assert (stack["network"]["name"], stack["gateway"]) == (f["LAB_NETWORK"], f["LAB_GATEWAY4"])
     found = {x["id"]: x for x in doc["findings"]}
@@ -178,7 +193,8 @@ def test_audit_names_the_stack_and_gives_its_fix(slab: StackLab, tmp_path: Path)
     elif slab.stack == "mailcow":
         trust = found["postfix-trusts-gateway"]
         assert trust["fix_setting"] == f"mynetworks = !{f['LAB_GATEWAY4']} 127.0.0.0/8 {f['LAB_SUBNET']}"
-        assert trust["fix_file"] == "data/conf/postfix/extra.cf"
+        assert trust["fix_file"] == stackfix.MAIN_CF["mailcow"]
+        assert trust["fix_file"].startswith("data/conf/postfix/extra.cf")
     else:
         subnet = found["mailu-subnet-gateway"]
         assert subnet["title"] == f"Mailu {f['LAB_POSTFIX']}: SUBNET contains the Docker gateway {f['LAB_GATEWAY4']}"
@@ -271,3 +287,29 @@ def test_applying_the_audit_fix_makes_the_probe_clean(slab: StackLab, tmp_path: 
     assert [x["id"] for x in probes] == ["probe-closed"], probes
     assert "postfix-trusts-gateway" not in {x["id"] for x in doc["findings"]}
     assert slab.attack("closed").returncode == 0
+
+
+def test_down_removes_exactly_what_up_made(slab: StackLab) -> None:
+    f = slab.facts
+    r = slab.run("down")
+    assert r.returncode == 0, r.stderr
+    for name in slab.inbound:
+        assert sh("docker", "inspect", name, check=False).returncode == 1, name
+    assert sh("docker", "network", "inspect", f["LAB_NETWORK"], check=False).returncode == 1
+    assert not any(ln["ifname"].startswith(slab.prefix) for ln in ip_json("link"))
+    assert not Path("/run/netns", f["LAB_NETNS"]).exists()
+    assert not slab.env_file.exists()
+    assert {**host_snapshot(), "networks": docker_networks()} == slab.before
+    assert slab.run("status").returncode == 1
+    assert slab.run("down").returncode == 0  # idempotent
+
+
+def test_unknown_stack_is_one_line_exit_2_and_nothing_made(tmp_path: Path) -> None:
+    env = {**os.environ, "LAB_STATE": str(tmp_path / "state")}
+    r = subprocess.run([LAB, "up", "--stack", "postal"], capture_output=True, text=True, env=env, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2,
+        "",
+        "lab: --stack: expected one of plain, dms, mailcow, mailu, got 'postal'\n",
+    )
+    assert not (tmp_path / "state").exists()
