@@ -313,3 +313,26 @@ def test_unknown_stack_is_one_line_exit_2_and_nothing_made(tmp_path: Path) -> No
         "lab: --stack: expected one of plain, dms, mailcow, mailu, got 'postal'\n",
     )
     assert not (tmp_path / "state").exists()
+
+
+def test_mailcow_subnet_taken_is_said_and_another_is_used(tmp_path: Path) -> None:
+    """172.22.1.0/24 held by a network the lab did not make: `up` says so, uses another, and `down`
+    leaves that network alone."""
+    require_lab_facilities()
+    squatter = unique()
+    made = sh("docker", "network", "create", "--subnet", "172.22.1.0/24", squatter, check=False)
+    the_lab = StackLab("mailcow", tmp_path / "state")
+    try:
+        up = the_lab.run("up", timeout=300)
+        assert up.returncode == 0, up.stderr
+        assert "lab: note: 172.22.1.0/24 is not free (" in up.stderr
+        facts = dict(ln.split("=", 1) for ln in shlex.split(the_lab.env_file.read_text(), comments=True))
+        assert facts["LAB_SUBNET"] != "172.22.1.0/24"
+        assert the_lab.attack("open").returncode == 0
+        assert the_lab.run("down").returncode == 0
+        if made.returncode == 0:
+            assert sh("docker", "network", "inspect", squatter, check=False).returncode == 0
+    finally:
+        the_lab.run("down")
+        if made.returncode == 0:
+            sh("docker", "network", "rm", squatter, check=False)
