@@ -45,7 +45,11 @@ def audit(
     rcpt: Annotated[
         str, typer.Option("--rcpt", help="The outside recipient the probe offers.")
     ] = "lockdown-probe@example.net",
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per probe step.", min=0.1, max=60)] = 5.0,
+    # 10, not 5: postscreen (mailcow) holds a client it does not allowlist for postscreen_greet_wait
+    # (6 s) before the banner, so a fixed mailcow would time out instead of answering 554.
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds per probe step (postscreen waits 6 s).", min=0.1, max=60)
+    ] = 10.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Find the exposure before anyone abuses it: is this host an open relay over IPv6? Exit 1 on a
