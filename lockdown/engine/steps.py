@@ -19,6 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lockdown.actions import REGISTRY, get_action
+from lockdown.engine import drift
+
+#: Drift records a timeline keeps (the count covers all): a guard fighting a flapping
+#: network manager for days must not make case.json, or verify's memory, unbounded.
+MAX_TIMELINE_DRIFTS = 200
 
 #: States after which a journaled undo record still has to run.
 _UNDONE = "undone"
@@ -93,6 +98,9 @@ class StepReader:
         self.run_start: dict[str, Any] | None = None
         self.restore_status: str | None = None
         self.lines = 0
+        #: The guard's re-assertions, as the timeline keeps them (the first MAX_TIMELINE_DRIFTS).
+        self.drifts: list[dict[str, Any]] = []
+        self.drift_count = 0
 
     def add(self, entry: dict[str, Any]) -> None:
         self.lines += 1
@@ -107,6 +115,10 @@ class StepReader:
         elif phase == "restore-end":
             self.restore_status = _str(entry.get("status"))
             self.restores.append({"ended": when, "status": self.restore_status})
+        elif phase == drift.PHASE:
+            self.drift_count += 1
+            if len(self.drifts) < MAX_TIMELINE_DRIFTS:
+                self.drifts.append(drift.timeline_record(entry))
         else:
             sid = entry.get("step")
             if isinstance(sid, str) and sid in self.steps:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockdown.engine.drift import KINDS as DRIFT_KINDS
+from lockdown.engine.drift import read_drifts
 from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.playbook import Playbook, load_playbook, parse_playbook
 from lockdown.engine.privileges import check_all
@@ -76,7 +79,7 @@ class Metrics:
         self.bucket_counts = [0] * len(BUCKETS)
         self.hist_sum = 0.0
         self.hist_count = 0
-        self._active: tuple[float, int] = (0.0, 0)
+        self._active: tuple[float, int, dict[str, int]] = (0.0, 0, {})
 
     def trigger(self, source: str, result: str) -> None:
         with self._lock:
@@ -101,22 +104,38 @@ class Metrics:
 
     def containment_active(self) -> int:
         """Incidents in the state dir whose containment is active (cached for 2 s)."""
+        return self._state_dir()[0]
+
+    def drift_totals(self) -> dict[str, int]:
+        """Drift entries journaled in the state dir, by kind (cached for 2 s).
+
+        Counted from the journals, not from this process's guard: a ``lockdown
+        guard`` run by hand journals drift too, and a restarted serve must not
+        start again from zero. Journals only grow, so the sum is a counter.
+        """
+        return self._state_dir()[1]
+
+    def _state_dir(self) -> tuple[int, dict[str, int]]:
         now = time.monotonic()
-        stamp, value = self._active
+        stamp, active, drift = self._active
         if now - stamp < 2.0 and stamp:
-            return value
-        value = 0
+            return active, drift
+        active, drift = 0, dict.fromkeys(DRIFT_KINDS, 0)
         for incident_id in list_incident_ids(self.root):
             try:
-                if read_incident(self.root, incident_id).containment_active:
-                    value += 1
+                view = read_incident(self.root, incident_id)
             except (LockdownError, OSError, ValueError):
                 continue
-        self._active = (now, value)
-        return value
+            active += int(view.containment_active)
+            for entry in read_drifts(view.chain.entries):
+                kind = entry.get("kind")
+                if kind in drift:
+                    drift[str(kind)] += 1
+        self._active = (now, active, drift)
+        return active, drift
 
     def render(self) -> str:
-        active = self.containment_active()
+        active, drift = self._state_dir()
         with self._lock:
             lines = [
                 "# HELP lockdown_triggers_total Alerts received, by source and what was done with them.",
@@ -143,6 +162,9 @@ class Metrics:
                 "# HELP lockdown_containment_active Incidents whose containment is active (applied, not restored).",
                 "# TYPE lockdown_containment_active gauge",
                 f"lockdown_containment_active {active}",
+                "# HELP lockdown_drift_total Containment undone, then re-asserted by the guard (journaled), by kind.",
+                "# TYPE lockdown_drift_total counter",
+                *(f'lockdown_drift_total{{kind="{kind}"}} {n}' for kind, n in sorted(drift.items())),
                 "# HELP lockdown_trigger_to_contained_seconds Seconds from receiving the trigger to the run's end.",
                 "# TYPE lockdown_trigger_to_contained_seconds histogram",
             ]
@@ -184,6 +206,8 @@ class Dispatcher:
         self._sources: dict[str, _Source] = {}
         self._runs: set[threading.Thread] = set()
         self._runs_lock = threading.Lock()
+        #: Told the incident id when one of this process's runs ends (serve's guard picks it up).
+        self.on_run_end: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------ start-up
     def prepare(self, only: str | None = None) -> None:
@@ -387,6 +411,8 @@ class Dispatcher:
         finally:
             with self._runs_lock:
                 self._runs.discard(threading.current_thread())
+            for hook in self.on_run_end:
+                hook(str(run.incident_id))
 
     def running(self) -> list[threading.Thread]:
         with self._runs_lock:
