@@ -1,5 +1,3 @@
-import sys
+from lockdown.cli import run
 
-from lockdown.cli import main
-
-sys.exit(main())
+run()

@@ -201,6 +201,13 @@ class Guard:
         finally:
             self._close_sources()
 
+    def rescan(self) -> None:
+        """Look for new incidents now, not at the next tick (``serve``, when one of its runs ends).
+
+        Safe from any thread: it only queues a request for the guard's own loop.
+        """
+        self._queue.put(("scan", None))
+
     def _scan(self, initial: bool = False) -> None:
         ids = self.named if self.named is not None else inc.list_incident_ids(self.root)
         for incident_id in ids:
@@ -261,6 +268,10 @@ class Guard:
     def _dispatch(self, source: str, item: Any) -> None:
         if source == "error":
             raise item
+        if source == "scan":
+            if self.named is None:
+                self._scan()
+            return
         handler = self._on_net if source == "net" else self._on_docker
         for target in list(self.targets.values()):
             self._guarded(target, partial(handler, target, item))

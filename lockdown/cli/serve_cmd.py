@@ -76,12 +76,17 @@ def serve(
         routes = ", ".join(f"{r.alert} -> {r.playbook}" for r in cfg.routes) or "none (every alert is ignored)"
         out.line(f"lockdown: listening on http://{shown}:{server.port} (state dir {root})")
         out.line(f"lockdown: routes: {routes}")
+        if cfg.guard.enabled:
+            out.line(f"lockdown: guarding every incident whose containment is active (timer {cfg.guard.timer:g} s)")
+        else:
+            out.line("lockdown: guard off (guard.enabled = false): undone containment is not re-asserted")
         out.json_line(
             {
                 "event": "listening",
                 "url": f"http://{shown}:{server.port}",
                 "state_dir": str(root),
                 "routes": [{"alert": r.alert, "playbook": r.playbook} for r in cfg.routes],
+                "guard": cfg.guard.enabled,
             }
         )
 

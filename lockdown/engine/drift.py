@@ -2,9 +2,10 @@
 
 ``lockdown guard`` appends one entry per re-assertion through the journal's
 public ``append``, so drift is hash-chained with the rest of the incident.
-This module is the one writer and the one reader of that entry type; the
-step reader (``incident.read_incident``) ignores it, as it ignores every
-phase it does not know.
+This module is the one writer and the one reader of that entry type: the
+journal's reader (``engine/steps.py``) folds drift into an incident's
+timeline (``case.json``) through :func:`timeline_record`, and ``status`` and
+``/metrics`` read it through :func:`read_drifts`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from lockdown.engine.journal import Journal
 
 PHASE = "drift"
+#: What a drift entry can be about.
+KINDS = ("address", "sysctl", "container")
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,26 @@ def append_drift(journal: Journal, drift: Drift) -> dict[str, Any]:
 def read_drifts(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The drift entries of a journal, oldest first, as journaled (``seq`` and ``time`` included)."""
     return [e for e in entries if e.get("phase") == PHASE]
+
+
+#: Text fields of a timeline record are cut to this many characters: case.json stays bounded
+#: (and verify, which recomputes it, too) whatever a hand-made journal holds.
+TIMELINE_TEXT = 256
+_TIMELINE_FIELDS = ("step", "action", "kind", "target", "changed", "did", "event_time")
+
+
+def timeline_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """What ``case.json``'s timeline keeps of one drift entry: when, which step, what changed,
+    what lockdown did, and how long containment was undone. Untrusted input (a journal can be
+    hand-made and still chain): non-strings become None, long strings are cut."""
+    out: dict[str, Any] = {"time": _text(entry.get("time"))}
+    for key in _TIMELINE_FIELDS:
+        out[key] = _text(entry.get(key))
+    latency = entry.get("latency_ms")
+    ok = isinstance(latency, (int, float)) and not isinstance(latency, bool) and abs(latency) < 1e12
+    out["latency_ms"] = float(latency) if ok and latency is not None else None
+    return out
+
+
+def _text(value: object) -> str | None:
+    return value[:TIMELINE_TEXT] if isinstance(value, str) else None

@@ -20,6 +20,11 @@ from typing import Any
 
 from lockdown.actions import REGISTRY, get_action
 from lockdown.actions.base import REOPEN_ANYWAY
+from lockdown.engine import drift
+
+#: Drift records a timeline keeps (the count covers all): a guard fighting a flapping
+#: network manager for days must not make case.json, or verify's memory, unbounded.
+MAX_TIMELINE_DRIFTS = 200
 
 #: States after which a journaled undo record still has to run.
 _UNDONE = "undone"
@@ -97,6 +102,9 @@ class StepReader:
         self.restore_status: str | None = None
         self.gates: list[dict[str, Any]] = []
         self.lines = 0
+        #: The guard's re-assertions, as the timeline keeps them (the first MAX_TIMELINE_DRIFTS).
+        self.drifts: list[dict[str, Any]] = []
+        self.drift_count = 0
 
     def add(self, entry: dict[str, Any]) -> None:
         self.lines += 1
@@ -113,6 +121,10 @@ class StepReader:
             self.restores.append({"ended": when, "status": self.restore_status})
         elif phase == "gate":
             self._gate(entry, when)
+        elif phase == drift.PHASE:
+            self.drift_count += 1
+            if len(self.drifts) < MAX_TIMELINE_DRIFTS:
+                self.drifts.append(drift.timeline_record(entry))
         else:
             sid = entry.get("step")
             if isinstance(sid, str) and sid in self.steps:

@@ -181,7 +181,8 @@ class TimelineBuilder:
     Used by export (from the live journal, line by line) and by verify (from
     the bundle's journal) so that ``case.json`` can be recomputed and compared.
     The meaning of each entry is decided by the journal's one reader,
-    :class:`lockdown.engine.steps.StepReader`; this only keeps its timeline.
+    :class:`lockdown.engine.steps.StepReader`; this only keeps its timeline,
+    the guard's ``drift`` re-assertions included.
     """
 
     def __init__(self) -> None:
@@ -203,6 +204,8 @@ class TimelineBuilder:
         return self.reader.run
 
     def as_dict(self) -> dict[str, Any]:
+        """The timeline; ``drift`` only when the guard re-asserted something, so bundles
+        exported before drift existed still verify."""
         steps = sorted(self.reader.steps.values(), key=lambda s: (s.number is None, s.number or 0))
         out: dict[str, Any] = {
             "run": dict(self.reader.run),
@@ -211,6 +214,8 @@ class TimelineBuilder:
         }
         if self.reader.gates:  # only when a restore probed: older bundles recompute unchanged
             out["gates"] = [dict(g) for g in self.reader.gates]
+        if self.reader.drift_count:
+            out["drift"] = {"count": self.reader.drift_count, "entries": [dict(d) for d in self.reader.drifts]}
         return out
 
     @property

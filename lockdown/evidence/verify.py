@@ -682,6 +682,8 @@ def _first_timeline_difference(ours: dict[str, Any], theirs: object) -> str:
             return f"step {step['id']!r}"
     if len(their_steps) != len(ours["steps"]):
         return "number of steps"
+    if ours.get("drift") != theirs.get("drift"):
+        return "drift"
     return "restores"
 
 

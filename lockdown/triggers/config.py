@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,19 @@ class WatchConfig:
 
 
 @dataclass
+class GuardConfig:
+    """``[guard]``: serve keeps every active incident contained (``lockdown/guard.py``)."""
+
+    enabled: bool = True
+    #: Seconds between re-reads of accept_ra/autoconf and rescans of the state dir.
+    timer: float = 30.0
+    #: Where a drift notification is POSTed (JSON), if anywhere: http(s)://HOST[:PORT]/PATH.
+    notify_url: str | None = None
+    #: Seconds one notification may take (connect and answer) before it is given up.
+    notify_timeout: float = 5.0
+
+
+@dataclass
 class Config:
     path: Path
     state_dir: Path | None
@@ -97,6 +111,7 @@ class Config:
     routes: list[Route]
     watch: WatchConfig
     warnings: list[str] = field(default_factory=list)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def route_for(self, alert: str) -> Route | None:
         for route in self.routes:
@@ -383,4 +398,22 @@ def load_config(path: Path, *, read_secrets: bool = True) -> Config:
             raise w.err(f"gateways[{i}]", f"expected an IP address or network, got {gw!r}") from None
     if watch.route is not None and not any(r.alert == watch.route for r in routes):
         raise w.err("route", f"no [[routes]] entry has alert = {watch.route!r}")
-    return Config(path=path, state_dir=state, server=server, routes=routes, watch=watch, warnings=warnings)
+    return Config(
+        path=path, state_dir=state, server=server, routes=routes, watch=watch, warnings=warnings,
+        guard=_guard_config(top.sub("guard")),
+    )
+
+
+def _guard_config(g: _Reader) -> GuardConfig:
+    """The ``[guard]`` table: on by default; a notification URL must be http(s) with a host."""
+    url = g.string("notify_url")
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in "\r\n\t "):
+            raise g.err("notify_url", f"expected an http:// or https:// URL with a host, got {url!r}")
+    return GuardConfig(
+        enabled=g.boolean("enabled", True),
+        timer=g.number("timer", 30.0, 0.1, 3600),
+        notify_url=url,
+        notify_timeout=g.number("notify_timeout", 5.0, 0.1, 30),
+    )

@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockdown.engine.drift import KINDS as DRIFT_KINDS
+from lockdown.engine.drift import read_drifts
 from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.playbook import Playbook, load_playbook, parse_playbook
 from lockdown.engine.privileges import check_all
@@ -63,6 +66,15 @@ class Outcome:
         return out
 
 
+@dataclass(frozen=True)
+class _StateDirCounts:
+    """What /metrics reads from the state dir: active incidents, held steps, drift by kind."""
+
+    active: int
+    held: dict[str, int]
+    drift: dict[str, int]
+
+
 class Metrics:
     """Counters and one histogram, rendered in the Prometheus text format."""
 
@@ -76,7 +88,7 @@ class Metrics:
         self.bucket_counts = [0] * len(BUCKETS)
         self.hist_sum = 0.0
         self.hist_count = 0
-        self._active: tuple[float, int, dict[str, int]] = (0.0, 0, {})
+        self._active: tuple[float, _StateDirCounts] = (0.0, _StateDirCounts(0, {}, {}))
 
     def trigger(self, source: str, result: str) -> None:
         with self._lock:
@@ -101,31 +113,46 @@ class Metrics:
 
     def containment_active(self) -> int:
         """Incidents in the state dir whose containment is active (cached for 2 s)."""
-        return self._incidents()[0]
+        return self._state_dir().active
 
     def held_steps(self) -> dict[str, int]:
         """Steps waiting for an operator decision, by decision (``release-queue``, ``reopen-anyway``
         for steps restore's gate kept): the one reader's ``held``, as ``status`` shows them."""
-        return self._incidents()[1]
+        return self._state_dir().held
 
-    def _incidents(self) -> tuple[int, dict[str, int]]:
+    def drift_totals(self) -> dict[str, int]:
+        """Drift entries journaled in the state dir, by kind (cached for 2 s).
+
+        Counted from the journals, not from this process's guard: a ``lockdown
+        guard`` run by hand journals drift too, and a restarted serve must not
+        start again from zero. Journals only grow, so the sum is a counter.
+        """
+        return self._state_dir().drift
+
+    def _state_dir(self) -> _StateDirCounts:
         now = time.monotonic()
-        stamp, value, held = self._active
+        stamp, cached = self._active
         if now - stamp < 2.0 and stamp:
-            return value, held
-        value, counts = 0, Counter[str]()
+            return cached
+        active, held, drift = 0, Counter[str](), dict.fromkeys(DRIFT_KINDS, 0)
         for incident_id in list_incident_ids(self.root):
             try:
                 view = read_incident(self.root, incident_id)
             except (LockdownError, OSError, ValueError):
                 continue
-            value += 1 if view.containment_active else 0
-            counts.update(s.held for s in view.held if s.held)
-        self._active = (now, value, dict(sorted(counts.items())))
-        return value, self._active[2]
+            active += int(view.containment_active)
+            held.update(s.held for s in view.held if s.held)
+            for entry in read_drifts(view.chain.entries):
+                kind = entry.get("kind")
+                if kind in drift:
+                    drift[str(kind)] += 1
+        counts = _StateDirCounts(active, dict(sorted(held.items())), drift)
+        self._active = (now, counts)
+        return counts
 
     def render(self) -> str:
-        active, held = self._incidents()
+        counts = self._state_dir()
+        active, held, drift = counts.active, counts.held, counts.drift
         with self._lock:
             lines = [
                 "# HELP lockdown_triggers_total Alerts received, by source and what was done with them.",
@@ -156,6 +183,9 @@ class Metrics:
                 "(reopen-anyway: kept by restore's relay probe).",
                 "# TYPE lockdown_steps_held gauge",
                 *(f'lockdown_steps_held{{decision="{d}"}} {n}' for d, n in held.items()),
+                "# HELP lockdown_drift_total Containment undone, then re-asserted by the guard (journaled), by kind.",
+                "# TYPE lockdown_drift_total counter",
+                *(f'lockdown_drift_total{{kind="{kind}"}} {n}' for kind, n in sorted(drift.items())),
                 "# HELP lockdown_trigger_to_contained_seconds Seconds from receiving the trigger to the run's end.",
                 "# TYPE lockdown_trigger_to_contained_seconds histogram",
             ]
@@ -197,6 +227,8 @@ class Dispatcher:
         self._sources: dict[str, _Source] = {}
         self._runs: set[threading.Thread] = set()
         self._runs_lock = threading.Lock()
+        #: Told the incident id when one of this process's runs ends (serve's guard picks it up).
+        self.on_run_end: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------ start-up
     def prepare(self, only: str | None = None) -> None:
@@ -400,6 +432,8 @@ class Dispatcher:
         finally:
             with self._runs_lock:
                 self._runs.discard(threading.current_thread())
+            for hook in self.on_run_end:
+                hook(str(run.incident_id))
 
     def running(self) -> list[threading.Thread]:
         with self._runs_lock:

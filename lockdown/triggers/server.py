@@ -50,6 +50,7 @@ from lockdown.errors import Unavailable
 from lockdown.triggers.config import Config, ServerConfig
 from lockdown.triggers.dedup import EventLog
 from lockdown.triggers.dispatch import Alert, Dispatcher, Metrics, Outcome
+from lockdown.triggers.guarding import GuardService
 
 ALERTMANAGER = "/v1/alerts/alertmanager"
 GRAFANA = "/v1/alerts/grafana"
@@ -680,6 +681,9 @@ def serve(
 ) -> bool:
     """Validate, bind, serve until ``stop`` is set, then let a running step finish.
 
+    Unless ``[guard] enabled = false``, the guard keeps every incident whose
+    containment is active contained meanwhile (``triggers/guarding.py``).
+
     Raises PlaybookError/BadInput (exit 2) for a bad route or playbook,
     PrivilegeError (4), or Unavailable (5) when the address cannot be bound.
     Returns False when a run was still going after ``drain_timeout`` seconds.
@@ -701,6 +705,11 @@ def serve(
         routes={r.alert: r.playbook for r in config.routes},
         pid=os.getpid(),
     )
+    guard = None
+    if config.guard.enabled:
+        guard = GuardService(root, config.guard, log, stop)
+        dispatcher.on_run_end.append(guard.incident_ended)
+        guard.start()
     thread = threading.Thread(target=server.serve_forever, name="lockdown-http")
     thread.start()
     try:
@@ -715,5 +724,7 @@ def serve(
         thread.join()
         server.server_close()
         clean = dispatcher.wait(drain_timeout)
+        if guard is not None:
+            guard.join()
         log.write("serve-stopped", clean=clean)
     return clean
