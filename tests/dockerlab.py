@@ -112,6 +112,14 @@ def host_port(container: Any, cport: str = "25/tcp") -> int:
     return int(container.attrs["NetworkSettings"]["Ports"][cport][0]["HostPort"])
 
 
+def v6_host_port(container: Any, cport: str = "25/tcp") -> int:
+    """The host port docker-proxy listens on at ``::``: with a random host port, docker.io 20.10
+    may give the IPv6 binding another port than the IPv4 one (docs/engines.md)."""
+    container.reload()
+    bindings = container.attrs["NetworkSettings"]["Ports"][cport]
+    return int(next((b["HostPort"] for b in bindings if b["HostIp"] == "::"), bindings[0]["HostPort"]))
+
+
 def wait_smtp(port: int, timeout: float = 60) -> None:
     """Wait for an SMTP banner (docker-proxy accepts before Postfix is up)."""
     deadline = time.monotonic() + timeout

@@ -31,7 +31,7 @@ from lockdown.audit import (
     trusted_by,
 )
 from tests.conftest import docker_bridge, run_cli, sh, unique
-from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, lab, postqueue, wait_smtp
+from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, lab, postqueue, v6_host_port, wait_smtp
 from tests.netlab import nsexec
 
 FINDING_KEYS = {"id", "severity", "title", "evidence", "fix"}
@@ -220,7 +220,7 @@ def test_ipv6_disabled_says_the_ipv6_path_is_not_exposed(docker_engine: Any, net
     host_before = Path(DISABLE_IPV6).read_text()
     with lab(docker_engine) as the_lab:
         c = mail_container(the_lab, host_ip="", env=vulnerable())
-        port = c.attrs["NetworkSettings"]["Ports"]["25/tcp"][0]["HostPort"]
+        port = v6_host_port(c)
         args = ("--container", c.name, "--no-container-logs")
         _, on, _ = audit(*args, tmp_path=tmp_path, netns=netns)
         nsexec(netns, "sh", "-c", f"echo 1 > {DISABLE_IPV6}")
@@ -325,7 +325,7 @@ def test_probe_open_relay_is_critical_and_sends_no_mail(docker_engine: Any, host
         after = postqueue(c)
     assert code == 1, err
     probes = [f for f in doc["findings"] if f["id"].startswith("probe-")]
-    port = c.attrs["NetworkSettings"]["Ports"]["25/tcp"][0]["HostPort"]
+    port = v6_host_port(c)
     assert [(f["id"], f["severity"]) for f in probes] == [("probe-open-relay", "critical")], probes
     assert f"[{host_v6}]:{port}" in probes[0]["title"]
     assert "RCPT TO:<lockdown-probe@example.net> -> 250" in probes[0]["evidence"]

@@ -24,7 +24,7 @@ import pytest
 
 from tests import crashlab
 from tests.conftest import REPO, run_cli
-from tests.dockerlab import BUSYBOX, POSTFIX, Lab, journal, lab, playbook, wait_smtp
+from tests.dockerlab import BUSYBOX, POSTFIX, Lab, journal, lab, playbook, v6_host_port, wait_smtp
 from tests.test_nft_block import (  # noqa: F401 - fixtures
     Bot,
     bot,
@@ -50,8 +50,8 @@ def dlab(docker_engine: Any) -> Iterator[Lab]:
 
 def open_relay(dlab: Lab) -> tuple[Any, int]:
     c = published_everywhere(dlab, POSTFIX, environment={"POSTFIX_MYNETWORKS": MYNETWORKS})
-    port = published_port(c)
-    wait_smtp(port)
+    wait_smtp(published_port(c))
+    port = v6_host_port(c)  # the bots' port: docker-proxy's on ::
     # runc can fail to freeze a container whose Postfix is still forking its daemons
     # ("unable to freeze"): let it settle before the first pause.
     time.sleep(1)

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_cli, sh, unavailable, unique
-from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, Lab, journal, lab, playbook, wait_smtp
+from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, Lab, journal, lab, playbook, v6_host_port, wait_smtp
 
 pytestmark = [pytest.mark.netns]
 
@@ -446,9 +446,9 @@ def test_inbound_through_docker_proxy_on_a_real_container(
     """IPv6 of the bot reaches the container through docker-proxy; nft.block stops exactly that."""
     need_nft()
     c = published_everywhere(dlab, BUSYBOX, ["nc", "-ll", "-p", "25", "-e", "echo", "220 ctr"])
-    port = published_port(c)
+    port, port4 = v6_host_port(c), published_port(c)
     assert wait_connects(bot.ns, bot.host6, port), "docker-proxy does not answer over IPv6"
-    assert connects(None, "127.0.0.1", port)
+    assert connects(None, "127.0.0.1", port4)
     pb = playbook(tmp_path, {"id": "block-v6", "action": "nft.block", "container": c.name})
     r = run_cli("run", str(pb), "--json", state_dir=state_dir)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -459,9 +459,9 @@ def test_inbound_through_docker_proxy_on_a_real_container(
     assert table in lockdown_tables()
     # the default ports are those the container publishes for 25 (docker-proxy's port)
     resolved = next(e for e in journal(state_dir, doc["incident_id"]) if e["phase"] == "intent")["resolved"]
-    assert resolved["ports"] == [port] and resolved["containers"] == [c.name]
+    assert resolved["ports"] == sorted({port, port4}) and resolved["containers"] == [c.name]
     assert not connects(bot.ns, bot.host6, port)
-    assert connects(None, "127.0.0.1", port)  # IPv4 still answered
+    assert connects(None, "127.0.0.1", port4)  # IPv4 still answered
     r = run_cli("restore", doc["incident_id"], "--reopen-anyway", state_dir=state_dir)
     assert r.returncode == 0, r.stdout + r.stderr
     assert table not in lockdown_tables()
@@ -614,8 +614,8 @@ def test_surgical_playbook_closes_the_ipv6_relay_and_keeps_the_container_running
         c = published_everywhere(
             dlab, POSTFIX, network=net.name, environment={"POSTFIX_MYNETWORKS": f"127.0.0.0/8 {subnet}"}
         )
-        port = published_port(c)
-        wait_smtp(port)
+        port, port4 = v6_host_port(c), published_port(c)
+        wait_smtp(port4)
         assert smtp_relay(bot.ns, bot.host6, port) == "250"  # the open relay, through docker-proxy
         addrs_before = host_v6_addresses(bot.host_if)
         tables_before = lockdown_tables()
@@ -631,7 +631,7 @@ def test_surgical_playbook_closes_the_ipv6_relay_and_keeps_the_container_running
         no_stray_table.append(f"inet {lockdown_table_of(incident)}")
         assert doc["status"] == "contained" and all(s["state"] == "ok" for s in doc["steps"]), doc["steps"]
         assert smtp_relay(bot.ns, bot.host6, port).startswith("failed:")
-        assert connects(None, "127.0.0.1", port)  # IPv4 still answered: 220
+        assert connects(None, "127.0.0.1", port4)  # IPv4 still answered: 220
         c.reload()
         assert c.attrs["State"]["Status"] == "running"
         assert host_v6_addresses(bot.host_if) == addrs_before
