@@ -241,6 +241,27 @@ def pending_ids(entry: dict[str, Any]) -> list[str]:
     return [q for q in entry.get("held", []) if q not in purged]
 
 
+#: What the report needs to tell the server's own mail from mail relayed outside
+#: (mail/evidence.py reads ``postconf.txt``), and the trust that made the relay.
+POSTCONF_PARAMS = (
+    "mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains",
+    "myhostname", "mydomain", "mynetworks",
+)
+
+
+def _save_postconf(ctx: StepContext, cid: str, name: str) -> None:
+    """Save ``postconf -x`` of the parameters above as ``queue/NAME/postconf.txt``.
+
+    Taken after the hold, so that it never delays it. Without it the incident
+    report counts mail to the server's own domains as relayed outside.
+    """
+    code, out = dockerapi.exec_output(cid, name, ["postconf", "-x", *POSTCONF_PARAMS], limit=1 << 20)
+    if code != 0:
+        ctx.note(f"{name}: postconf -x failed (exit {code}); the report learns local domains from deliveries")
+        return
+    ctx.write_bytes(f"queue/{name}/postconf.txt", out)
+
+
 def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any]) -> dict[str, Any]:
     """Save one container's queue as evidence, then ``postsuper -h ALL``; returns its summary.
 
@@ -258,6 +279,7 @@ def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any]) -> 
         + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
     )
     output = postsuper(cid, name, "-h", ["ALL"])
+    _save_postconf(ctx, cid, name)
     after = read_queue(cid, name)
     extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
     if extra:
