@@ -377,7 +377,7 @@ def test_dry_run_resolves_targets_and_refuses_what_a_run_would_refuse(lab: Lab, 
     )  # never plan against the machine's own interfaces, even in a dry run
     assert missing.returncode == 2
     assert missing.stderr.startswith(
-        "lockdown: error: relay-incident.toml step 1 (hold-queue): no such container 'lkd-no-such-container'"
+        "lockdown: error: relay-incident.toml step 1 (pause): no such container 'lkd-no-such-container'"
     ), missing.stderr
     assert lab_state(lab) == before
     assert host_snapshot() == lab.before

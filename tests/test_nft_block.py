@@ -694,9 +694,9 @@ vars = {{ container = "mailserver" }}
     ]
     surgical = load_playbook(cfg.routes[1].playbook, dict(cfg.routes[1].vars))
     assert [(s.id, s.action_name) for s in surgical.steps][:3] == [
-        ("hold-queue", "postfix.hold_queue"),
         ("block-inbound-v6", "nft.block"),
         ("block-outbound-smtp", "nft.block"),
+        ("hold-queue", "postfix.hold_queue"),
     ]
     assert "docker.pause" not in {s.action_name for s in surgical.steps}
     assert "ipv6.strip" not in {s.action_name for s in surgical.steps}

@@ -340,7 +340,7 @@ def test_two_stacks_without_a_project_is_refused_naming_both(slab: Lab, netns: s
     assert r.returncode == 2, r.stderr
     plain = "publishes 25/tcp and no sign of mailcow, docker-mailserver or Mailu"
     assert r.stderr.strip().splitlines() == [
-        f'lockdown: error: relay-incident.toml step 1 (hold-queue): container = "stack": 2 mail stacks run here '
+        f'lockdown: error: relay-incident.toml step 1 (pause): container = "stack": 2 mail stacks run here '
         f"with label {label}, choose one: plain Postfix (container {first.name}): {first.name}: {plain}; "
         f"plain Postfix (container {second.name}): {second.name}: {plain}",
         "  -> narrow to one Compose project with --var project=NAME, or name the container with "
@@ -388,7 +388,7 @@ def test_mailu_run_pauses_front_and_smtp_records_the_gateway_and_restores_exactl
     assert (evidence / "logs" / f"{front.name}.log").read_text().endswith("started\n")
     assert (evidence / "logs" / f"{smtp.name}.log").stat().st_size > 0
 
-    r = netlab.lockdown(netns, state_dir, "restore", doc["incident_id"])
+    r = netlab.lockdown(netns, state_dir, "restore", doc["incident_id"], "--reopen-anyway")  # still open on purpose
     assert r.returncode == 0, r.stderr
     assert {c.name: state(c) for c in (smtp, front)} == before
     netlab.assert_same_state(net_before, netlab.state(netns, [a0, a1]))
@@ -424,7 +424,7 @@ def test_mailcow_run_holds_in_postfix_mailcow_and_records_the_mailcow_network_ga
     # The relay's trace: smtpd logs the gateway as the client of each relayed message.
     assert sum("client=" in ln and f"[{shape.gateway}]" in ln for ln in log.splitlines()) == 2, log[-2000:]
 
-    r = netlab.lockdown(netns, state_dir, "restore", doc["incident_id"])
+    r = netlab.lockdown(netns, state_dir, "restore", doc["incident_id"], "--reopen-anyway")  # still open on purpose
     assert r.returncode == 0, r.stderr
     assert state(pf) == before
     assert postqueue(pf) == dict.fromkeys(queue, "hold")
@@ -445,7 +445,7 @@ def test_bad_scoping_var_is_one_line_exit_2_and_nothing_runs(var: str, message: 
     r = run_cli("run", "relay-incident", "--dry-run", "--var", var, state_dir=tmp_path / "state")
     assert r.returncode == 2, r.stderr
     first = r.stderr.strip().splitlines()[0]
-    assert first.startswith("lockdown: error: ") and first.endswith(f"step 1 (hold-queue): {message}"), first
+    assert first.startswith("lockdown: error: ") and first.endswith(f"step 1 (pause): {message}"), first
     assert not (tmp_path / "state").exists()
 
 
