@@ -49,16 +49,18 @@ What was cut (same evidence, same journal):
 * ``docker.inspect``: ``docker diff`` (the slow call, like the peer) and
   the daemon's info and version run in threads while inspect and top run:
   the step takes about as long as the diff alone.
-* ``postfix.hold_queue``: apply writes the listing prepare took instead of
-  listing again, one ``docker exec`` (0.1-0.2 s) less. It still runs four:
-  list, postcat of the messages, ``postsuper -h ALL``, list again to catch
-  mail that arrived meanwhile; each costs what the peer's single exec costs.
+* ``postfix.hold_queue``: nothing cut. A version that wrote prepare's listing
+  instead of listing again (one ``docker exec``, 0.1-0.2 s, less) did not
+  survive the merge with the restore gate's reworked hold; it runs five:
+  list, postcat of the messages, ``postsuper -h ALL``, ``postconf -x`` (the
+  report's local domains, after the hold), list again to catch mail that
+  arrived meanwhile; each costs what the peer's single exec costs.
 
 What is left: start-up is mostly imports that every run needs. ``python
 -X importtime``, same load: pyroute2 0.92 s (its package imports every
 submodule), the docker SDK 0.50 s (requests, urllib3, charset_normalizer),
 typer 0.14 s, psutil 0.13 s; the interpreter alone is the ``python -c pass``
-peer. Then ``hold-queue``'s four execs and ``docker diff``, each about what
+peer. Then ``hold-queue``'s five execs and ``docker diff``, each about what
 its Docker CLI peer takes. Whether the goal is met on an idle machine was
 not measured here: this one was never idle during the session.
 """
