@@ -317,6 +317,7 @@ def test_clean_log_gives_no_log_finding(docker_engine: Any, tmp_path: Path) -> N
 def test_probe_open_relay_is_critical_and_sends_no_mail(docker_engine: Any, host_v6: str, tmp_path: Path) -> None:
     with lab(docker_engine) as the_lab:
         c = mail_container(the_lab, host_ip="", env={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"})
+        port = v6_host_port(c)
         before = postqueue(c)
         code, doc, err = audit(
             "--probe", "--address", host_v6, "--container", c.name, "--no-container-logs", tmp_path=tmp_path
@@ -325,7 +326,6 @@ def test_probe_open_relay_is_critical_and_sends_no_mail(docker_engine: Any, host
         after = postqueue(c)
     assert code == 1, err
     probes = [f for f in doc["findings"] if f["id"].startswith("probe-")]
-    port = v6_host_port(c)
     assert [(f["id"], f["severity"]) for f in probes] == [("probe-open-relay", "critical")], probes
     assert f"[{host_v6}]:{port}" in probes[0]["title"]
     assert "RCPT TO:<lockdown-probe@example.net> -> 250" in probes[0]["evidence"]
