@@ -558,7 +558,7 @@ VARIED = [
     "Nov 22 23:43:42 mail postfix/smtpd[1]x: 5D1C2A3B60: client=unknown[172.17.0.1]",  # odd tag
     "Nov 22 23:43:42 mail postfix:smtpd: 5D1C2A3B61: client=unknown[172.17.0.1]",
     "Nov 22 23:43:42 mail postfix/smtpd[1]: 5D1C2A3B62: client=unknown[172.17.0.1]:2525, sasl_method=PLAIN",
-    "Nov 22 23:43:42 mail kernel: [12345.6789] eth0: link up",
+    "Nov 22 23:43:42 mail kernel: [12345.6789] lkd-h0: link up",
     "smtp            25/tcp          mail",
 ]
 
@@ -669,7 +669,7 @@ def _mail_log(draw: st.DrawFn) -> list[str]:
                 "postfix/smtpd[9]: disconnect from unknown[172.17.0.1] ehlo=1 quit=1 commands=2",
                 "postfix/qmgr[2]: removed",
                 "postfix/smtpd[9]: abc12: client=unknown[172.17.0.1]",
-                "kernel: [12345.6789] eth0: link up",
+                "kernel: [12345.6789] lkd-h0: link up",
                 "postfix/bounce[9]: 4F8A21C3D2: sender delivery status notification: 5B2C1D3E4F",
             ])))  # fmt: skip
         elif kind == "amavis":
