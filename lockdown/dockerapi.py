@@ -305,62 +305,10 @@ def resolve_containers(spec: str, *, label: str | Sequence[str] = "", port: int 
     Raises BadInput (exit 2), Unavailable (5) or PrivilegeError (4).
     """
     spec = spec.strip()
-    where = label_text(label)
     if spec in ("auto", "all"):
-        items = list_containers(label)
-        running = [_ref_from_list(i) for i in items]
-        found = [_ref_from_list(i) for i in items if publishes(i, port)]
-        if not found:
-            raise BadInput(
-                f'container = "{spec}": no running container{where} publishes port {port}/tcp; '
-                f"running containers: {_listing(running)}",
-                (
-                    "name the container: ",
-                    Setting("container", "NAME"),
-                    " (or ",
-                    Setting("container", "service:NAME"),
-                    " for Compose services)",
-                ),
-            )
-        if spec == "auto" and len(found) > 1:
-            raise BadInput(
-                f'container = "auto": {len(found)} running containers{where} publish port {port}/tcp, '
-                f"choose one: {_listing(found)}",
-                (
-                    "set ",
-                    Setting("container", "NAME"),
-                    ", or ",
-                    Setting("container", "all"),
-                    " to act on every one of them",
-                ),
-            )
-        return found
+        return _publishing(spec, label, port)
     if spec.startswith("service:"):
-        service = spec.removeprefix("service:").strip()
-        if not service:
-            raise BadInput('container = "service:": a Compose service name is needed, e.g. "service:smtp"')
-        items = list_containers(label)
-        running = [_ref_from_list(i) for i in items]
-        found = [r for r in running if r.service == service]
-        if not found:
-            services = sorted({r.service for r in running if r.service})
-            raise BadInput(
-                f'container = "{spec}": no running container{where} has label {COMPOSE_SERVICE}={service}; '
-                f"Compose services running: {', '.join(services) or 'none'}",
-                "check the service name in docker-compose.yml (Mailu: front, smtp, imap, ...)",
-            )
-        if len(found) > 1:
-            raise BadInput(
-                f'container = "{spec}": {len(found)} running containers are service {service}, '
-                f"choose one: {_listing(found)}",
-                (
-                    "set ",
-                    Setting("container", "NAME"),
-                    ", or narrow with ",
-                    Setting("label", "com.docker.compose.project=PROJECT"),
-                ),
-            )
-        return found
+        return _service(spec, label)
     if not spec:
         raise BadInput('container: empty; give a name or id, "auto", "all" or "service:NAME"')
     data = inspect_or_none(spec)
@@ -371,6 +319,69 @@ def resolve_containers(spec: str, *, label: str | Sequence[str] = "", port: int 
              Setting("container", "service:NAME")),
         )
     return [ref_from_inspect(data)]
+
+
+def _publishing(spec: str, label: str | Sequence[str], port: int) -> list[ContainerRef]:
+    """``auto`` / ``all``: the running containers publishing ``port``/tcp (``auto``: exactly one)."""
+    where = label_text(label)
+    items = list_containers(label)
+    running = [_ref_from_list(i) for i in items]
+    found = [_ref_from_list(i) for i in items if publishes(i, port)]
+    if not found:
+        raise BadInput(
+            f'container = "{spec}": no running container{where} publishes port {port}/tcp; '
+            f"running containers: {_listing(running)}",
+            (
+                "name the container: ",
+                Setting("container", "NAME"),
+                " (or ",
+                Setting("container", "service:NAME"),
+                " for Compose services)",
+            ),
+        )
+    if spec == "auto" and len(found) > 1:
+        raise BadInput(
+            f'container = "auto": {len(found)} running containers{where} publish port {port}/tcp, '
+            f"choose one: {_listing(found)}",
+            (
+                "set ",
+                Setting("container", "NAME"),
+                ", or ",
+                Setting("container", "all"),
+                " to act on every one of them",
+            ),
+        )
+    return found
+
+
+def _service(spec: str, label: str | Sequence[str]) -> list[ContainerRef]:
+    """``service:NAME``: the one running container of that Compose service."""
+    where = label_text(label)
+    service = spec.removeprefix("service:").strip()
+    if not service:
+        raise BadInput('container = "service:": a Compose service name is needed, e.g. "service:smtp"')
+    items = list_containers(label)
+    running = [_ref_from_list(i) for i in items]
+    found = [r for r in running if r.service == service]
+    if not found:
+        services = sorted({r.service for r in running if r.service})
+        raise BadInput(
+            f'container = "{spec}": no running container{where} has label {COMPOSE_SERVICE}={service}; '
+            f"Compose services running: {', '.join(services) or 'none'}",
+            "check the service name in docker-compose.yml (Mailu: front, smtp, imap, ...)",
+        )
+    if len(found) > 1:
+        raise BadInput(
+            f'container = "{spec}": {len(found)} running containers are service {service}, '
+            f"choose one: {_listing(found)}",
+            (
+                "set ",
+                Setting("container", "NAME"),
+                ", or narrow with ",
+                Setting("label", "com.docker.compose.project=PROJECT"),
+            ),
+        )
+    return found
 
 
 # ------------------------------------------------------------------ one container
