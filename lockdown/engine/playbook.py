@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,30 @@ def parse_playbook(text: str, path: Path, display: str, overrides: dict[str, str
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise err(f"description: expected a string, got {description!r}")
+    merged = _parse_vars(doc, overrides, display, err)
+    steps_raw = doc.get("steps")
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise err("steps: expected at least one [[steps]] table")
+    steps: list[Step] = []
+    ids: set[str] = set()
+    for number, raw in enumerate(steps_raw, start=1):
+        steps.append(_parse_step(number, raw, ids, merged, err))
+    return Playbook(
+        name=name,
+        description=description,
+        path=path.resolve(),
+        display=display,
+        text=text,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        vars=_jsonable(merged),
+        steps=steps,
+    )
+
+
+def _parse_vars(
+    doc: dict[str, Any], overrides: dict[str, str], display: str, err: Callable[[str], PlaybookError]
+) -> dict[str, Any]:
+    """The playbook's [vars] checked, with the ``--var`` overrides applied."""
     variables = doc.get("vars", {})
     if not isinstance(variables, dict):
         raise err(f"vars: expected a table, got {variables!r}")
@@ -235,65 +260,54 @@ def parse_playbook(text: str, path: Path, display: str, overrides: dict[str, str
             raise BadInput(f"--var {k}: {display} has no var {k!r} (it defines: {known})")
     merged: dict[str, Any] = dict(variables)
     merged.update(overrides)
-    steps_raw = doc.get("steps")
-    if not isinstance(steps_raw, list) or not steps_raw:
-        raise err("steps: expected at least one [[steps]] table")
-    steps: list[Step] = []
-    ids: set[str] = set()
-    for number, raw in enumerate(steps_raw, start=1):
-        if not isinstance(raw, dict):
-            raise err(f"step {number}: expected a table")
-        step_id = raw.get("id")
-        label = f"step {number}" + (f" ({step_id})" if isinstance(step_id, str) else "")
-        action_name = raw.get("action")
-        if not isinstance(action_name, str):
-            raise err(f"{label}: action: missing or not a string")
-        if action_name not in REGISTRY:
-            known = ", ".join(sorted(REGISTRY))
-            raise err(f"{label}: action: unknown action {action_name!r} (known: {known})")
-        if step_id is None:
-            base_id = action_name.replace(".", "-")
-            step_id = base_id
-            n = 2
-            while step_id in ids:
-                step_id = f"{base_id}-{n}"
-                n += 1
-            label = f"step {number} ({step_id})"
-        if not isinstance(step_id, str) or not _STEP_ID_RE.match(step_id):
-            raise err(f"{label}: id: expected letters, digits, '.', '_' or '-', got {step_id!r}")
-        if step_id in ids:
-            raise err(f"{label}: id: duplicate step id {step_id!r}")
-        ids.add(step_id)
-        on_error = raw.get("on_error", "abort")
-        if on_error not in ON_ERROR:
-            raise err(f"{label}: on_error: expected \"abort\" or \"continue\", got {on_error!r}")
-        raw_params = {k: v for k, v in raw.items() if k not in STEP_KEYS}
-        cls = get_action(action_name)
-        try:
-            resolved = _substitute(raw_params, merged, "params")
-            # _substitute prefixes keys with "params." only for nesting; strip it.
-            params = build_params(cls.Params, resolved)
-        except ParamError as exc:
-            key = exc.key.removeprefix("params.")
-            raise err(f"{label}: {key}: {exc.reason}") from None
-        action = cls(params)
-        steps.append(
-            Step(
-                number=number,
-                id=step_id,
-                action_name=action_name,
-                action=action,
-                on_error=on_error,
-                params=_jsonable(resolved),
-            )
-        )
-    return Playbook(
-        name=name,
-        description=description,
-        path=path.resolve(),
-        display=display,
-        text=text,
-        sha256=hashlib.sha256(text.encode()).hexdigest(),
-        vars=_jsonable(merged),
-        steps=steps,
+    return merged
+
+
+def _parse_step(
+    number: int, raw: Any, ids: set[str], merged: dict[str, Any], err: Callable[[str], PlaybookError]
+) -> Step:
+    """One [[steps]] table checked and built; ``ids`` collects the step ids seen so far."""
+    if not isinstance(raw, dict):
+        raise err(f"step {number}: expected a table")
+    step_id = raw.get("id")
+    label = f"step {number}" + (f" ({step_id})" if isinstance(step_id, str) else "")
+    action_name = raw.get("action")
+    if not isinstance(action_name, str):
+        raise err(f"{label}: action: missing or not a string")
+    if action_name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise err(f"{label}: action: unknown action {action_name!r} (known: {known})")
+    if step_id is None:
+        base_id = action_name.replace(".", "-")
+        step_id = base_id
+        n = 2
+        while step_id in ids:
+            step_id = f"{base_id}-{n}"
+            n += 1
+        label = f"step {number} ({step_id})"
+    if not isinstance(step_id, str) or not _STEP_ID_RE.match(step_id):
+        raise err(f"{label}: id: expected letters, digits, '.', '_' or '-', got {step_id!r}")
+    if step_id in ids:
+        raise err(f"{label}: id: duplicate step id {step_id!r}")
+    ids.add(step_id)
+    on_error = raw.get("on_error", "abort")
+    if on_error not in ON_ERROR:
+        raise err(f"{label}: on_error: expected \"abort\" or \"continue\", got {on_error!r}")
+    raw_params = {k: v for k, v in raw.items() if k not in STEP_KEYS}
+    cls = get_action(action_name)
+    try:
+        resolved = _substitute(raw_params, merged, "params")
+        # _substitute prefixes keys with "params." only for nesting; strip it.
+        params = build_params(cls.Params, resolved)
+    except ParamError as exc:
+        key = exc.key.removeprefix("params.")
+        raise err(f"{label}: {key}: {exc.reason}") from None
+    action = cls(params)
+    return Step(
+        number=number,
+        id=step_id,
+        action_name=action_name,
+        action=action,
+        on_error=on_error,
+        params=_jsonable(resolved),
     )
