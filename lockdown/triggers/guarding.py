@@ -36,8 +36,9 @@ from lockdown.triggers.dedup import EventLog
 RESTART_DELAY = 2.0
 #: Notifications waiting to be sent at most; beyond that they are dropped (and logged).
 NOTIFY_QUEUE = 256
-#: Guard events worth a line in server.log (``compared``: once per start and per reconnect).
-LOGGED = ("guarding", "compared", "drift", "released", "warning")
+#: Guard events worth a line in server.log (``compared``: once per start and per reconnect;
+#: ``lost``/``reconnected``: an event source went away and came back).
+LOGGED = ("guarding", "compared", "drift", "released", "warning", "lost", "reconnected")
 
 
 class DriftNotifier:
