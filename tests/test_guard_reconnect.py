@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests import dockerlab, netlab
-from tests.conftest import run_cli, wait_for
+from tests.conftest import read_line, run_cli, wait_for
 from tests.dockerlab import Lab, status
 from tests.dockerproxy import DockerRelay, short_dir
 from tests.netlab import ipn, lockdown, state, veth
@@ -135,6 +136,43 @@ def test_docker_away_then_back_is_compared_again_and_the_container_paused_again(
     restore = run_cli("restore", incident, "--reopen-anyway", state_dir=state_dir, env=REAL_DOCKER)
     assert restore.returncode == 0, restore.stdout + restore.stderr
     assert status(c) == "running"
+
+
+def test_the_guard_prints_a_line_when_docker_is_lost_and_one_when_it_is_back(
+    lab: Lab, relay: DockerRelay, tmp_path: Path, state_dir: Path
+) -> None:
+    c = lab.run(dockerlab.BUSYBOX, ["sleep", "600"])
+    incident = _pause_run(tmp_path, state_dir, c.name)
+    env = {**os.environ, "LOCKDOWN_STATE_DIR": str(state_dir), "DOCKER_HOST": relay.docker_host}
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "lockdown", "guard", incident],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert read_line(guard) == f"guarding {incident}: docker.pause of {c.name}\n"
+        assert read_line(guard) == (
+            f"{incident}: docker state compared with the journal (start); following events\n"
+        )
+        relay.cut()
+        assert read_line(guard) == (
+            "docker: lost: the event stream ended (daemon restarted?); "
+            "retrying, containment unchecked until it is back\n"
+        )
+        time.sleep(1)
+        relay.restore()
+        back = read_line(guard, timeout=15)
+        assert re.fullmatch(
+            r"docker: reconnected to Docker after \d+\.\d s away; comparing the live state with the journal again\n",
+            back,
+        ), back
+        assert read_line(guard).startswith(f"{incident}: docker state compared with the journal (reconnected ")
+        guard.send_signal(signal.SIGTERM)
+        assert guard.wait(timeout=30) == 0
+        assert guard.stdout is not None and guard.stdout.read() == "stopped: SIGTERM\n"  # no second "lost"
+        assert paused(c)
+    finally:
+        guard.kill()
+        guard.wait()
 
 
 def _flood(netns: str, tmp_path: Path, dev: str, n: int) -> None:
