@@ -35,6 +35,8 @@ from tests.dockerlab import Lab, status
 from tests.dockerproxy import DockerRelay, short_dir
 from tests.netlab import ipn, lockdown, state, veth
 from tests.test_guard import GuardProc, _drifts, _pause_run, _run
+from tests.test_serve import Server
+from tests.test_serve_guard import drifts, logged, write_config
 
 #: The docker CLI of the test talks to the real daemon, never through the relay.
 REAL_DOCKER = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
@@ -173,6 +175,36 @@ def test_the_guard_prints_a_line_when_docker_is_lost_and_one_when_it_is_back(
     finally:
         guard.kill()
         guard.wait()
+
+
+def test_serve_logs_docker_lost_and_reconnected_and_pauses_the_container_again(
+    lab: Lab, relay: DockerRelay, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = lab.run(dockerlab.BUSYBOX, ["sleep", "600"])
+    incident = _pause_run(tmp_path, state_dir, c.name)
+    monkeypatch.setenv("DOCKER_HOST", relay.docker_host)  # serve's environment, not the docker CLI's
+    srv = Server(write_config(tmp_path, state_dir), state_dir, None).start()
+    try:
+        wait_for(lambda: logged(state_dir, "guard-compared", incident_id=incident, source="docker"), what="start")
+        relay.cut()
+        (lost,) = wait_for(lambda: logged(state_dir, "guard-lost"), what="guard-lost")
+        assert (lost["source"], lost["reason"]) == ("docker", "the event stream ended (daemon restarted?)")
+        docker_real("unpause", c.name)
+        time.sleep(1)
+        relay.restore()
+        (back,) = wait_for(lambda: logged(state_dir, "guard-reconnected"), what="guard-reconnected")
+        assert back["source"] == "docker" and back["reason"].startswith("reconnected to Docker after ")
+        wait_for(lambda: paused(c), 15, "the container paused again")
+        (entry,) = wait_for(lambda: drifts(state_dir, incident), what="the drift entry")
+        assert entry["source"] == {"compare": back["reason"]}
+        assert entry["did"] == f"paused {c.name} again"
+        assert srv.stop()[0] == 0
+        # the guard itself rode out the outage: never stopped, never started again
+        assert (len(logged(state_dir, "guard-start")), logged(state_dir, "guard-stopped")) == (1, [])
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.communicate()
 
 
 def _flood(netns: str, tmp_path: Path, dev: str, n: int) -> None:
