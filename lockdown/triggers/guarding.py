@@ -8,9 +8,11 @@ serve picks them up again, whoever ran them) and each one its own runs
 contain (told by the dispatcher when a run ends, rather than found at the
 next rescan). The guard lets an incident go once its restore begins.
 
-A guard whose event source dies (the Docker daemon restarted under it) is
-started again after ``RESTART_DELAY`` seconds; it compares the live state
-with the journals at start, so nothing that happened in between is missed.
+A Docker daemon that restarts does not stop the guard (it reconnects and
+compares again by itself, ``guard-lost``/``guard-reconnected``). A guard that
+fails otherwise (an event source that cannot be opened again) is started
+again after ``RESTART_DELAY`` seconds; it compares the live state with the
+journals at start, so nothing that happened in between is missed.
 Missing privileges stop guarding for good: retrying would not grant them.
 
 Drift can be announced with a JSON POST to ``[guard] notify_url``: from a
