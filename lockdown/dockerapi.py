@@ -27,7 +27,7 @@ import os
 import struct
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -787,7 +787,8 @@ RESUME_ACTIONS = ("start", "unpause", "restart", "create")
 
 @dataclass(frozen=True)
 class DockerEvent:
-    """One container event, or ``resync`` (the stream was (re)opened: compare again).
+    """One container event, ``lost`` (the daemon went away; ``reason`` says how) or ``resync``
+    (the stream was (re)opened: compare again; ``reason`` is ``start`` or how long it was away).
 
     ``attributes`` are the actor's attributes as Docker sends them: the
     container's name, image and labels (compose project/service included).
@@ -811,16 +812,22 @@ class DockerEvent:
 class DockerEvents:
     """``docker events`` for containers (start, unpause, restart, create), reconnecting.
 
-    The first event is a ``resync``; after the stream breaks (daemon
-    restarted) it is reopened with ``since`` the last event seen, so nothing
-    in between is lost, and another ``resync`` follows. While the daemon is
-    unreachable it retries every ``retry`` seconds. ``close()`` from another
-    thread ends the iteration.
+    The first event is a ``resync``. When the stream breaks or the daemon
+    cannot be reached (it restarted, its socket went away) one ``lost`` event
+    says why; connecting is retried after ``retry`` seconds, doubling up to
+    ``max_retry`` (a daemon away for long costs a connect attempt every few
+    seconds, not a busy loop). Once connected again the stream is reopened with
+    ``since`` the last event seen, so nothing in between is lost, and another
+    ``resync`` (its reason says how long Docker was away) tells the consumer to
+    compare again. ``close()`` from another thread ends the iteration.
     """
 
-    def __init__(self, actions: tuple[str, ...] = RESUME_ACTIONS, *, retry: float = 2.0) -> None:
+    def __init__(
+        self, actions: tuple[str, ...] = RESUME_ACTIONS, *, retry: float = 0.25, max_retry: float = 5.0
+    ) -> None:
         self.filters = {"type": "container", "event": list(actions)}
         self.retry = retry
+        self.max_retry = max_retry
         self._stop = threading.Event()
         self._stream: Any = None
         self._lock = threading.Lock()
@@ -848,33 +855,49 @@ class DockerEvents:
         import time
 
         since: float | None = None
-        reason = "start"
+        lost_at: float | None = None  # when the current outage began
+        delay = self.retry
         while not self._stop.is_set():
             try:
                 stream = self._connect(since)
             except (Unavailable, ActionError) as exc:
-                reason = exc.message
-                self._stop.wait(self.retry)
+                if lost_at is None:  # once per outage, not once per attempt
+                    lost_at = time.time()
+                    yield DockerEvent("lost", "", lost_at, {}, exc.message)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_retry)
                 continue
-            yield DockerEvent("resync", "", time.time(), {}, reason)
-            try:
-                for raw in stream:
-                    event = _docker_event(raw)
-                    if event is not None:
-                        since = event.time
-                        yield event
-                reason = "the event stream ended (daemon restarted?)"
-            except Exception as exc:  # noqa: BLE001 - any break of the stream means: reconnect
-                reason = f"the event stream broke ({type(exc).__name__})"
-            finally:
-                with self._lock:
-                    self._stream = None
-                try:
-                    stream.close()
-                except Exception:  # noqa: BLE001
-                    pass
+            now = time.time()
+            reason = "start" if lost_at is None and since is None else (
+                f"reconnected to Docker after {now - (lost_at or now):.1f} s away"
+            )
+            yield DockerEvent("resync", "", now, {}, reason)
+            lost_at, delay = None, self.retry
+            since, why = yield from self._follow(stream, since)
             if not self._stop.is_set():
-                self._stop.wait(0.2)
+                lost_at = time.time()
+                yield DockerEvent("lost", "", lost_at, {}, why)
+                self._stop.wait(delay)
+
+    def _follow(self, stream: Any, since: float | None) -> Generator[DockerEvent, None, tuple[float | None, str]]:
+        """Yield the stream's events until it ends; return the last event's time and why it ended."""
+        try:
+            for raw in stream:
+                event = _docker_event(raw)
+                if event is not None:
+                    since = event.time
+                    yield event
+            why = "the event stream ended (daemon restarted?)"
+        except Exception as exc:  # noqa: BLE001 - any break of the stream means: reconnect
+            why = f"the event stream broke ({type(exc).__name__})"
+        finally:
+            with self._lock:
+                self._stream = None
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001
+                pass
+        return since, why
 
 
 def _docker_event(raw: Any) -> DockerEvent | None:

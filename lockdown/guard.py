@@ -272,9 +272,23 @@ class Guard:
             if self.named is None:
                 self._scan()
             return
+        if self._source_state(source, item):
+            return
         handler = self._on_net if source == "net" else self._on_docker
         for target in list(self.targets.values()):
             self._guarded(target, partial(handler, target, item))
+
+    def _source_state(self, source: str, item: Any) -> bool:
+        """Say when an event source is lost and when it is back (once per source, not per
+        incident); True when ``item`` is only that news. A ``resync`` after a loss goes on to
+        the comparison of every incident: events may have been missed while it was away."""
+        kind = item.action if source == "docker" else item.kind
+        if kind == "lost":
+            self.emit("lost", {"source": source, "reason": item.reason})
+            return True
+        if kind == "resync" and item.reason != "start":
+            self.emit("reconnected", {"source": source, "reason": item.reason})
+        return False
 
     def _guarded(self, target: Target, fn: Callable[[], Any]) -> None:
         """Run one check of ``target``: a restore lets it go; a failed re-assertion (a container

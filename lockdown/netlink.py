@@ -589,6 +589,13 @@ class NetEvent:
         return {k: v for k, v in asdict(self).items() if v not in (None, "") and k != "addr"}
 
 
+def _lost_reason(code: int) -> str:
+    """Why the watch socket was reopened, for the guard's output and log."""
+    if code == errno.ENOBUFS:
+        return "the kernel dropped netlink notifications (receive queue overflowed, ENOBUFS); socket reopened"
+    return f"netlink socket: {os.strerror(code)}; socket reopened"
+
+
 class NetlinkWatch:
     """Follows IPv6 address, IPv6 route and link notifications in the caller's netns.
 
@@ -661,8 +668,8 @@ class NetlinkWatch:
                             continue
                         try:
                             data = sock.recv(1 << 16)
-                        except OSError as exc:  # ENOBUFS: notifications were dropped
-                            reason = f"netlink socket: {os.strerror(exc.errno or errno.EIO)}"
+                        except OSError as exc:  # ENOBUFS: the receive queue overflowed
+                            reason = _lost_reason(exc.errno or errno.EIO)
                             break
                         now = time.time()
                         for msg in marshal.parse(data):

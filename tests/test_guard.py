@@ -37,11 +37,15 @@ interfaces = ["{dev}"]
 class GuardProc:
     """``lockdown guard ... --json`` in a subprocess; ``until`` reads its lines."""
 
-    def __init__(self, state_dir: Path, *args: str, netns: str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *args: str, netns: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         cmd = [sys.executable, "-m", "lockdown", "guard", *args, "--json"]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
-        env = {**os.environ, "LOCKDOWN_STATE_DIR": str(state_dir), "SSH_CONNECTION": "", "SSH_CLIENT": ""}
+        env = {
+            **os.environ, "LOCKDOWN_STATE_DIR": str(state_dir), "SSH_CONNECTION": "", "SSH_CLIENT": "", **(env or {})
+        }
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.events: list[dict[str, Any]] = []
 

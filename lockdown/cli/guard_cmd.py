@@ -34,6 +34,10 @@ def _line(data: dict[str, Any], kind: str) -> str:
         return f"{who}: {data['source']} state compared with the journal ({data['reason']}); following events"
     if kind == "drift":
         return f"{who}: drift [{data['step']}] {data['changed']}: {data['did']} ({data['latency_ms']:.0f} ms)"
+    if kind == "lost":
+        return f"{data['source']}: lost: {data['reason']}; retrying, containment unchecked until it is back"
+    if kind == "reconnected":
+        return f"{data['source']}: {data['reason']}; comparing the live state with the journal again"
     if kind == "released":
         return f"{who}: {data['reason']}: no longer guarded"
     if kind == "warning":

@@ -8,9 +8,11 @@ serve picks them up again, whoever ran them) and each one its own runs
 contain (told by the dispatcher when a run ends, rather than found at the
 next rescan). The guard lets an incident go once its restore begins.
 
-A guard whose event source dies (the Docker daemon restarted under it) is
-started again after ``RESTART_DELAY`` seconds; it compares the live state
-with the journals at start, so nothing that happened in between is missed.
+A Docker daemon that restarts does not stop the guard (it reconnects and
+compares again by itself, ``guard-lost``/``guard-reconnected``). A guard that
+fails otherwise (an event source that cannot be opened again) is started
+again after ``RESTART_DELAY`` seconds; it compares the live state with the
+journals at start, so nothing that happened in between is missed.
 Missing privileges stop guarding for good: retrying would not grant them.
 
 Drift can be announced with a JSON POST to ``[guard] notify_url``: from a
@@ -36,8 +38,9 @@ from lockdown.triggers.dedup import EventLog
 RESTART_DELAY = 2.0
 #: Notifications waiting to be sent at most; beyond that they are dropped (and logged).
 NOTIFY_QUEUE = 256
-#: Guard events worth a line in server.log (``compared``: once per start and per reconnect).
-LOGGED = ("guarding", "compared", "drift", "released", "warning")
+#: Guard events worth a line in server.log (``compared``: once per start and per reconnect;
+#: ``lost``/``reconnected``: an event source went away and came back).
+LOGGED = ("guarding", "compared", "drift", "released", "warning", "lost", "reconnected")
 
 
 class DriftNotifier:
