@@ -279,19 +279,31 @@ def tcp_listeners(socks: Iterable[Sock] | None = None) -> list[Listener]:
     return out
 
 
-def tcp_established() -> list[tuple[str, str, int, int | None]]:
+def tcp_established(
+    wanted: Callable[[str, str, int], bool] | None = None,
+) -> list[tuple[str, str, int, int | None]]:
     """(local, remote, remote port, pid) of established TCP sockets in this netns, one per holder.
 
     Addresses are plain (zone dropped, ``::ffff:a.b.c.d`` unmapped): the
     lockout guard compares them with SSH_CONNECTION and interface addresses.
+    ``wanted(local, remote, rport)`` picks the connections of interest first:
+    only their owners are looked up, and with none left no process is read
+    (reading every process's descriptors is nearly all the cost).
     """
-    out = []
-    for s in collect_sockets():
-        if s.proto == "tcp" and s.state == "ESTABLISHED" and s.remote:
-            local, remote = plain_ip(s.local), plain_ip(s.remote)
-            if local and remote and s.rport is not None:
-                for pid in s.pids or (s.pid,):
-                    out.append((local, remote, s.rport, pid))
+    picked = []
+    for proto, _family, local, _lport, remote, rport, state, _uid, inode in _proc_net_rows("/proc/self/net"):
+        if proto != "tcp" or state != "ESTABLISHED" or not remote or rport is None:
+            continue
+        lplain, rplain = plain_ip(local), plain_ip(remote)
+        if lplain and rplain and (wanted is None or wanted(lplain, rplain, rport)):
+            picked.append((lplain, rplain, rport, inode))
+    if not picked:
+        return []
+    owners = socket_owners()
+    out: list[tuple[str, str, int, int | None]] = []
+    for lplain, rplain, rport, inode in picked:
+        holders: list[int | None] = list(owners.get(inode, [])) or [None]
+        out.extend((lplain, rplain, rport, pid) for pid in holders)
     return out
 
 
