@@ -146,8 +146,7 @@ def survey(params: Params) -> Survey:
     included), since that is usually the management interface.
     Raises BadInput for a name or glob that matches no interface.
     """
-    links = netlink.list_links()
-    addrs = netlink.dump_addresses(AF_INET6)
+    links, addrs = netlink.links_and_addresses(AF_INET6)
     names = [link.name for link in links]
     if params.interfaces:
         targets: list[str] = []
