@@ -180,10 +180,18 @@ def socket_owners() -> dict[int, list[int]]:
 _Row = tuple[str, str, str, int, "str | None", "int | None", str, int, int]
 
 
-def _proc_net_rows(proc_net: str) -> list[_Row]:
-    """(proto, family, local, lport, remote, rport, state, uid, inode) of every line of /proc/net/*."""
+def _proc_net_rows(proc_net: str, *, only: tuple[str, str] | None = None) -> list[_Row]:
+    """(proto, family, local, lport, remote, rport, state, uid, inode) of the lines of /proc/net/*.
+
+    ``only`` = (proto, state hex), e.g. ``("tcp", "01")`` for established TCP,
+    skips the other files and lines before anything is decoded: a host under a
+    bot flood holds thousands of TIME_WAIT sockets, and the lockout guard
+    reads this between the alert and the first change.
+    """
     rows: list[_Row] = []
     for fname, proto, family in PROC_NET_FILES:
+        if only is not None and proto != only[0]:
+            continue
         decode = _decoder(family)
         try:
             with open(f"{proc_net}/{fname}") as fh:
@@ -192,6 +200,8 @@ def _proc_net_rows(proc_net: str) -> list[_Row]:
             continue
         tcp = proto == "tcp"
         for line in lines:
+            if only is not None and line.split(None, 4)[3] != only[1]:
+                continue
             f = line.split(None, 10)
             lhex, _, lport_hex = f[1].partition(":")
             rhex, _, rport_hex = f[2].partition(":")
@@ -279,19 +289,34 @@ def tcp_listeners(socks: Iterable[Sock] | None = None) -> list[Listener]:
     return out
 
 
-def tcp_established() -> list[tuple[str, str, int, int | None]]:
+def tcp_established(
+    wanted: Callable[[str, str, int], bool] | None = None,
+) -> list[tuple[str, str, int, int | None]]:
     """(local, remote, remote port, pid) of established TCP sockets in this netns, one per holder.
 
     Addresses are plain (zone dropped, ``::ffff:a.b.c.d`` unmapped): the
     lockout guard compares them with SSH_CONNECTION and interface addresses.
+    ``wanted(local, remote, rport)`` picks the connections of interest first:
+    only their owners are looked up, and with none left no process is read
+    (reading every process's descriptors is nearly all the cost).
     """
-    out = []
-    for s in collect_sockets():
-        if s.proto == "tcp" and s.state == "ESTABLISHED" and s.remote:
-            local, remote = plain_ip(s.local), plain_ip(s.remote)
-            if local and remote and s.rport is not None:
-                for pid in s.pids or (s.pid,):
-                    out.append((local, remote, s.rport, pid))
+    picked = []
+    established = next(code for code, name in TCP_STATES.items() if name == "ESTABLISHED")
+    for _proto, _family, local, _lport, remote, rport, _state, _uid, inode in _proc_net_rows(
+        "/proc/self/net", only=("tcp", established)
+    ):
+        if not remote or rport is None:
+            continue
+        lplain, rplain = plain_ip(local), plain_ip(remote)
+        if lplain and rplain and (wanted is None or wanted(lplain, rplain, rport)):
+            picked.append((lplain, rplain, rport, inode))
+    if not picked:
+        return []
+    owners = socket_owners()
+    out: list[tuple[str, str, int, int | None]] = []
+    for lplain, rplain, rport, inode in picked:
+        holders: list[int | None] = list(owners.get(inode, [])) or [None]
+        out.extend((lplain, rplain, rport, pid) for pid in holders)
     return out
 
 

@@ -257,23 +257,35 @@ def _index(ipr: Any, ifname: str) -> int:
 
 def list_links() -> list[Link]:
     """Every interface in this netns, by index. Raises PrivilegeError/ActionError."""
-    out = []
     with _ipr("list interfaces") as ipr:
-        for m in ipr.link("dump"):
-            info = _attr(m, "IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-            out.append(
-                Link(
-                    index=int(m["index"]),
-                    name=str(_attr(m, "IFLA_IFNAME")),
-                    flags=int(m["flags"]),
-                    kind=kind,
-                    mac=_attr(m, "IFLA_ADDRESS"),
-                    mtu=_attr(m, "IFLA_MTU"),
-                    operstate=_attr(m, "IFLA_OPERSTATE"),
-                )
-            )
-    return sorted(out, key=lambda link: link.index)
+        return sorted((_link(m) for m in ipr.link("dump")), key=lambda link: link.index)
+
+
+def _link(m: Any) -> Link:
+    info = _attr(m, "IFLA_LINKINFO")
+    return Link(
+        index=int(m["index"]),
+        name=str(_attr(m, "IFLA_IFNAME")),
+        flags=int(m["flags"]),
+        kind=info.get_attr("IFLA_INFO_KIND") if info is not None else None,
+        mac=_attr(m, "IFLA_ADDRESS"),
+        mtu=_attr(m, "IFLA_MTU"),
+        operstate=_attr(m, "IFLA_OPERSTATE"),
+    )
+
+
+def links_and_addresses(family: int | None = AF_INET6) -> tuple[list[Link], list[Address]]:
+    """``list_links()`` and ``dump_addresses(family)`` from one socket and one link dump.
+
+    ``ipv6.strip`` needs both in its preflight, between the alert and the
+    first change: asked apart they cost a second socket and a second link
+    dump, which pyroute2 decodes in Python.
+    """
+    with _ipr("list interfaces and addresses") as ipr:
+        links = sorted((_link(m) for m in ipr.link("dump")), key=lambda link: link.index)
+        msgs = list(ipr.addr("dump", **({"family": family} if family is not None else {})))
+    names = {link.index: link.name for link in links}
+    return links, [_address(m, names) for m in msgs if family is None or int(m["family"]) == family]
 
 
 def link_index(ifname: str) -> int | None:

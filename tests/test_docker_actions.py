@@ -175,10 +175,12 @@ def test_hold_then_release_queue(dlab: Lab, tmp_path: Path, state_dir: Path) -> 
     inc = incident_dir(state_dir, doc["incident_id"]) / "evidence" / "queue" / c.name
     listed = [json.loads(line) for line in (inc / "postqueue.jsonl").read_text().splitlines()]
     assert sorted(item["queue_id"] for item in listed) == sorted(queue)
-    for qid in spam:
+    assert {item["queue_id"]: item["queue_name"] for item in listed} == {
+        **dict.fromkeys(spam, "deferred"), admin_held: "hold"}  # where each message was before the hold
+    for qid in spam:  # copied right after the hold, in the same exec: from the hold queue
         text = (inc / f"{qid}.txt").read_text()
-        assert text.startswith(f"*** ENVELOPE RECORDS deferred/{qid[0]}/{qid} ***")
-        assert "BUY NOW spam" in text and text.rstrip().endswith(f"*** MESSAGE FILE END deferred/{qid[0]}/{qid} ***")
+        assert text.startswith(f"*** ENVELOPE RECORDS hold/{qid} ***")
+        assert "BUY NOW spam" in text and text.rstrip().endswith(f"*** MESSAGE FILE END hold/{qid} ***")
     postconf = (inc / "postconf.txt").read_text().splitlines()  # the report's local domains
     assert "mynetworks = 127.0.0.0/8 172.16.0.0/12" in postconf  # what dlab.postfix() configured
     assert sorted(line.split(" =")[0] for line in postconf) == sorted(POSTCONF_PARAMS)
@@ -771,7 +773,7 @@ def test_daemon_errors_translate_once() -> None:
 
 
 def test_postcat_stream_splitting_survives_any_chunking() -> None:
-    from lockdown.actions.postfix_hold import _split_postcat
+    from lockdown.actions.postfix_hold import _split_framed
 
     nonce = b"0123456789abcdef0123456789abcdef"
     stream = (
@@ -784,7 +786,7 @@ def test_postcat_stream_splitting_survives_any_chunking() -> None:
         chunks = [stream[i : i + size] for i in range(0, len(stream), size)]
         got: dict[str, bytes] = {}
         codes: dict[str, int | None] = {}
-        for qid, data, rc in _split_postcat(iter(chunks), nonce):
+        for qid, data, rc in _split_framed(iter(chunks), nonce):
             if data is None and rc is None:
                 got[qid] = b""
             elif data is not None:
@@ -793,6 +795,11 @@ def test_postcat_stream_splitting_survives_any_chunking() -> None:
                 codes[qid] = rc
         assert got == {"AAA111": b"line one\nline two without newline", "BBB222": b"x" * 5000 + b"\n"}, size
         assert codes == {"AAA111": 0, "BBB222": 1}
+    # The shell's own complaint, outside any section, is kept apart (it names why nothing ran).
+    for size in (1, 5, 200):
+        text = b"sh: 1: postqueue: not found\n"
+        events = list(_split_framed(iter([text[i : i + size] for i in range(0, len(text), size)]), nonce))
+        assert {e[0] for e in events} == {""} and b"".join(e[1] or b"" for e in events) == text
 
 
 def test_demux_of_docker_stream_frames_survives_any_chunking() -> None:

@@ -26,6 +26,7 @@ import fnmatch
 import ipaddress
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,8 +146,7 @@ def survey(params: Params) -> Survey:
     included), since that is usually the management interface.
     Raises BadInput for a name or glob that matches no interface.
     """
-    links = netlink.list_links()
-    addrs = netlink.dump_addresses(AF_INET6)
+    links, addrs = netlink.links_and_addresses(AF_INET6)
     names = [link.name for link in links]
     if params.interfaces:
         targets: list[str] = []
@@ -193,7 +193,9 @@ class Session:
     how: str
 
 
-def operator_sessions(env: dict[str, str] | None = None) -> list[Session]:
+def operator_sessions(
+    env: dict[str, str] | None = None, *, over: Collection[str] | None = None
+) -> list[Session]:
     """The operator's SSH session(s), by the best evidence available.
 
     1. SSH_CONNECTION ("client port server port") names the server address.
@@ -205,19 +207,34 @@ def operator_sessions(env: dict[str, str] | None = None) -> list[Session]:
        from sshd), every established sshd connection counts: when we cannot
        tell which session is the operator's, protecting all of them is the
        safe side, and keep / --force remain the way out.
+
+    ``over`` (plain addresses) narrows 3 and 4 to connections whose server
+    side is one of them: the lockout guard passes what it would strip, so on
+    a host where no connection runs over those addresses no process is read
+    (serve's preflight sits between the alert and the first change).
     """
     env = dict(os.environ) if env is None else env
     out: list[Session] = []
     conn = env.get("SSH_CONNECTION", "").split()
     client = env.get("SSH_CLIENT", "").split()
-    socks = _tcp_established()
+    peer = _plain_ip(client[0]) if len(client) >= 2 else None
+    within = None if over is None else {ipaddress.ip_address(a) for a in over}
+
+    def wanted(local: str, remote: str, rport: int) -> bool:
+        if peer is not None and remote == peer and str(rport) == client[1]:
+            return True
+        return within is None or ipaddress.ip_address(local) in within
+
+    socks = _tcp_established(wanted)
     if len(conn) >= 4 and (local := _plain_ip(conn[2])):
         out.append(Session(local, f"{conn[0]} port {conn[1]}", "SSH_CONNECTION"))
-    elif len(client) >= 2 and (peer := _plain_ip(client[0])):
+    elif peer is not None:
         match = [s for s in socks if s[1] == peer and str(s[2]) == client[1]]
         local = match[0][0] if match else netlink.route_source(peer)
         if local:
             out.append(Session(local, f"{peer} port {client[1]}", "SSH_CLIENT"))
+    if not socks:
+        return out
     ancestors = _sshd_ancestors()
     for local, remote, rport, pid in socks:
         if pid in ancestors:
@@ -304,8 +321,10 @@ class Ipv6Strip(Action[Params]):
             self._guard(found)
 
     def _guard(self, found: Survey) -> None:
+        if not found.addresses:
+            return  # nothing to strip: no session can be cut
         by_ip = {ipaddress.ip_address(a.address): a for a in found.addresses}
-        for session in operator_sessions():
+        for session in operator_sessions(over=[a.address for a in found.addresses]):
             try:
                 addr = by_ip.get(ipaddress.ip_address(session.local))
             except ValueError:

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,16 +40,36 @@ NO_POSTFIX_HINT = (
     'with on_error = "continue" the playbook goes on without this step'
 )
 
-# One exec prints many messages: each is framed by marker lines carrying a
+#: What the report needs to tell the server's own mail from mail relayed outside
+#: (mail/evidence.py reads ``postconf.txt``), and the trust that made the relay.
+POSTCONF_PARAMS = (
+    "mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains",
+    "myhostname", "mydomain", "mynetworks",
+)
+#: The sections a queue exec runs besides ``postcat -q ID`` (a queue id is
+#: alphanumeric, so it never starts with "@").
+LIST, POSTCONF, HOLD_ALL = "@postqueue", "@postconf", "@hold"
+
+# One exec runs several commands (each docker exec costs ~0.1 s, the commands
+# far less): each command's merged output is framed by marker lines carrying a
 # random nonce, which spam cannot forge because it is chosen after it arrived.
-_POSTCAT_SCRIPT = r"""n=$1; shift
-for id do
-  printf '\n%s BEGIN %s\n' "$n" "$id"
-  postcat -q "$id" 2>&1
+_QUEUE_SCRIPT = (
+    r"""n=$1; shift
+for arg do
+  printf '\n%s BEGIN %s\n' "$n" "$arg"
+  case $arg in
+    @postqueue) postqueue -j ;;
+    @postconf) postconf -x """
+    + " ".join(POSTCONF_PARAMS)
+    + r""" ;;
+    @hold) postsuper -h ALL ;;
+    *) postcat -q "$arg" ;;
+  esac 2>&1
   rc=$?
-  printf '\n%s END %s %s\n' "$n" "$id" "$rc"
+  printf '\n%s END %s %s\n' "$n" "$arg" "$rc"
 done
 """
+)
 
 
 # ------------------------------------------------------------------ queue access
@@ -85,6 +105,13 @@ class QueueListing:
         else:
             self.bad_lines += 1
 
+    def feed(self, data: bytes) -> bytes:
+        """Add the complete lines of ``data``; returns the unfinished last line, to prepend to the next."""
+        lines = data.split(b"\n")
+        for line in lines[:-1]:
+            self.add_line(line)
+        return lines[-1]
+
     def ids(self, queue: str | None = None, *, not_in: str | None = None) -> list[str]:
         return sorted(
             q for q, name in self.queue_of.items() if (queue is None or name == queue) and name != not_in
@@ -101,24 +128,9 @@ class QueueListing:
         return ", ".join(f"{n} {q}" for q, n in self.counts().items()) or empty
 
 
-def read_queue(cid: str, name: str, sink: Any = None) -> QueueListing:
-    """Run ``postqueue -j`` in the container; stream its output to ``sink.write`` if given."""
-    stream = dockerapi.ExecStream(cid, name, ["postqueue", "-j"])
-    listing = QueueListing()
-    carry = b""
-    head = b""
-    for chunk in stream:
-        if sink is not None:
-            sink.write(chunk)
-        if len(head) < 4096:
-            head += chunk[: 4096 - len(head)]
-        lines = (carry + chunk).split(b"\n")
-        carry = lines.pop()
-        for line in lines:
-            listing.add_line(line)
-    listing.add_line(carry)
-    _check_exec(name, "postqueue", stream.exit_code, head)
-    return listing
+def read_queue(cid: str, name: str) -> QueueListing:
+    """Run ``postqueue -j`` in the container (the undo and ``queue purge`` look before they act)."""
+    return queue_exec(None, cid, name, [LIST]).checked_listing(name)
 
 
 def postsuper(cid: str, name: str, flag: str, ids: Iterable[str], queue: str | None = None) -> list[str]:
@@ -138,15 +150,16 @@ def postsuper(cid: str, name: str, flag: str, ids: Iterable[str], queue: str | N
     return out
 
 
-def _split_postcat(chunks: Iterator[bytes], nonce: bytes) -> Iterator[tuple[str, bytes | None, int | None]]:
-    """Turn the batched postcat stream into ("BEGIN", None, None) / (id, data, None) / (id, None, rc) events.
+def _split_framed(chunks: Iterator[bytes], nonce: bytes) -> Iterator[tuple[str, bytes | None, int | None]]:
+    """Turn a framed stream (see ``_QUEUE_SCRIPT``) into BEGIN / content / END events.
 
-    Yields ``(qid, None, None)`` on BEGIN, ``(qid, bytes, None)`` for content and
-    ``(qid, None, rc)`` on END. Only the tail that could hold a split marker is
-    kept between chunks.
+    Yields ``(section, None, None)`` on BEGIN, ``(section, bytes, None)`` for
+    content and ``(section, None, rc)`` on END; output outside any section (the
+    shell's own error) comes as ``("", bytes, None)``. Only the tail that could
+    hold a split marker is kept between chunks.
     """
     buf = b""
-    current: str | None = None
+    current = ""
     keep = len(nonce) + 1
     for chunk in chunks:
         buf += chunk
@@ -154,11 +167,10 @@ def _split_postcat(chunks: Iterator[bytes], nonce: bytes) -> Iterator[tuple[str,
             pos = buf.find(b"\n" + nonce + b" ")
             if pos < 0:
                 if len(buf) > keep:
-                    if current is not None:
-                        yield current, buf[:-keep], None
+                    yield current, buf[:-keep], None
                     buf = buf[-keep:]
                 break
-            if current is not None and pos:
+            if pos:
                 yield current, buf[:pos], None
             nl = buf.find(b"\n", pos + 1)
             if nl < 0:
@@ -171,37 +183,111 @@ def _split_postcat(chunks: Iterator[bytes], nonce: bytes) -> Iterator[tuple[str,
                 yield current, None, None
             elif len(words) >= 4 and words[1] == "END":
                 yield words[2], None, int(words[3]) if words[3].lstrip("-").isdigit() else -1
-                current = None
+                current = ""
+    if buf and current == "":
+        yield "", buf, None
 
 
-def save_messages(ctx: StepContext, cid: str, name: str, ids: list[str]) -> dict[str, int]:
-    """``postcat -q ID`` of each id into ``queue/<container>/<id>.txt``; returns {id: postcat exit code}."""
-    codes: dict[str, int] = {}
-    for i in range(0, len(ids), BATCH):
-        batch = ids[i : i + BATCH]
+#: Bytes kept of a section that is not streamed to a file (postconf, postsuper, errors).
+_KEEP = 1 << 20
+
+
+@dataclass
+class QueueExec:
+    """What one or more queue execs printed, by section (see ``queue_exec``)."""
+
+    listing: QueueListing | None = None
+    kept: dict[str, bytes] = field(default_factory=dict)  # section -> output (postconf, postsuper, errors)
+    codes: dict[str, int] = field(default_factory=dict)  # section -> exit code
+    shell: tuple[int, bytes] | None = None  # the exec's own exit code and output when no section ran
+
+    def checked(self, name: str, section: str, cmd: str) -> bytes:
+        """The section's output; ActionError if it did not run or failed."""
+        if section not in self.codes:
+            code, out = self.shell or (-1, b"")
+            _check_exec(name, "sh", code if code else -1, out)
+        _check_exec(name, cmd, self.codes[section], self.kept.get(section, b""))
+        return self.kept.get(section, b"")
+
+    def checked_listing(self, name: str) -> QueueListing:
+        self.checked(name, LIST, "postqueue")
+        assert self.listing is not None
+        return self.listing
+
+
+class _Sections:
+    """Routes one exec's framed events: the listing to its parser (and file), postcat to its file."""
+
+    def __init__(self, ctx: StepContext | None, name: str, out: QueueExec, listing_file: str | None) -> None:
+        self.ctx, self.name, self.out, self.listing_file = ctx, name, out, listing_file
+        self.fh: Any = None
+        self.carry = b""
+
+    def begin(self, section: str) -> None:
+        if section == LIST:
+            self.out.listing = QueueListing()
+            if self.ctx is not None and self.listing_file:
+                self.fh = self.ctx.open_evidence(self.listing_file)
+        elif not section.startswith("@") and self.ctx is not None:
+            self.fh = self.ctx.open_evidence(f"queue/{self.name}/{section}.txt")
+
+    def data(self, section: str, data: bytes) -> None:
+        if self.fh is not None:
+            self.fh.write(data)
+        if section == LIST:
+            assert self.out.listing is not None
+            self.carry = self.out.listing.feed(self.carry + data)
+        if section == LIST or section.startswith("@") or not section:
+            kept = self.out.kept.get(section, b"")
+            if len(kept) < (4096 if section == LIST else _KEEP):
+                self.out.kept[section] = kept + data[: _KEEP - len(kept)]
+
+    def end(self, section: str, rc: int) -> None:
+        if section == LIST and self.out.listing is not None:
+            self.out.listing.add_line(self.carry)
+            self.carry = b""
+        self.close()
+        self.out.codes[section] = rc
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def queue_exec(
+    ctx: StepContext | None, cid: str, name: str, sections: list[str], *, listing_file: str | None = None
+) -> QueueExec:
+    """Run ``sections`` (LIST, POSTCONF, HOLD_ALL, then queue ids for ``postcat -q``) in as few execs as possible.
+
+    One ``docker exec`` per BATCH ids: the named sections run first, in order,
+    in the first. The listing streams into ``listing_file`` when given (with a
+    ``ctx``); each ``postcat`` goes to ``queue/<name>/<id>.txt``.
+    """
+    out = QueueExec()
+    named = [s for s in sections if s.startswith("@")]
+    ids = [s for s in sections if not s.startswith("@")]
+    batches = [named + ids[:BATCH]] + [ids[i : i + BATCH] for i in range(BATCH, len(ids), BATCH)]
+    for batch in batches:
         nonce = secrets.token_hex(16)
-        stream = dockerapi.ExecStream(cid, name, ["sh", "-c", _POSTCAT_SCRIPT, "sh", nonce, *batch])
-        fh = None
+        stream = dockerapi.ExecStream(cid, name, ["sh", "-c", _QUEUE_SCRIPT, "sh", nonce, *batch])
+        route = _Sections(ctx, name, out, listing_file)
         try:
-            for qid, data, rc in _split_postcat(iter(stream), nonce.encode()):
+            for section, data, rc in _split_framed(iter(stream), nonce.encode()):
                 if data is None and rc is None:
-                    fh = ctx.open_evidence(f"queue/{name}/{qid}.txt")
-                elif data is not None and fh is not None:
-                    fh.write(data)
+                    route.begin(section)
+                elif data is not None:
+                    route.data(section, data)
                 elif rc is not None:
-                    if fh is not None:
-                        fh.close()
-                        fh = None
-                    codes[qid] = rc
+                    route.end(section, rc)
         finally:
-            if fh is not None:
-                fh.close()
-        code = stream.exit_code
-        if code != 0 and not codes:
-            _check_exec(name, "sh", code, b"")
-        if codes and all(rc == 127 for rc in codes.values()):
-            raise ActionError(f"no Postfix in container {name}: postcat not found", NO_POSTFIX_HINT)
-    return codes
+            route.close()
+        if not any(s in out.codes for s in batch):
+            out.shell = (stream.exit_code, out.kept.get("", b""))
+    postcats = [out.codes[q] for q in ids if q in out.codes]
+    if postcats and all(rc == 127 for rc in postcats):
+        raise ActionError(f"no Postfix in container {name}: postcat not found", NO_POSTFIX_HINT)
+    return out
 
 
 def locate(entry: dict[str, Any], ctx_note: Callable[[str], None]) -> tuple[str, str] | None:
@@ -241,55 +327,45 @@ def pending_ids(entry: dict[str, Any]) -> list[str]:
     return [q for q in entry.get("held", []) if q not in purged]
 
 
-#: What the report needs to tell the server's own mail from mail relayed outside
-#: (mail/evidence.py reads ``postconf.txt``), and the trust that made the relay.
-POSTCONF_PARAMS = (
-    "mydestination", "virtual_mailbox_domains", "virtual_alias_domains", "relay_domains",
-    "myhostname", "mydomain", "mynetworks",
-)
+def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any], *, resumed: bool) -> dict[str, Any]:
+    """Save one container's queue as evidence and ``postsuper -h ALL``, in two execs; returns its summary.
 
-
-def _save_postconf(ctx: StepContext, cid: str, name: str) -> None:
-    """Save ``postconf -x`` of the parameters above as ``queue/NAME/postconf.txt``.
-
-    Taken after the hold, so that it never delays it. Without it the incident
-    report counts mail to the server's own domains as relayed outside.
-    """
-    code, out = dockerapi.exec_output(cid, name, ["postconf", "-x", *POSTCONF_PARAMS], limit=1 << 20)
-    if code != 0:
-        ctx.note(f"{name}: postconf -x failed (exit {code}); the report learns local domains from deliveries")
-        return
-    ctx.write_bytes(f"queue/{name}/postconf.txt", out)
-
-
-def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any]) -> dict[str, Any]:
-    """Save one container's queue as evidence, then ``postsuper -h ALL``; returns its summary.
-
-    Mail that arrived between the listing and the hold is held too, so it is
-    recorded too (``amend_undo``).
+    The first exec lists the queue (evidence) and reads ``postconf``; for a
+    container this step resumed, the ids to hold are journaled from that
+    listing before the second exec holds, lists again and saves every listed
+    message with ``postcat`` (a held message stays readable). Mail that
+    arrived between the listing and the hold is held too, so it is recorded
+    too (``amend_undo``) and saved by a third exec.
     """
     cid, name = entry["id"], entry["name"]
-    with ctx.open_evidence(f"queue/{name}/postqueue.jsonl") as fh:
-        listing = read_queue(cid, name, sink=fh)
-    codes = save_messages(ctx, cid, name, listing.ids())
+    first = queue_exec(ctx, cid, name, [LIST, POSTCONF], listing_file=f"queue/{name}/postqueue.jsonl")
+    listing = first.checked_listing(name)
+    _record_postconf(ctx, name, first)
+    if resumed:
+        entry["held"], entry["already_held"] = listing.ids(not_in="hold"), listing.ids("hold")
+        entry["queues_before"] = listing.counts()
+        ctx.amend_undo(record)  # the ids to hold, journaled before the hold
+    second = queue_exec(ctx, cid, name, [HOLD_ALL, LIST, *listing.ids()])
+    output = second.checked(name, HOLD_ALL, "postsuper").decode("utf-8", "replace").splitlines()
+    after = second.checked_listing(name)
+    codes = {q: second.codes[q] for q in listing.ids() if q in second.codes}
+    extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
+    if extra:
+        entry["held"] = sorted(set(entry["held"]) | set(extra))
+        ctx.amend_undo(record)
+        third = queue_exec(ctx, cid, name, extra)
+        codes.update({q: third.codes[q] for q in extra if q in third.codes})
     failed = sorted(q for q, rc in codes.items() if rc != 0)
     ctx.note(
         f"{name}: queue {listing.text()}; saved {len(codes) - len(failed)} message(s) "
         f"with postcat to evidence/queue/{name}/"
         + (f" ({len(failed)} left the queue meanwhile)" if failed else "")
     )
-    output = postsuper(cid, name, "-h", ["ALL"])
-    _save_postconf(ctx, cid, name)
-    after = read_queue(cid, name)
-    extra = sorted(set(after.ids("hold")) - set(entry["already_held"]) - set(entry["held"]))
-    if extra:
-        entry["held"] = sorted(set(entry["held"]) | set(extra))
-        ctx.amend_undo(record)
-        codes.update(save_messages(ctx, cid, name, extra))
     not_held = sorted(set(entry["held"]) - set(after.ids("hold")))
     held_now = sorted(set(entry["held"]) & set(after.ids("hold")))
+    said = "; ".join(line for line in output if line.strip())
     ctx.note(
-        f"{name}: {'; '.join(output) or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
+        f"{name}: {said or 'postsuper -h ALL done'}; {len(held_now)} message(s) held by "
         f"this step" + (f", {len(entry['already_held'])} were on hold before" if entry["already_held"] else "")
         + (f", {len(not_held)} left the queue before the hold" if not_held else "")
     )
@@ -299,6 +375,20 @@ def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any]) -> 
         "queues_after": after.counts(),
         "postcat_failed": failed,
     }
+
+
+def _record_postconf(ctx: StepContext, name: str, done: QueueExec) -> None:
+    """Save ``postconf -x`` of POSTCONF_PARAMS as ``queue/NAME/postconf.txt``.
+
+    Without it the incident report counts mail to the server's own domains as
+    relayed outside. A failure is noted, not fatal: the report then learns the
+    local domains from deliveries.
+    """
+    code = done.codes.get(POSTCONF, -1)
+    if code != 0:
+        ctx.note(f"{name}: postconf -x failed (exit {code}); the report learns local domains from deliveries")
+        return
+    ctx.write_bytes(f"queue/{name}/postconf.txt", done.kept.get(POSTCONF, b""))
 
 
 # ------------------------------------------------------------------ the action
@@ -389,17 +479,13 @@ class PostfixHoldQueue(ContainerAction[Params]):
         for entry in record["containers"]:
             cid, name = entry["id"], entry["name"]
             if not entry.get("resume"):
-                summary[name] = _hold_entry(ctx, record, entry)
+                summary[name] = _hold_entry(ctx, record, entry, resumed=False)
                 total += summary[name]["held"]
                 continue
             t0 = time.monotonic()
             dockerapi.unpause(cid, name)
             try:
-                listing = read_queue(cid, name)
-                entry["held"], entry["already_held"] = listing.ids(not_in="hold"), listing.ids("hold")
-                entry["queues_before"] = listing.counts()
-                ctx.amend_undo(record)  # the ids to hold, journaled before the hold
-                summary[name] = _hold_entry(ctx, record, entry)
+                summary[name] = _hold_entry(ctx, record, entry, resumed=True)
                 total += summary[name]["held"]
             finally:
                 dockerapi.pause(cid, name)

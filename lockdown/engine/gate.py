@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.audit.checks import AuditOptions, Auditor
-from lockdown.audit.probe import smtp_exchange
 from lockdown.engine.steps import StepState
 from lockdown.errors import LockdownError
 
@@ -107,6 +105,8 @@ def _ask(cid: str, name: str) -> dict[str, Any]:
     if status != "running" or address is None:
         why = f"the container is {status}" if status != "running" else "the container has no IPv4 bridge address"
         return {**target, "verdict": "undecided", "error": why}
+    from lockdown.audit.probe import smtp_exchange  # see audit_fixes
+
     transcript, code, error = smtp_exchange(
         address, GATE_PORT, GATE_RCPT, helo=GATE_HELO, sender=GATE_FROM, timeout=GATE_TIMEOUT
     )
@@ -151,6 +151,10 @@ def probe_relay(containers: list[tuple[str, str]]) -> GateProbe:
 
 def audit_fixes(names: list[str]) -> list[str]:
     """The ``fix`` texts of the audit findings about the relay path of these containers."""
+    # audit (its checks, the SMTP probe, the log reader) is ~75 ms of imports that only a
+    # restore with a gate needs: `lockdown run` and serve's alert path start without them.
+    from lockdown.audit.checks import AuditOptions, Auditor
+
     try:
         result = Auditor(AuditOptions(containers=names, container_logs=False, firewall=False)).run()
     except LockdownError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockdown import __version__
+from lockdown import __version__, dockerapi
 from lockdown.actions import REGISTRY, get_action
 from lockdown.actions.base import REOPEN_ANYWAY, StepContext, UndoRecord
 from lockdown.engine import gate as gate_mod
@@ -110,13 +110,18 @@ def check_privileges(playbook: Playbook) -> None:
 
 
 def preflight(playbook: Playbook) -> None:
-    """Each action's own live checks (targets exist, tools present). Changes nothing."""
-    for step in playbook.steps:
-        try:
-            step.action.preflight()
-        except LockdownError as exc:
-            exc.message = f"{playbook.display} {step.where}: {exc.message}"
-            raise
+    """Each action's own live checks (targets exist, tools present). Changes nothing.
+
+    Docker is asked each question once (``dockerapi.one_look``): the steps
+    mostly name the same containers.
+    """
+    with dockerapi.one_look():
+        for step in playbook.steps:
+            try:
+                step.action.preflight()
+            except LockdownError as exc:
+                exc.message = f"{playbook.display} {step.where}: {exc.message}"
+                raise
 
 
 def dry_run(playbook: Playbook, *, force: bool = False) -> RunResult:
