@@ -26,8 +26,8 @@ from typing import Any
 from lockdown import dockerapi
 from lockdown.audit.checks import AuditOptions, Auditor
 from lockdown.audit.probe import smtp_exchange
-from lockdown.engine.steps import StepState
 from lockdown.errors import LockdownError
+from lockdown.record.steps import StepState
 
 GATE_PORT = 25
 GATE_HELO = "lockdown-restore.example"
