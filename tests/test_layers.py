@@ -5,12 +5,14 @@ An AST scan of every module under ``lockdown/`` (imports inside functions and
 module belongs to one unit of :data:`LAYERS` (a package such as ``engine/`` or
 a top-level module such as ``guard``). An import is allowed inside its own unit
 or into a unit of a strictly lower layer; two units of one layer (``actions/``
-and ``evidence/``) never import each other.
+and ``evidence/``) never import each other. The table is compared with the
+diagram in docs/architecture.md, so the doc and the rule cannot drift apart.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +183,29 @@ def test_the_readers_held_decisions_are_the_actions_own() -> None:
     above it; each action declares the same as ``held_undo``."""
     declared = {name: get_action(name).held_undo for name in REGISTRY if get_action(name).held_undo}
     assert declared == HELD_UNDO
+
+
+def doc_layers() -> list[tuple[str, ...]]:
+    """The diagram under "## Layers" in docs/architecture.md, bottom first: each line is
+    ``unit  unit ... | what it is``."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    match = re.search(r"^## Layers\n+```\n(.*?)```", text, re.S | re.M)
+    assert match, "docs/architecture.md has no ## Layers diagram"
+    rows = [line.partition("|")[0].split() for line in match.group(1).splitlines() if "|" in line]
+    return [tuple(row) for row in reversed(rows)]
+
+
+def test_the_layers_are_the_ones_docs_architecture_shows() -> None:
+    assert doc_layers() == LAYERS
+
+
+def test_docs_architecture_lists_every_module_and_no_other() -> None:
+    """The module list at the top of docs/architecture.md names each file (``store.py``) or
+    package (``record/``) that exists, and names no file that does not."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    match = re.search(r"```\nlockdown/\n(.*?)```", text, re.S)
+    assert match, "docs/architecture.md has no lockdown/ module list"
+    listed = set(re.findall(r"\b(\w+\.py)\b", match.group(1))) | set(re.findall(r"^\s+(\w+/)", match.group(1), re.M))
+    existing = {p.name for p in MODULES.values()} | {p.parent.name + "/" for p in MODULES.values()} - {"lockdown/"}
+    assert sorted(existing - listed) == []
+    assert sorted(n for n in listed - existing if n.endswith(".py")) == []
