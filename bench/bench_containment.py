@@ -191,9 +191,9 @@ def post(port: int, body: bytes) -> tuple[socket.socket, float]:
 
 
 def lockdown_round(port: int, state: Path, bot: Attacker, name: str, n: int) -> tuple[float, float]:
-    from lockdown.engine.incident import read_incident
     from lockdown.engine.runner import restore
     from lockdown.errors import Busy
+    from lockdown.record.incident import read_incident
 
     sock, t0 = post(port, alert(name, n))
     took = bot.closed_after(t0)

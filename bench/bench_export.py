@@ -58,7 +58,7 @@ sys.path.insert(0, str(HERE))
 import benchlib  # noqa: E402
 from bench_report import generate  # noqa: E402
 
-from lockdown.evidence.store import EvidenceStore  # noqa: E402
+from lockdown.record.store import EvidenceStore  # noqa: E402
 
 MiB = 1 << 20
 GOAL_RATIO = 0.80

@@ -194,7 +194,7 @@ def start_serve(netns: str, config: Path) -> tuple[subprocess.Popen[str], int]:
 
 def phase(netns: str, port: int, state: Path, seconds: float, alerts: int, first: int) -> dict[str, list[float]]:
     """/healthz every 0.2 s for ``seconds``, with ``alerts`` alerts spread over the same time."""
-    from lockdown.engine.incident import read_incident
+    from lockdown.record.incident import read_incident
 
     out: dict[str, list[float]] = {"healthz": [], "answer": [], "contained": []}
     end = time.monotonic() + seconds

@@ -86,7 +86,7 @@ MEASURE = r"""
 import json, resource, subprocess, sys, tempfile, time
 from pathlib import Path
 from lockdown.actions.base import StepContext
-from lockdown.evidence.store import EvidenceStore
+from lockdown.record.store import EvidenceStore
 
 which, rounds, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if which == "connections":

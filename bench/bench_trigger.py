@@ -201,9 +201,9 @@ def main() -> int:
 
     import docker
 
-    from lockdown.engine.incident import read_incident
     from lockdown.engine.runner import restore
     from lockdown.errors import Busy
+    from lockdown.record.incident import read_incident
 
     client = docker.from_env(timeout=60)
     api = client.api

@@ -45,13 +45,13 @@ from typing import Any
 
 from lockdown import dockerapi, netlink
 from lockdown.actions.ipv6_strip import ADDR_PROTO_NAMES, describe_address
-from lockdown.engine import incident as inc
-from lockdown.engine.drift import Drift, append_drift
-from lockdown.engine.journal import Journal, read_journal
 from lockdown.engine.lock import StateLock, read_holder
 from lockdown.engine.privileges import check_all
 from lockdown.errors import BadInput, Busy, LockdownError, PrivilegeError
 from lockdown.hostfacts import network_managers as suspect_managers
+from lockdown.record import incident as inc
+from lockdown.record.drift import Drift, append_drift
+from lockdown.record.journal import Journal, read_journal
 from lockdown.sysctl import read_sysctl, write_sysctl
 
 EventHandler = Callable[[str, dict[str, Any]], None]

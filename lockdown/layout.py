@@ -21,6 +21,6 @@ TRIGGERS = "triggers.jsonl"  # webhook repeats attached to the incident
 MANIFEST = "manifest.json"  # every evidence file: size, SHA-256, time, step
 EVIDENCE_DIR = "evidence"
 
-#: Prefix of an incident directory still being created (see ``engine.incident``):
+#: Prefix of an incident directory still being created (see ``record.incident``):
 #: never an incident id, so listings ignore it; the next run removes it.
 STAGING_PREFIX = ".new-"

@@ -80,7 +80,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float = 30) -> str:
 
 def run_finished(state: Path, incident_id: str) -> bool:
     """The incident's run has ended (contained, failed, crashed...), as its journal says."""
-    from lockdown.engine.incident import read_incident
+    from lockdown.record.incident import read_incident
 
     return read_incident(state, incident_id).run_status not in (None, "running")
 

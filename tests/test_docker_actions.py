@@ -820,24 +820,6 @@ def test_demux_of_docker_stream_frames_survives_any_chunking() -> None:
 # ------------------------------------------------------------------ shared targeting
 
 
-def test_no_action_imports_another_action() -> None:
-    """Shared code lives in helper modules (containers.py, base.py), never in a sibling action."""
-    import ast
-
-    from lockdown.actions import REGISTRY
-
-    action_modules = {target.partition(":")[0] for target in REGISTRY.values()}
-    root = Path(__file__).resolve().parent.parent
-    offenders = []
-    for module in sorted(action_modules):
-        tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
-        for node in ast.walk(tree):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            offenders += [f"{module} imports {n}" for n in names if n in action_modules and n != module]
-    assert offenders == []
-
-
 def test_every_docker_action_takes_the_shared_container_params() -> None:
     from lockdown.actions import REGISTRY, get_action
     from lockdown.actions.containers import ContainerAction, ContainerParams

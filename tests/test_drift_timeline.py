@@ -7,9 +7,9 @@ bounded in number and size and typed, never trusted.
 
 from __future__ import annotations
 
-from lockdown.engine.drift import TIMELINE_TEXT
-from lockdown.engine.steps import MAX_TIMELINE_DRIFTS
 from lockdown.evidence.manifest import timeline_of
+from lockdown.record.drift import TIMELINE_TEXT
+from lockdown.record.steps import MAX_TIMELINE_DRIFTS
 
 
 def test_a_timeline_without_drift_has_no_drift_key() -> None:

@@ -880,8 +880,8 @@ def test_export_while_a_run_holds_the_lock(netns: str, tmp_path: Path, state_dir
 
 def test_snapshot_is_consistent_while_the_journal_grows(tmp_path: Path) -> None:
     """A writer appends journal lines and evidence as fast as it can; every export still verifies."""
-    from lockdown.engine.journal import Journal
-    from lockdown.evidence.store import EvidenceStore
+    from lockdown.record.journal import Journal
+    from lockdown.record.store import EvidenceStore
 
     state = tmp_path / "state"
     r = run_cli("run", "host-snapshot", "--json", state_dir=state)
@@ -982,7 +982,7 @@ def _run_launched(cmd: list[str], stderr_tty: bool) -> tuple[int, int, str]:
 WRITE_BIG = """
 import sys
 from pathlib import Path
-from lockdown.evidence.store import EvidenceStore
+from lockdown.record.store import EvidenceStore
 
 total = int(sys.argv[2])
 lines = []

@@ -375,7 +375,7 @@ import json, sys
 from pathlib import Path
 from lockdown.actions.base import StepContext
 from lockdown.actions.ipv6_strip import Ipv6Strip, Params
-from lockdown.evidence.store import EvidenceStore
+from lockdown.record.store import EvidenceStore
 
 mode, dev, workdir = sys.argv[1:4]
 d = Path(workdir)

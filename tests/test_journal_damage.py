@@ -277,7 +277,7 @@ HELD_UNDO = {"containers": [{"container": "lkd-mail", "held": ["4A1B2C3D4E"], "a
 def held_queue_incident(state: Path) -> str:
     """An incident whose queue hold was kept by a restore without --release-queue, written
     through lockdown's own journal writer (the hash chain is valid)."""
-    from lockdown.engine.journal import Journal
+    from lockdown.record.journal import Journal
 
     incident = "20261130T195214.180831Z-relay-incident-3f2a"
     path = state / "incidents" / incident
@@ -340,7 +340,7 @@ GATE_TRANSCRIPT = [
 
 def gated_incident(state: Path) -> str:
     """An incident whose nft.block restore's gate kept (the relay accepted), through lockdown's journal writer."""
-    from lockdown.engine.journal import Journal
+    from lockdown.record.journal import Journal
 
     incident = "20261130T195214.180832Z-relay-incident-surgical-3f2b"
     path = state / "incidents" / incident

@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.lock import StateLock
+from lockdown.record.incident import list_incident_ids, read_incident
 from tests.conftest import read_line, run_cli, run_finished, unavailable, wait_for
 
 pytestmark = pytest.mark.netns

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lockdown.engine.incident import list_incident_ids
+from lockdown.record.incident import list_incident_ids
 from tests.test_serve import TOKEN, Server
 from tests.test_serve_hostile import idle, quick_config, raw_request, server_log
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.jsonsafe import MAX_DEPTH
+from lockdown.record.incident import list_incident_ids, read_incident
 from lockdown.triggers.dedup import LOG_MAX_BYTES, instant
 from lockdown.triggers.server import WEBHOOK_MAX_DEPTH
 from tests.conftest import run_cli, run_finished, wait_for

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from lockdown.engine.incident import list_incident_ids, read_incident
+from lockdown.record.incident import list_incident_ids, read_incident
 from lockdown.triggers.config import load_config
 from lockdown.triggers.dedup import EventLog
 from lockdown.triggers.dispatch import Dispatcher

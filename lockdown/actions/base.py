@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin
 
 from lockdown.errors import ActionError
-from lockdown.evidence.store import EvidenceStore, EvidenceWriter, ManifestEntry
 from lockdown.paths import SAFE_NAME_RE
+from lockdown.record.store import EvidenceStore, EvidenceWriter, ManifestEntry
 
 UndoRecord = dict[str, Any]
-#: The decision that undoes steps restore's gate kept (the relay probe accepted or could not tell).
-REOPEN_ANYWAY = "reopen-anyway"
 
 
 @dataclass
@@ -89,7 +87,8 @@ class Action(Generic[P]):
     Params: ClassVar[type[Any]]
     #: What the action needs before the run starts: "root", "net_admin", "docker".
     requires: ClassVar[tuple[str, ...]] = ()
-    #: Decision name when the undo must wait for an operator (e.g. "release-queue").
+    #: Decision name when the undo must wait for an operator (e.g. "release-queue"); the
+    #: journal's reader knows it from ``record.steps.HELD_UNDO``, which must agree.
     held_undo: ClassVar[str | None] = None
     #: Other decisions a held step offers (e.g. "purge-queue"), carried out by :meth:`decide`
     #: through the engine (``runner.decide``), which locks and journals.

@@ -627,7 +627,7 @@ class QueueStep:
 
 
 def _hold_steps(root: Path, incident_id: str) -> tuple[Any, list[QueueStep]]:
-    from lockdown.engine.incident import read_incident
+    from lockdown.record.incident import read_incident
 
     view = read_incident(root, incident_id)
     steps = [

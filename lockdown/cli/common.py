@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from lockdown.engine.incident import last_incident_id
 from lockdown.errors import BadInput
 from lockdown.paths import check_incident_id, state_dir
+from lockdown.record.incident import last_incident_id
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 StateDirOpt = Annotated[

@@ -13,15 +13,15 @@ from typing import Annotated, Any
 
 import typer
 
-from lockdown.actions.base import REOPEN_ANYWAY
 from lockdown.actions.postfix_hold import DECISION as RELEASE_QUEUE
 from lockdown.cli.common import JsonOpt, StateDirOpt, pick_incident, root
 from lockdown.cli.output import FAIL, HELD, OK, Output
-from lockdown.engine import incident as inc
 from lockdown.engine import runner
-from lockdown.engine.drift import read_drifts
 from lockdown.engine.playbook import Playbook, load_playbook, parse_var_overrides
 from lockdown.errors import ExitCode, IntegrityError, LockdownError, PartialRestore, ReopenRefused
+from lockdown.record import incident as inc
+from lockdown.record.drift import read_drifts
+from lockdown.record.steps import REOPEN_ANYWAY
 
 EMPTY = "empty: nothing was changed (the incident has no journal line)"
 

@@ -1,1 +1,1 @@
-"""The core: playbook -> runner -> journal. Never prints, never exits."""
+"""The core: playbook -> runner, which writes the record (``lockdown.record``). Never prints, never exits."""

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockdown import dockerapi
-from lockdown.engine.steps import StepState
 from lockdown.errors import LockdownError
+from lockdown.record.steps import StepState
 
 GATE_PORT = 25
 GATE_HELO = "lockdown-restore.example"

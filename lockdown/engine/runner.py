@@ -21,10 +21,8 @@ from typing import Any
 
 from lockdown import __version__, dockerapi
 from lockdown.actions import REGISTRY, get_action
-from lockdown.actions.base import REOPEN_ANYWAY, StepContext, UndoRecord
+from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.engine import gate as gate_mod
-from lockdown.engine import incident as inc
-from lockdown.engine.journal import Journal, utcnow
 from lockdown.engine.lock import StateLock
 from lockdown.engine.playbook import Playbook, Step
 from lockdown.engine.privileges import check_all
@@ -37,8 +35,11 @@ from lockdown.errors import (
     Unavailable,
 )
 from lockdown.evidence.manifest import host_identity
-from lockdown.evidence.store import EvidenceStore
 from lockdown.paths import atomic_write
+from lockdown.record import incident as inc
+from lockdown.record.journal import Journal, utcnow
+from lockdown.record.steps import REOPEN_ANYWAY
+from lockdown.record.store import EvidenceStore
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 

@@ -1,1 +1,1 @@
-"""Evidence: files hashed while written, a manifest, export and verify."""
+"""Evidence bundles: the manifest, export and verify (files are hashed while written by ``record.store``)."""

@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockdown.engine.incident import operator
-from lockdown.engine.journal import GENESIS, line_hash, utcnow
 from lockdown.errors import BadInput, IntegrityError, LockdownError, PrivilegeError
 from lockdown.evidence import manifest as mf
 from lockdown.evidence.manifest import sidecar_path
-from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
 from lockdown.paths import fsync_dir, incident_path
+from lockdown.record.incident import operator
+from lockdown.record.journal import GENESIS, line_hash, utcnow
+from lockdown.record.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
 
 #: ``progress(done_bytes, total_bytes)``, called after each chunk.
 Progress = Callable[[int, int], None]

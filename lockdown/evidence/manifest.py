@@ -37,10 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lockdown import __version__, jsonsafe
-from lockdown.engine.journal import parse_line
-from lockdown.engine.steps import StepReader
 from lockdown.errors import IntegrityError
-from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
 from lockdown.jsonsafe import JSONError
 from lockdown.layout import HEAD as HEAD
 from lockdown.layout import INCIDENT_JSON as INCIDENT_JSON
@@ -48,6 +45,9 @@ from lockdown.layout import JOURNAL as JOURNAL
 from lockdown.layout import PLAYBOOK_COPY
 from lockdown.layout import TRIGGERS as TRIGGERS
 from lockdown.paths import SAFE_NAME_RE
+from lockdown.record.journal import parse_line
+from lockdown.record.steps import StepReader
+from lockdown.record.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
 
 CASE_JSON = "case.json"
 CASE_FORMAT = "lockdown-evidence-bundle"
@@ -167,7 +167,7 @@ def parse_manifest(data: bytes) -> list[ManifestEntry]:
 
 
 def iter_journal_entries(lines: Iterable[bytes]) -> Iterable[dict[str, Any]]:
-    """Parsed journal lines (``engine.journal.parse_line``); an unreadable line yields ``{}``."""
+    """Parsed journal lines (``record.journal.parse_line``); an unreadable line yields ``{}``."""
     for number, raw in enumerate(lines, start=1):
         try:
             yield parse_line(raw, number)
@@ -181,7 +181,7 @@ class TimelineBuilder:
     Used by export (from the live journal, line by line) and by verify (from
     the bundle's journal) so that ``case.json`` can be recomputed and compared.
     The meaning of each entry is decided by the journal's one reader,
-    :class:`lockdown.engine.steps.StepReader`; this only keeps its timeline,
+    :class:`lockdown.record.steps.StepReader`; this only keeps its timeline,
     the guard's ``drift`` re-assertions included.
     """
 

@@ -47,12 +47,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lockdown import jsonsafe
-from lockdown.engine.journal import GENESIS, line_hash
 from lockdown.errors import BadInput, IntegrityError
 from lockdown.evidence import manifest as mf
 from lockdown.evidence.manifest import sidecar_path
-from lockdown.evidence.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
 from lockdown.paths import INCIDENT_ID_RE
+from lockdown.record.journal import GENESIS, line_hash
+from lockdown.record.store import EVIDENCE_DIR, MANIFEST, ManifestEntry
 
 #: Bytes ``tarfile`` may read for one member's headers (PAX, GNU long names).
 HEADER_BUDGET = 1 << 20

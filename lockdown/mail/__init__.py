@@ -1,1 +1,1 @@
-"""Mail: the Postfix log parser, the incident report and the audit checks."""
+"""Mail: the Postfix log parser and the incident report (read by audit/, evidence/ and triggers/)."""

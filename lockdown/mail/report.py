@@ -74,7 +74,7 @@ def incident_report(
     """The report for an incident: its logs, and from its own evidence its gateways (docker.inspect),
     its stack and hand-off addresses (docker.inspect's stack.json), its local domains (postconf)
     and the spam held in its queue (postfix.hold_queue)."""
-    from lockdown.engine.incident import read_incident
+    from lockdown.record.incident import read_incident
 
     view = read_incident(root, incident_id)
     gw, gw_source = choose_gateways(gateways, view.path)

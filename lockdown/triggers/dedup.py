@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import jsonsafe
-from lockdown.engine import incident as inc
-from lockdown.engine.journal import utcnow
 from lockdown.errors import LockdownError
 from lockdown.paths import ensure_dir, fsync_dir, incident_path, incidents_dir
+from lockdown.record import incident as inc
+from lockdown.record.journal import utcnow
 
 TRIGGERS_DIR = "triggers"
 DEDUP_FILE = "dedup.jsonl"

@@ -15,9 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockdown.engine.drift import KINDS as DRIFT_KINDS
-from lockdown.engine.drift import read_drifts
-from lockdown.engine.incident import list_incident_ids, read_incident
 from lockdown.engine.playbook import Playbook, load_playbook, parse_playbook
 from lockdown.engine.privileges import check_all
 from lockdown.engine.runner import Run
@@ -29,6 +26,9 @@ from lockdown.errors import (
     PlaybookError,
     Unavailable,
 )
+from lockdown.record.drift import KINDS as DRIFT_KINDS
+from lockdown.record.drift import read_drifts
+from lockdown.record.incident import list_incident_ids, read_incident
 from lockdown.triggers.config import Config, Route
 from lockdown.triggers.dedup import DedupStore, EventLog, append_trigger, dedup_key, identity_key
 

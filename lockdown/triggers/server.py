@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import jsonsafe
-from lockdown.engine.journal import utcnow
 from lockdown.errors import Unavailable
+from lockdown.record.journal import utcnow
 from lockdown.triggers.config import Config, ServerConfig
 from lockdown.triggers.dedup import EventLog
 from lockdown.triggers.dispatch import Alert, Dispatcher, Metrics, Outcome

@@ -48,9 +48,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lockdown.engine.journal import utcnow
 from lockdown.errors import BadInput, LockdownError
 from lockdown.mail.parser import Correlator, GatewayMatcher, LineSplitter, MessageEvent, default_gateways, parse_line
+from lockdown.record.journal import utcnow
 from lockdown.triggers.config import Route
 from lockdown.triggers.dedup import EventLog
 from lockdown.triggers.dispatch import Alert, Dispatcher, Outcome

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lockdown.engine.journal import utcnow
 from lockdown.layout import EVIDENCE_DIR, MANIFEST
 from lockdown.paths import atomic_write, check_relative_name, create_file, ensure_dir, fsync_dir
+from lockdown.record.journal import utcnow
 
 __all__ = ["EVIDENCE_DIR", "MANIFEST", "EvidenceStore", "EvidenceWriter", "ManifestEntry", "load_manifest"]
 

@@ -3,7 +3,7 @@
 ``lockdown guard`` appends one entry per re-assertion through the journal's
 public ``append``, so drift is hash-chained with the rest of the incident.
 This module is the one writer and the one reader of that entry type: the
-journal's reader (``engine/steps.py``) folds drift into an incident's
+journal's reader (``record/steps.py``) folds drift into an incident's
 timeline (``case.json``) through :func:`timeline_record`, and ``status`` and
 ``/metrics`` read it through :func:`read_drifts`.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lockdown.engine.journal import Journal
+from lockdown.record.journal import Journal
 
 PHASE = "drift"
 #: What a drift entry can be about.

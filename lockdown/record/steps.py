@@ -1,11 +1,11 @@
 """The one reader of a journal's meaning: journal entries in, step states out.
 
-``status``, ``restore``, ``/metrics`` (through ``engine.incident``),
+``status``, ``restore``, ``/metrics`` (through ``record.incident``),
 ``export`` (``case.json``) and ``verify`` (through
 ``evidence.manifest.TimelineBuilder``) all call :class:`StepReader`, so they
 cannot disagree about whether a step is applied, undone or held, or whether
 containment is active. Entries come from the journal's chain check
-(``engine.journal``), already parsed with bounded nesting; here every field is
+(``record.journal``), already parsed with bounded nesting; here every field is
 type-checked, because a hash-consistent journal can still be hand-made.
 
 It is fed one entry at a time so that ``export`` and ``verify`` can stream a
@@ -18,13 +18,20 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lockdown.actions import REGISTRY, get_action
-from lockdown.actions.base import REOPEN_ANYWAY
-from lockdown.engine import drift
+from lockdown.record import drift
 
 #: Drift records a timeline keeps (the count covers all): a guard fighting a flapping
 #: network manager for days must not make case.json, or verify's memory, unbounded.
 MAX_TIMELINE_DRIFTS = 200
+
+#: The decision that undoes steps restore's gate kept (the relay probe accepted or could not tell).
+REOPEN_ANYWAY = "reopen-anyway"
+
+#: Actions whose undo waits for an operator's decision, and that decision: part of what a
+#: journaled step means, so it is read here without importing the actions (the record sits
+#: below them). Each action declares the same as ``held_undo``; tests/test_layers.py checks
+#: that the two agree.
+HELD_UNDO: dict[str, str] = {"postfix.hold_queue": "release-queue"}
 
 #: States after which a journaled undo record still has to run.
 _UNDONE = "undone"
@@ -220,9 +227,9 @@ class StepReader:
 def held_decision(s: StepState) -> str | None:
     """The decision an undo waits for: the action's own (``release-queue``), or
     ``reopen-anyway`` for a step restore's gate kept because the relay was open."""
-    if not s.needs_undo or s.action not in REGISTRY:
+    if not s.needs_undo:
         return None
-    own = get_action(s.action).held_undo
+    own = HELD_UNDO.get(s.action)
     if own:
         return own
     return REOPEN_ANYWAY if s.gated else None

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from lockdown import jsonsafe
-from lockdown.engine.journal import ChainReport, read_journal
-from lockdown.engine.steps import StepState, read_steps
 from lockdown.layout import EVIDENCE_DIR, INCIDENT_JSON, LOCK, STAGING_PREFIX
 from lockdown.layout import PLAYBOOK_COPY as PLAYBOOK_COPY
 from lockdown.layout import TRIGGERS as TRIGGERS
 from lockdown.paths import INCIDENT_ID_RE, ensure_dir, fsync_dir, incident_path, incidents_dir
+from lockdown.record.journal import ChainReport, read_journal
+from lockdown.record.steps import StepState, read_steps
 
 __all__ = [
     "INCIDENT_JSON",
