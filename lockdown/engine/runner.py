@@ -38,7 +38,7 @@ from lockdown.errors import (
 )
 from lockdown.evidence.manifest import host_identity
 from lockdown.evidence.store import EvidenceStore
-from lockdown.paths import atomic_write
+from lockdown.paths import write_staged
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 
@@ -197,8 +197,8 @@ class Run:
             self.lock.update(self.incident_id)
             staging = inc.stage_incident_dir(self.root, self.incident_id)
             meta = self._meta()
-            atomic_write(staging / inc.PLAYBOOK_COPY, self.playbook.text.encode())
-            atomic_write(
+            write_staged(staging / inc.PLAYBOOK_COPY, self.playbook.text.encode())
+            write_staged(
                 staging / inc.INCIDENT_JSON,
                 json.dumps(meta, indent=1, sort_keys=True, default=str).encode() + b"\n",
             )
