@@ -155,6 +155,23 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def write_staged(path: Path, data: bytes) -> None:
+    """Write a new file's ``data`` and fsync it, in a directory not yet visible.
+
+    For a staged incident directory (``publish_incident_dir``): the directory
+    is fsynced as a whole before it is renamed into place, so a file in it
+    needs neither the temporary name of ``atomic_write`` nor a directory
+    fsync of its own. Each of those costs a few milliseconds between an alert
+    and the first change.
+    """
+    fd = create_file(path)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_incident_id(incident_id: str) -> str:
     """Reject ids that could name anything outside the incidents directory."""
     if not INCIDENT_ID_RE.match(incident_id):

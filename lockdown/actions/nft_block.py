@@ -116,7 +116,8 @@ class NftBlock(ContainerAction[NftParams]):
     stop new connections whether Docker forwards through docker-proxy or
     through kernel DNAT (``userland-proxy: false``); see docs/nft.md. No
     other table is read into, changed or flushed. Evidence: the whole
-    ruleset before and after (``nft/<step>/ruleset-*.json``), and the
+    ruleset before the run (read in preflight) and after the step
+    (``nft/<step>/ruleset-*.json``), and the
     counters of the step's own rules, read just before the undo deletes
     them (``nft/<step>/counters.json``). Needs ``nft`` (Debian package
     nftables); without it the run stops in preflight, exit 5.
@@ -158,6 +159,7 @@ class NftBlock(ContainerAction[NftParams]):
     def __init__(self, params: NftParams) -> None:
         super().__init__(params)
         self._plan: Plan | None = None
+        self._before: list[bytes] = []
 
     def describe(self) -> str:
         p = self.params
@@ -174,6 +176,10 @@ class NftBlock(ContainerAction[NftParams]):
     def preflight(self) -> None:
         nft.binary()
         self._plan = self.plan()
+        # The "before" ruleset is read here, before the run changes anything, and written
+        # as evidence in apply: read in apply it would delay the block it documents.
+        self._before = []
+        nft.dump_ruleset(self._before.append)
 
     def resolved(self) -> dict[str, Any]:
         out = super().resolved() if self.params.needs_docker else {}
@@ -235,10 +241,11 @@ class NftBlock(ContainerAction[NftParams]):
         assert undo is not None
         plan = self.plan()
         table, chain = undo["table"], undo["chain"]
-        with ctx.open_evidence(f"nft/{ctx.step_id}/ruleset-before.json") as fh:
-            nft.dump_ruleset(fh.write)
         rules = self.rules(plan)
         nft.run_batch(chain_commands(table, chain, rules), f"add the rules of {table} chain {chain}")
+        with ctx.open_evidence(f"nft/{ctx.step_id}/ruleset-before.json") as fh:
+            for chunk in self._before:
+                fh.write(chunk)
         with ctx.open_evidence(f"nft/{ctx.step_id}/ruleset-after.json") as fh:
             nft.dump_ruleset(fh.write)
         ctx.result.update(table=f"{TABLE_FAMILY} {table}", chain=chain, ports=plan.ports, subnets=plan.subnets)

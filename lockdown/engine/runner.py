@@ -35,7 +35,7 @@ from lockdown.errors import (
     Unavailable,
 )
 from lockdown.evidence.manifest import host_identity
-from lockdown.paths import atomic_write
+from lockdown.paths import write_staged
 from lockdown.record import incident as inc
 from lockdown.record.journal import Journal, utcnow
 from lockdown.record.steps import REOPEN_ANYWAY
@@ -198,8 +198,8 @@ class Run:
             self.lock.update(self.incident_id)
             staging = inc.stage_incident_dir(self.root, self.incident_id)
             meta = self._meta()
-            atomic_write(staging / inc.PLAYBOOK_COPY, self.playbook.text.encode())
-            atomic_write(
+            write_staged(staging / inc.PLAYBOOK_COPY, self.playbook.text.encode())
+            write_staged(
                 staging / inc.INCIDENT_JSON,
                 json.dumps(meta, indent=1, sort_keys=True, default=str).encode() + b"\n",
             )

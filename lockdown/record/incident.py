@@ -97,7 +97,7 @@ def stage_incident_dir(root: Path, incident_id: str) -> Path:
             shutil.rmtree(entry.path, ignore_errors=True)
     path = parent / f"{STAGING_PREFIX}{incident_id}"
     os.mkdir(path, 0o700)
-    ensure_dir(path / EVIDENCE_DIR)
+    os.mkdir(path / EVIDENCE_DIR, 0o700)  # made durable with the rest by publish_incident_dir
     return path
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from lockdown import jsonsafe
 from lockdown.errors import IntegrityError
 from lockdown.layout import HEAD, JOURNAL
-from lockdown.paths import atomic_write, create_file, fsync_dir
+from lockdown.paths import atomic_write, create_file, fsync_dir, write_staged
 
 GENESIS = "0" * 64
 
@@ -164,11 +164,14 @@ class Journal:
 
     @classmethod
     def create(cls, directory: Path) -> Journal:
+        """A new, empty journal in a staged incident directory (``incident.stage_incident_dir``).
+
+        The directory is fsynced as a whole before it is published, so its
+        files are only written and fsynced here (``write_staged``).
+        """
         journal = cls(directory)
-        fd = create_file(journal.path)
-        os.close(fd)
-        atomic_write(journal.head_path, GENESIS.encode())
-        fsync_dir(directory)
+        os.close(create_file(journal.path))
+        write_staged(journal.head_path, GENESIS.encode())
         journal._open()
         return journal
 
