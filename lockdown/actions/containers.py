@@ -6,10 +6,18 @@ resolved against the live engine (once, in preflight), and where a
 container's state is read for an undo record. Actions compose their Params
 from :class:`ContainerParams` and derive from :class:`ContainerAction`, so no
 action imports another.
+
+The documentation of those parameters lives here too (``ContainerParams.DOC``):
+a Docker action's docstring names them with one ``{ContainerParams}`` line in
+its ``Parameters:`` block, and ``ContainerAction`` puts the text there when the
+class is created, so ``__doc__`` (what tests/test_docs.py and the docs read)
+shows every parameter while the text is written once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -66,6 +74,22 @@ class ContainerParams:
     role: str = "postfix"
     project: str = ""
 
+    #: The ``Parameters:`` text of each field, shown in every Docker action's docstring
+    #: (see :func:`expand_params_doc`); written here only.
+    DOC: ClassVar[dict[str, str]] = {
+        "container": 'a name or id, "auto" (the one running container publishing port 25; none or '
+        'several stop the run), "all" (every such container), "service:NAME" (Compose label '
+        'com.docker.compose.service; Mailu: "service:front" and "service:smtp") or "stack" (the '
+        "recognised mail stack's containers of the given role).",
+        "label": 'only consider containers with this label (KEY or KEY=VALUE) for "auto", "all" and '
+        '"service:", e.g. "com.docker.compose.project=mailu".',
+        "role": 'with container = "stack" (the recognised mail stack, see lockdown/stacks.py): "postfix" '
+        '(the container running Postfix, the default), "inbound" (the containers taking SMTP from '
+        'outside; Mailu: front and smtp) or "logs" (the containers whose log holds the mail log).',
+        "project": "only consider containers of this Compose project (label com.docker.compose.project), "
+        "for every kind of target.",
+    }
+
     def __post_init__(self) -> None:
         check_target(self.container, self.label, self.role, self.project)
 
@@ -79,6 +103,32 @@ class ContainerParams:
 
 CP = TypeVar("CP", bound=ContainerParams)
 
+#: The line of a Docker action's ``Parameters:`` block that stands for the ContainerParams fields.
+PARAMS_DOC = "{ContainerParams}"
+
+
+def expand_params_doc(doc: str, owner: str, container_note: str = "") -> str:
+    """``doc`` with its ``{ContainerParams}`` line replaced by the text of every ContainerParams field.
+
+    The replacement keeps the line's indentation (continuations two deeper)
+    and appends ``container_note`` (what this action adds, e.g. "none") to
+    the ``container`` text. A ``Parameters:`` block without the line is a
+    programming error (TypeError naming ``owner``): the shared text would be
+    missing or written a second time.
+    """
+    lines = doc.splitlines()
+    at = [i for i, line in enumerate(lines) if line.strip() == PARAMS_DOC]
+    if len(at) != 1:
+        raise TypeError(f"{owner}: its Parameters: block needs exactly one {PARAMS_DOC} line, found {len(at)}")
+    indent = lines[at[0]][: len(lines[at[0]]) - len(lines[at[0]].lstrip())]
+    text: list[str] = []
+    for f in dataclasses.fields(ContainerParams):
+        about = ContainerParams.DOC[f.name]
+        if f.name == "container" and container_note:
+            about = f"{about} {container_note}"
+        text += textwrap.wrap(f"{f.name}: {about}", 78, initial_indent=indent, subsequent_indent=indent + "  ")
+    return "\n".join([*lines[: at[0]], *text, *lines[at[0] + 1 :]])
+
 
 class ContainerAction(Action[CP]):
     """Base of the actions that act on the containers their ``ContainerParams`` name.
@@ -90,6 +140,14 @@ class ContainerAction(Action[CP]):
     """
 
     requires: ClassVar[tuple[str, ...]] = ("docker",)
+    #: What this action adds to the shared ``container`` text in its docstring (e.g. "none").
+    container_note: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Expand the ``{ContainerParams}`` line of the subclass's docstring (see the module doc)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and "Parameters:" in cls.__doc__:
+            cls.__doc__ = expand_params_doc(cls.__doc__, cls.__name__, cls.container_note)
 
     def __init__(self, params: CP) -> None:
         super().__init__(params)

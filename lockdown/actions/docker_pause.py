@@ -33,18 +33,7 @@ class DockerPause(ContainerAction[Params]):
     Docker refuses exec in a paused container (HTTP 409).
 
     Parameters:
-      container: a name or id, "auto" (the one running container publishing
-        port 25; none or several stop the run), "all" (every such container)
-        or "service:NAME" (Compose label com.docker.compose.service; Mailu:
-        "service:front" and "service:smtp").
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:", e.g. "com.docker.compose.project=mailu".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
 
     Example::
 
