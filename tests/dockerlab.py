@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.bridge import mynetworks
 from tests.conftest import unavailable, unique
 
 BUSYBOX = "lockdown-test/busybox:latest"
@@ -67,10 +68,12 @@ class Lab:
         return container
 
     def postfix(self, labels: dict[str, str] | None = None) -> Any:
-        """A Postfix container that relays for the Docker networks (and so defers to qq.com)."""
-        c = self.run(
-            POSTFIX, publish_smtp=True, env={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"}, labels=labels
-        )
+        """A Postfix container that relays for the Docker networks (and so defers to qq.com).
+
+        It trusts ``mynetworks()``: the postmortem's 172.16.0.0/12 where this engine's bridge
+        lies inside it, else the bridge's own subnet, so it is an open relay on any engine.
+        """
+        c = self.run(POSTFIX, publish_smtp=True, env={"POSTFIX_MYNETWORKS": mynetworks()}, labels=labels)
         wait_smtp(host_port(c))
         return c
 

@@ -25,6 +25,7 @@ import pytest
 from lockdown import stacks
 from lockdown.audit import facts, stackfix
 from tests import netlab
+from tests.bridge import mynetworks
 from tests.conftest import run_cli, unique
 from tests.dockerlab import (
     BUSYBOX,
@@ -130,7 +131,7 @@ def build(the_lab: Lab, kind: str, *, everywhere: bool = False) -> Shape:
     if kind == stacks.DMS:
         bridge = the_lab.client.networks.get("bridge")
         subnet, gw = _ipam(bridge)
-        env = {"PERMIT_DOCKER": "network", "POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"}
+        env = {"PERMIT_DOCKER": "network", "POSTFIX_MYNETWORKS": mynetworks()}
         pf = _postfix(the_lab, everywhere, env, _compose(the_lab, "mailserver"))
         return Shape(kind, the_lab.owner, "bridge", subnet, gw, pf, [pf])
     net, subnet, gw = _network(the_lab)
