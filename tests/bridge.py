@@ -1,7 +1,8 @@
-"""Docker's default bridge as this engine has it, for the tests and for bench/ (no pytest here).
+"""Docker's networking as this engine has it, for the tests and for bench/ (no pytest here).
 
 Never assume 172.17.0.1 or 172.16.0.0/12: Docker picks the bridge's subnet
 from its address pools, and a host whose 172.17/16 is taken gets another one.
+Nor that a published port is the same on IPv4 and IPv6 (``v6_host_port``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ipaddress
 import json
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 #: What docker-mailserver's PERMIT_DOCKER=network trusts, as in the postmortem.
 DOCKER_DEFAULT_POOL = "172.16.0.0/12"
@@ -47,3 +49,11 @@ def docker_bridge() -> Bridge:
 def mynetworks() -> str:
     """``mynetworks`` of a vulnerable lab Postfix (an open relay for the bridge): loopback and ``trusted``."""
     return f"127.0.0.0/8 {docker_bridge().trusted}"
+
+
+def v6_host_port(container: Any, cport: str = "25/tcp") -> int:
+    """The host port docker-proxy listens on at ``::``: with a random host port, docker.io 20.10
+    may give the IPv6 binding another port than the IPv4 one (docs/engines.md)."""
+    container.reload()
+    bindings = container.attrs["NetworkSettings"]["Ports"][cport]
+    return int(next((b["HostPort"] for b in bindings if b["HostIp"] == "::"), bindings[0]["HostPort"]))

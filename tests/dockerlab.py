@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.bridge import mynetworks
+from tests.bridge import mynetworks, v6_host_port  # noqa: F401 - the tests import v6_host_port from here
 from tests.conftest import unavailable, unique
 
 BUSYBOX = "lockdown-test/busybox:latest"
@@ -113,14 +113,6 @@ def status(container: Any) -> str:
 def host_port(container: Any, cport: str = "25/tcp") -> int:
     container.reload()
     return int(container.attrs["NetworkSettings"]["Ports"][cport][0]["HostPort"])
-
-
-def v6_host_port(container: Any, cport: str = "25/tcp") -> int:
-    """The host port docker-proxy listens on at ``::``: with a random host port, docker.io 20.10
-    may give the IPv6 binding another port than the IPv4 one (docs/engines.md)."""
-    container.reload()
-    bindings = container.attrs["NetworkSettings"]["Ports"][cport]
-    return int(next((b["HostPort"] for b in bindings if b["HostIp"] == "::"), bindings[0]["HostPort"]))
 
 
 def wait_smtp(port: int, timeout: float = 60) -> None:
