@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from lockdown import dockerapi, stacks
-from lockdown.actions.base import Action, ParamError
+from lockdown.actions.base import Action, ParamError, StepContext, UndoRecord
 from lockdown.errors import BadInput
 
 #: The message of an empty ``container`` (pinned by tests/test_docker_actions.py); "stack",
@@ -193,6 +194,46 @@ class ContainerAction(Action[CP]):
                 out["network"] = self.stack.network.name
                 out["gateway"] = self.stack.gateway
         return out
+
+
+def record_targets(targets: list[dockerapi.ContainerRef], changes_key: str) -> UndoRecord:
+    """The undo record of an action that changes running containers only (pause, stop).
+
+    Each target's ``state_record``, with ``changes_key`` (e.g. ``paused_by_lockdown``)
+    true when it is running now: the ones apply changes and undo puts back.
+    """
+    entries = []
+    for ref in targets:
+        entry = state_record(ref)
+        entry[changes_key] = entry["status"] == "running"
+        entries.append(entry)
+    return {"containers": entries}
+
+
+def leave_alone(ctx: StepContext, entry: dict[str, Any], why: str) -> dict[str, Any]:
+    """Note that a target not running is left as it is (by apply and by restore); its result entry."""
+    ctx.note(f"{entry['name']} {why}: left as it is, and restore will leave it so")
+    return {"before": entry["status"], "after": entry["status"], "changed": False}
+
+
+def to_put_back(
+    ctx: StepContext, record: UndoRecord, changes_key: str, verb: str
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """The entries of ``record_targets``' record that the undo must put back, each with its status now.
+
+    Notes the others: not changed by the run (``changes_key`` false), or gone
+    since (nothing to ``verb``); undoing those is a no-op, not an error.
+    """
+    for entry in record["containers"]:
+        name, cid = entry["name"], entry["id"]
+        if not entry.get(changes_key):
+            ctx.note(f"{name} was {entry['status']} before the run: left as it is")
+            continue
+        data = dockerapi.inspect_or_none(cid)
+        if data is None:
+            ctx.note(f"{name} ({cid[:12]}) no longer exists: nothing to {verb}")
+            continue
+        yield entry, data["State"]["Status"]
 
 
 def state_record(ref: dockerapi.ContainerRef) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from lockdown import dockerapi
 from lockdown.actions.base import ParamError, StepContext, UndoRecord
-from lockdown.actions.containers import ContainerAction, ContainerParams, state_record
+from lockdown.actions.containers import ContainerAction, ContainerParams, leave_alone, record_targets, to_put_back
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,7 @@ class DockerStop(ContainerAction[Params]):
         return f"stop {self.params.target_text()} (SIGKILL after {self.params.timeout} s)"
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
-        entries = []
-        for ref in self.resolve():
-            entry = state_record(ref)
-            entry["stopped_by_lockdown"] = entry["status"] == "running"
-            entries.append(entry)
-        return {"containers": entries}
+        return record_targets(self.resolve(), "stopped_by_lockdown")
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         assert undo is not None
@@ -67,8 +62,7 @@ class DockerStop(ContainerAction[Params]):
             name, cid = entry["name"], entry["id"]
             if not entry["stopped_by_lockdown"]:
                 why = "is paused (already contained)" if entry["status"] == "paused" else f"is {entry['status']}"
-                ctx.note(f"{name} {why}: left as it is, and restore will leave it so")
-                results[name] = {"before": entry["status"], "after": entry["status"], "changed": False}
+                results[name] = leave_alone(ctx, entry, why)
                 continue
             dockerapi.stop(cid, name, self.params.timeout)
             state = dockerapi.inspect(cid, name)["State"]
@@ -86,16 +80,8 @@ class DockerStop(ContainerAction[Params]):
 
     @classmethod
     def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
-        for entry in record["containers"]:
+        for entry, status in to_put_back(ctx, record, "stopped_by_lockdown", "start"):
             name, cid = entry["name"], entry["id"]
-            if not entry.get("stopped_by_lockdown"):
-                ctx.note(f"{name} was {entry['status']} before the run: left as it is")
-                continue
-            data = dockerapi.inspect_or_none(cid)
-            if data is None:
-                ctx.note(f"{name} ({cid[:12]}) no longer exists: nothing to start")
-                continue
-            status = data["State"]["Status"]
             if status in ("running", "paused", "restarting"):
                 ctx.note(f"{name} is already {status}: nothing to start")
                 continue
