@@ -6,7 +6,8 @@
 Sets up its own open relay (nothing of the host is touched but what it
 creates, all named ``lkd-…``): a Postfix container (``lockdown-test/postfix``)
 publishing 25 on every address and trusting 172.16.0.0/12, as in the
-postmortems, and an attacker namespace joined to the host by a veth pair
+postmortems (or the bridge's own subnet where Docker put it elsewhere), and
+an attacker namespace joined to the host by a veth pair
 (2001:db8:…/64, ``nodad``). In the attacker namespace a tight loop makes the
 bots' attempt again and again (connect to the host's veth address and the
 published port through docker-proxy, EHLO, MAIL FROM, RCPT TO qq.com, RSET,
@@ -50,11 +51,9 @@ p99 shows how much of the spread is this shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_trigger import TOKEN, percentile, read_answer, restore_when_free, start_server, summary  # noqa: E402
+import benchlib  # noqa: E402
+from bench_trigger import TOKEN, percentile, restore_when_free, start_server, summary  # noqa: E402
+
+from tests.bridge import mynetworks, v6_host_port  # noqa: E402
 
 POSTFIX = "lockdown-test/postfix:latest"
 TIMEOUT = 0.3
@@ -158,46 +160,14 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
 
 
-def alert(name: str, n: int) -> bytes:
-    return json.dumps(
-        {
-            "version": "4",
-            "status": "firing",
-            "receiver": "lockdown",
-            "groupLabels": {"alertname": name},
-            "alerts": [
-                {
-                    "status": "firing",
-                    "labels": {"alertname": name, "severity": "critical"},
-                    "annotations": {},
-                    "startsAt": f"2026-11-30T{n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
-                    "endsAt": "0001-01-01T00:00:00Z",
-                    "fingerprint": f"{name}{n:08x}",
-                }
-            ],
-        }
-    ).encode()
-
-
-def post(port: int, body: bytes) -> tuple[socket.socket, float]:
-    head = (
-        f"POST /v1/alerts/alertmanager HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    t0 = time.monotonic()
-    sock.sendall(head + body)
-    return sock, t0
-
-
 def lockdown_round(port: int, state: Path, bot: Attacker, name: str, n: int) -> tuple[float, float]:
     from lockdown.engine.runner import restore
     from lockdown.errors import Busy
     from lockdown.record.incident import read_incident
 
-    sock, t0 = post(port, alert(name, n))
+    sock, t0 = benchlib.post_alert(port, benchlib.alertmanager_alert(name, n, f"{name}{n:08x}"), TOKEN)
     took = bot.closed_after(t0)
-    code, doc = read_answer(sock)
+    code, doc = benchlib.read_answer(sock)
     if code != 202:
         raise SystemExit(f"{name} round {n}: HTTP {code} {doc}")
     incident_id = doc["incident_id"]
@@ -236,7 +206,7 @@ def main() -> int:
     table = f"lkd_bench_{tag}"
     container = client.containers.run(
         POSTFIX, name=name, detach=True, labels={"lkd.test": f"bench-{name}"}, ports={"25/tcp": None},
-        environment={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"},
+        environment={"POSTFIX_MYNETWORKS": mynetworks()},
     )
     proc: subprocess.Popen[str] | None = None
     bot: Attacker | None = None
@@ -249,25 +219,19 @@ def main() -> int:
         sh("ip", "-n", ns, "addr", "add", f"{net}::2/64", "dev", bot_if, "nodad")
         sh("ip", "-n", ns, "link", "set", bot_if, "up")
         container.reload()
-        # The :: binding's port: docker.io 20.10 may give it another random port than 0.0.0.0's (docs/engines.md).
-        bindings = container.attrs["NetworkSettings"]["Ports"]["25/tcp"]
-        port = int(next((b["HostPort"] for b in bindings if b["HostIp"] == "::"), bindings[0]["HostPort"]))
+        port = v6_host_port(container)  # the bots come over IPv6: docker-proxy on ::
         bot = Attacker(ns, f"{net}::1", port)
         bot.wait_open()
         with tempfile.TemporaryDirectory(prefix="lkd-bench-") as tmp_name:
             tmp = Path(tmp_name)
             state = tmp / "state"
-            token = tmp / "webhook.token"
-            token.write_text(TOKEN + "\n")
-            token.chmod(0o600)
-            config = tmp / "lockdown.toml"
-            config.write_text(
-                f'state_dir = "{state}"\n[server]\nlisten = "127.0.0.1:0"\ntoken_file = "webhook.token"\n'
+            config = benchlib.write_serve_config(
+                tmp, state, TOKEN,
                 f'[[routes]]\nalert = "RelayBlunt"\nplaybook = "relay-incident"\n'
                 f'vars = {{ container = "{name}", interfaces = ["{host_if}"] }}\n'
                 f'[[routes]]\nalert = "RelaySurgical"\nplaybook = "relay-incident-surgical"\n'
-                f'vars = {{ container = "{name}" }}\n'
-            )
+                f'vars = {{ container = "{name}" }}\n',
+            )  # fmt: skip
             proc, sport = start_server(config)
             print(f"lockdown serve on 127.0.0.1:{sport}, container {name}, port {port}, {rounds} rounds", flush=True)
             sh("nft", "add", "table", "inet", table)

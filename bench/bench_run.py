@@ -81,6 +81,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.bridge import mynetworks  # noqa: E402 - the open relay, on whatever subnet the bridge has
+
 POSTFIX = "lockdown-test/postfix:latest"
 GOAL = 2.0
 
@@ -116,7 +120,7 @@ class Lab:
     def __enter__(self) -> Lab:
         self.container = self.client.containers.run(
             POSTFIX, name=self.name, detach=True, labels={"lkd.test": self.name},
-            environment={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"}, ports={"25/tcp": ("127.0.0.1", None)},
+            environment={"POSTFIX_MYNETWORKS": mynetworks()}, ports={"25/tcp": ("127.0.0.1", None)},
         )
         sh("ip", "netns", "add", self.ns)
         sh("ip", "-n", self.ns, "link", "set", "lo", "up")

@@ -38,31 +38,26 @@ the slow clients filled), the same bench stopped at once: ``/healthz answered 50
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import secrets
 import selectors
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.nsclient import SlowClients, ns_connect  # noqa: E402 - the same flood as tests/test_serve_hostile.py
+
 TOKEN = "bench-token-" + secrets.token_hex(8)
 SYSCTL = "net.ipv4.icmp_echo_ignore_all"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 PLAYBOOK = f"""
 name = "bench-slow-clients"
@@ -73,33 +68,8 @@ values = {{ "{SYSCTL}" = "1" }}
 """
 
 
-@contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """The calling thread (only) inside ``name``; sockets made inside stay there."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns({name})")
-        try:
-            yield
-        finally:
-            _libc.setns(own, CLONE_NEWNET)
-    finally:
-        os.close(own)
-        os.close(target)
-
-
-def connect(netns: str, port: int, timeout: float = 10) -> socket.socket:
-    with in_netns(netns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
 def request(netns: str, port: int, raw: bytes) -> tuple[int, dict[str, Any]]:
-    sock = connect(netns, port)
+    sock = ns_connect(netns, port)
     try:
         sock.sendall(raw)
         chunks = []
@@ -132,44 +102,6 @@ def alert(n: int) -> bytes:
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
-
-
-class Flood:
-    """``n`` slow clients: a header byte every ``every`` seconds, a new connection when cut off."""
-
-    def __init__(self, netns: str, port: int, n: int, every: float = 2.5) -> None:
-        self.netns, self.port, self.n, self.every = netns, port, n, every
-        self.stop = threading.Event()
-        self.reconnects = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _open(self) -> socket.socket:
-        sock = connect(self.netns, self.port)
-        sock.sendall(b"POST /v1/alerts/generic HTTP/1.1\r\n")
-        sock.setblocking(False)
-        return sock
-
-    def _run(self) -> None:
-        socks = [self._open() for _ in range(self.n)]
-        while not self.stop.wait(self.every):
-            for i, sock in enumerate(socks):
-                try:
-                    alive = sock.recv(4096) != b""
-                except BlockingIOError:
-                    alive = True
-                except OSError:
-                    alive = False
-                if alive:
-                    try:
-                        sock.send(b"X")
-                        continue
-                    except OSError:
-                        pass
-                sock.close()
-                socks[i] = self._open()
-                self.reconnects += 1
-        for sock in socks:
-            sock.close()
 
 
 def start_serve(netns: str, config: Path) -> tuple[subprocess.Popen[str], int]:
@@ -265,14 +197,9 @@ def main() -> int:
             )
             proc, port = start_serve(netns, root / "lockdown.toml")
             quiet = phase(netns, port, state, args.seconds, args.alerts, 0)
-            flood = Flood(netns, port, args.clients)
-            flood.thread.start()
-            time.sleep(3.0)  # every slow client connected and holding its connection
-            try:
+            with SlowClients(lambda: ns_connect(netns, port), args.clients) as flood:
+                time.sleep(3.0)  # every slow client connected and holding its connection
                 loud = phase(netns, port, state, args.seconds, args.alerts, args.alerts)
-            finally:
-                flood.stop.set()
-                flood.thread.join(30)
             rss = _peak_rss_mib(proc.pid)
     finally:
         if proc is not None:

@@ -6,8 +6,6 @@ facility is a failure there, never a skip.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import json
 import os
 import secrets
@@ -16,11 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.bridge import docker_bridge  # noqa: F401 - the tests import it from here
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPO = Path(__file__).resolve().parent.parent
@@ -105,33 +104,6 @@ def ip_json(*args: str, netns: str | None = None) -> Any:
     cmd = ["ip"] + (["-n", netns] if netns else []) + ["-j", *args]
     out = sh(*cmd).stdout
     return json.loads(out) if out.strip() else []
-
-
-@dataclass(frozen=True)
-class Bridge:
-    """Docker's default bridge as this engine has it: never assumed to be 172.17.0.1."""
-
-    gateway: str  # IPv4: what Postfix sees for a client that docker-proxy forwards
-    subnet: str
-    #: What a docker-mailserver-like ``mynetworks`` trusts: 172.16.0.0/12 (PERMIT_DOCKER=network)
-    #: when the bridge is inside it, else the bridge's own subnet, so the lab is vulnerable anywhere.
-    trusted: str
-
-
-@functools.cache
-def docker_bridge() -> Bridge:
-    """The default bridge's IPv4 gateway and subnet, read with the product's own reading
-    (``dockerapi.gateways_from_ipam``: the subnet's first address when IPAM names no
-    gateway, as Debian's docker.io 20.10 leaves it)."""
-    from lockdown import dockerapi
-
-    nets = json.loads(sh("docker", "network", "inspect", "bridge").stdout)
-    configs = [c for c in nets[0]["IPAM"].get("Config") or [] if ":" not in c.get("Subnet", ":")]
-    assert configs, f"the bridge network has no IPv4 subnet: {nets[0]['IPAM']}"
-    gateway = dockerapi.gateways_from_ipam({"Config": configs[:1]})[0]
-    subnet = configs[0]["Subnet"]
-    inside = ipaddress.ip_network(subnet).subnet_of(ipaddress.ip_network("172.16.0.0/12"))
-    return Bridge(gateway=gateway, subnet=subnet, trusted="172.16.0.0/12" if inside else subnet)
 
 
 @pytest.fixture

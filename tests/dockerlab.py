@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.bridge import mynetworks, v6_host_port  # noqa: F401 - the tests import v6_host_port from here
 from tests.conftest import unavailable, unique
 
 BUSYBOX = "lockdown-test/busybox:latest"
@@ -67,10 +68,12 @@ class Lab:
         return container
 
     def postfix(self, labels: dict[str, str] | None = None) -> Any:
-        """A Postfix container that relays for the Docker networks (and so defers to qq.com)."""
-        c = self.run(
-            POSTFIX, publish_smtp=True, env={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"}, labels=labels
-        )
+        """A Postfix container that relays for the Docker networks (and so defers to qq.com).
+
+        It trusts ``mynetworks()``: the postmortem's 172.16.0.0/12 where this engine's bridge
+        lies inside it, else the bridge's own subnet, so it is an open relay on any engine.
+        """
+        c = self.run(POSTFIX, publish_smtp=True, env={"POSTFIX_MYNETWORKS": mynetworks()}, labels=labels)
         wait_smtp(host_port(c))
         return c
 
@@ -110,14 +113,6 @@ def status(container: Any) -> str:
 def host_port(container: Any, cport: str = "25/tcp") -> int:
     container.reload()
     return int(container.attrs["NetworkSettings"]["Ports"][cport][0]["HostPort"])
-
-
-def v6_host_port(container: Any, cport: str = "25/tcp") -> int:
-    """The host port docker-proxy listens on at ``::``: with a random host port, docker.io 20.10
-    may give the IPv6 binding another port than the IPv4 one (docs/engines.md)."""
-    container.reload()
-    bindings = container.attrs["NetworkSettings"]["Ports"][cport]
-    return int(next((b["HostPort"] for b in bindings if b["HostIp"] == "::"), bindings[0]["HostPort"]))
 
 
 def wait_smtp(port: int, timeout: float = 60) -> None:

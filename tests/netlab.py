@@ -16,6 +16,14 @@ from typing import Any
 
 from tests.conftest import ip_json, run_cli, sh, unique
 
+#: One ``ipv6.strip`` step on ``{dev}``: the containment most netns tests run.
+STRIP = """
+[[steps]]
+id = "strip"
+action = "ipv6.strip"
+interfaces = ["{dev}"]
+"""
+
 LIFETIME_KEYS = ("valid_life_time", "preferred_life_time", "expires")
 INFINITE = 4294967295
 
@@ -168,3 +176,29 @@ def journal(state_dir: Path) -> list[dict[str, Any]]:
 def incident_dir(state_dir: Path) -> Path:
     (incident,) = list((state_dir / "incidents").iterdir())
     return incident
+
+
+def veth_with_v6(ns: str, address: str = "2001:db8:1::1/64") -> tuple[str, str]:
+    """A veth pair in ``ns`` whose first end holds the global ``address`` (what a strip removes)."""
+    a0, a1 = veth(ns)
+    ipn(ns, "addr", "add", address, "dev", a0, "nodad")
+    return a0, a1
+
+
+def run_strip(ns: str, state_dir: Path, tmp_path: Path, dev: str, name: str = "lab") -> dict[str, Any]:
+    """Contain ``dev`` with the CLI (``lockdown run STRIP --json`` in ``ns``); returns the run's JSON."""
+    pb = playbook(tmp_path, STRIP.format(dev=dev), name=name)
+    run = lockdown(ns, state_dir, "run", str(pb), "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc: dict[str, Any] = json.loads(run.stdout)
+    return doc
+
+
+def drifts(state_dir: Path, incident_id: str | None = None) -> list[dict[str, Any]]:
+    """The ``drift`` entries of ``incident_id``'s journal (default: the only incident's)."""
+    if incident_id is None:
+        entries = journal(state_dir)
+    else:
+        path = state_dir / "incidents" / incident_id / "journal.jsonl"
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+    return [e for e in entries if e["phase"] == "drift"]

@@ -30,6 +30,7 @@ from lockdown.audit import (
     parse_proxy_cmdline,
     trusted_by,
 )
+from tests.bridge import mynetworks
 from tests.conftest import docker_bridge, run_cli, sh, unique
 from tests.dockerlab import BUSYBOX, POSTFIX, TEST_LABEL, lab, postqueue, v6_host_port, wait_smtp
 from tests.netlab import nsexec
@@ -111,7 +112,7 @@ def check_shape(doc: dict[str, Any]) -> None:
 def vulnerable() -> dict[str, str]:
     """docker-mailserver's PERMIT_DOCKER=network trust, for this engine's bridge (172.16.0.0/12
     when the bridge is inside it, else the bridge's own subnet): vulnerable on any host."""
-    return {"POSTFIX_MYNETWORKS": f"127.0.0.0/8 {docker_bridge().trusted}", "PERMIT_DOCKER": "network"}
+    return {"POSTFIX_MYNETWORKS": mynetworks(), "PERMIT_DOCKER": "network"}
 
 
 CORRECTED = {"POSTFIX_MYNETWORKS": "127.0.0.0/8"}
@@ -316,7 +317,7 @@ def test_clean_log_gives_no_log_finding(docker_engine: Any, tmp_path: Path) -> N
 
 def test_probe_open_relay_is_critical_and_sends_no_mail(docker_engine: Any, host_v6: str, tmp_path: Path) -> None:
     with lab(docker_engine) as the_lab:
-        c = mail_container(the_lab, host_ip="", env={"POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"})
+        c = mail_container(the_lab, host_ip="", env={"POSTFIX_MYNETWORKS": mynetworks()})
         port = v6_host_port(c)
         before = postqueue(c)
         code, doc, err = audit(

@@ -43,6 +43,63 @@ def test_every_action_is_documented_and_its_example_validates(name: str) -> None
     assert [s.action_name for s in pb.steps] == [name]
 
 
+def test_playbooks_actions_json_lists_every_parameter_of_every_action() -> None:
+    """`lockdown playbooks actions --json` shows each action's Params fields, in order, none missing."""
+    import dataclasses
+    import json
+
+    r = subprocess.run(
+        [sys.executable, "-m", "lockdown", "playbooks", "actions", "--json"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    listed = {a["action"]: [p["name"] for p in a["params"]] for a in json.loads(r.stdout)["actions"]}
+    assert set(listed) == set(REGISTRY)
+    for name in REGISTRY:
+        assert listed[name] == [f.name for f in dataclasses.fields(get_action(name).Params)], name
+
+
+def test_the_container_parameters_are_documented_once_and_shown_in_every_docker_action() -> None:
+    """ContainerParams.DOC is the one text; each Docker action's __doc__ shows it, no module repeats it."""
+    import ast
+
+    from lockdown.actions.containers import PARAMS_DOC, ContainerAction, ContainerParams
+
+    docker = sorted(n for n in REGISTRY if issubclass(get_action(n), ContainerAction))
+    assert {"docker.pause", "docker.stop", "docker.inspect", "postfix.hold_queue", "nft.block"} <= set(docker)
+    role_words = ContainerParams.DOC["role"].split()
+    for name in docker:
+        cls = get_action(name)
+        doc = cls.__doc__ or ""
+        assert PARAMS_DOC not in doc, f"{name}: the placeholder was not expanded"
+        for field in ("container", "label", "role", "project"):
+            assert len(re.findall(rf"^\s+{field}:", doc, re.M)) == 1, f"{name}: {field} documented != once"
+        assert " ".join(doc.split()).count(" ".join(role_words)) == 1, name
+        module_docs = [
+            ast.get_docstring(n) or ""
+            for n in ast.walk(ast.parse(Path(sys.modules[cls.__module__].__file__ or "").read_text()))
+            if isinstance(n, ast.ClassDef)
+        ]
+        assert not any("the containers taking SMTP from outside" in d for d in module_docs), (
+            f"{name}: its module writes the shared role text again"
+        )
+        assert any(d.count(PARAMS_DOC) == 1 for d in module_docs), f"{name}: no {PARAMS_DOC} line in its source"
+
+
+def test_a_docker_action_without_the_shared_parameters_line_is_refused_at_class_creation() -> None:
+    from lockdown.actions.containers import ContainerAction, ContainerParams
+
+    with pytest.raises(TypeError) as info:
+
+        class Bad(ContainerAction[ContainerParams]):
+            """Bad.
+
+            Parameters:
+              container: written again by hand.
+            """
+
+    assert str(info.value) == "Bad: its Parameters: block needs exactly one {ContainerParams} line, found 0"
+
+
 def _commands(group: typer.Typer, prefix: str = "") -> list[tuple[str, str | None]]:
     out = []
     for info in group.registered_commands:

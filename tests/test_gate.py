@@ -2,7 +2,8 @@
 
 The container publishes 25 on every address, so docker-proxy carries the
 bot's IPv6 (from a test namespace) into it as the bridge gateway, which
-Postfix trusts (``mynetworks`` with 172.16.0.0/12, as in the postmortem).
+Postfix trusts (``mynetworks`` with 172.16.0.0/12, as in the postmortem, or with
+the bridge's own subnet where this engine put it elsewhere: ``dockerlab.mynetworks``).
 Containment pauses it and drops inbound IPv6 to the published port in
 lockdown's own nftables table. The gate must keep that table while the relay
 is open, unpause first (the probe needs Postfix running, and that is safe
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests import crashlab
+from tests.bridge import mynetworks
 from tests.conftest import REPO, run_cli
 from tests.dockerlab import BUSYBOX, POSTFIX, Lab, journal, lab, playbook, v6_host_port, wait_smtp
 from tests.test_nft_block import (  # noqa: F401 - fixtures
@@ -38,7 +40,6 @@ from tests.test_nft_block import (  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.docker
 
-MYNETWORKS = "127.0.0.0/8 172.16.0.0/12"
 RCPT = "lockdown-gate@example.com"
 
 
@@ -49,7 +50,7 @@ def dlab(docker_engine: Any) -> Iterator[Lab]:
 
 
 def open_relay(dlab: Lab) -> tuple[Any, int]:
-    c = published_everywhere(dlab, POSTFIX, environment={"POSTFIX_MYNETWORKS": MYNETWORKS})
+    c = published_everywhere(dlab, POSTFIX, environment={"POSTFIX_MYNETWORKS": mynetworks()})
     wait_smtp(published_port(c))
     port = v6_host_port(c)  # the bots' port: docker-proxy's on ::
     # runc can fail to freeze a container whose Postfix is still forking its daemons
@@ -123,7 +124,7 @@ def test_gate_keeps_the_path_closed_while_the_relay_is_open_and_reopens_once_fix
         f"{address}:25 accepted RCPT TO:<{RCPT}> from the Docker gateway"
     )
     assert lines[1].startswith("  -> fix: ipv6-relay-path: ")  # the audit's findings, most severe first
-    fix = f"postfix-trusts-gateway: main.cf: `mynetworks = 127.0.0.0/8` (was `mynetworks = {MYNETWORKS}`)"
+    fix = f"postfix-trusts-gateway: main.cf: `mynetworks = 127.0.0.0/8` (was `mynetworks = {mynetworks()}`)"
     assert fix in lines[1], lines[1]
     assert lines[1].endswith(
         f"then `lockdown restore {incident}` probes again (`--reopen-anyway` reopens the path anyway)"

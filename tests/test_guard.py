@@ -26,13 +26,6 @@ from tests.conftest import read_line, run_cli, unavailable, wait_for
 from tests.dockerlab import Lab, status
 from tests.netlab import get_sysctl, ipn, lockdown, nsexec, set_sysctl, state, veth
 
-STRIP = """
-[[steps]]
-id = "strip"
-action = "ipv6.strip"
-interfaces = ["{dev}"]
-"""
-
 
 class GuardProc:
     """``lockdown guard ... --json`` in a subprocess; ``until`` reads its lines."""
@@ -82,25 +75,17 @@ def guards() -> Iterator[list[GuardProc]]:
 
 
 def test_run_says_how_to_keep_the_incident_guarded(netns: str, tmp_path: Path, state_dir: Path) -> None:
-    a0, _a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
-    run = lockdown(netns, state_dir, "run", str(netlab.playbook(tmp_path, STRIP.format(dev=a0))))
+    a0, _a1 = netlab.veth_with_v6(netns)
+    run = lockdown(netns, state_dir, "run", str(netlab.playbook(tmp_path, netlab.STRIP.format(dev=a0))))
     assert run.returncode == 0, run.stderr
     incident = netlab.incident_dir(state_dir).name
     assert f"\n  keep it contained (unless `lockdown serve` runs): lockdown guard {incident}\n" in run.stdout
 
 
 def _run(netns: str, state_dir: Path, tmp_path: Path, dev: str) -> str:
-    pb = netlab.playbook(tmp_path, STRIP.format(dev=dev))
-    run = lockdown(netns, state_dir, "run", str(pb), "--json")
-    assert run.returncode == 0, run.stdout + run.stderr
-    doc = json.loads(run.stdout)
+    doc = netlab.run_strip(netns, state_dir, tmp_path, dev)
     assert doc["guard_command"] == f"lockdown guard {doc['incident_id']}"
     return str(doc["incident_id"])
-
-
-def _drifts(state_dir: Path) -> list[dict[str, Any]]:
-    return [e for e in netlab.journal(state_dir) if e["phase"] == "drift"]
 
 
 # ------------------------------------------------------------------ IPv6, by hand
@@ -109,8 +94,7 @@ def _drifts(state_dir: Path) -> list[dict[str, Any]]:
 def test_address_added_by_hand_is_removed_only_on_the_stripped_interface(
     netns: str, tmp_path: Path, state_dir: Path, guards: list[GuardProc]
 ) -> None:
-    a0, a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    a0, a1 = netlab.veth_with_v6(netns)
     ipn(netns, "addr", "add", "2001:db8:2::1/64", "dev", a1, "nodad")
     before = state(netns, [a0, a1])
     incident = _run(netns, state_dir, tmp_path, a0)
@@ -131,7 +115,7 @@ def test_address_added_by_hand_is_removed_only_on_the_stripped_interface(
     assert netlab.global_addresses(netns, a0) == []
     assert sorted(netlab.global_addresses(netns, a1)) == ["2001:db8:2::1/64", "2001:db8:5::1/64"]
 
-    (entry,) = _drifts(state_dir)
+    (entry,) = netlab.drifts(state_dir)
     assert entry["changed"] == drift["changed"] and entry["did"] == drift["did"]
     shown = run_cli("status", incident, state_dir=state_dir)
     assert shown.returncode == 0, shown.stderr
@@ -149,7 +133,7 @@ def test_address_added_by_hand_is_removed_only_on_the_stripped_interface(
     assert guard.until("done")["reason"] == "no incident left to guard"
     assert guard.proc.wait(timeout=30) == 0
     netlab.assert_same_state(before, state(netns, [a0, a1]))
-    assert len(_drifts(state_dir)) == 1, "the guard re-asserted against the restore"
+    assert len(netlab.drifts(state_dir)) == 1, "the guard re-asserted against the restore"
 
     again = run_cli("guard", incident, state_dir=state_dir)
     assert again.returncode == 2
@@ -163,8 +147,7 @@ def test_sysctl_set_back_is_set_again_on_the_timer(
     netns: str, tmp_path: Path, state_dir: Path, guards: list[GuardProc]
 ) -> None:
     """Writing accept_ra sends no netlink event: the slow timer finds it."""
-    a0, _a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    a0, _a1 = netlab.veth_with_v6(netns)
     incident = _run(netns, state_dir, tmp_path, a0)
     guard = GuardProc(state_dir, "--all", "--timer", "0.3", netns=netns)
     assert guard.until("guarding") == {"event": "guarding", "incident_id": incident, "what": f"ipv6.strip on {a0}"}
@@ -183,8 +166,7 @@ def test_sysctl_set_back_is_set_again_on_the_timer(
 def test_guard_killed_and_started_again_resumes(
     netns: str, tmp_path: Path, state_dir: Path, guards: list[GuardProc]
 ) -> None:
-    a0, a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    a0, a1 = netlab.veth_with_v6(netns)
     before = state(netns, [a0, a1])
     incident = _run(netns, state_dir, tmp_path, a0)
     first = GuardProc(state_dir, incident, netns=netns)

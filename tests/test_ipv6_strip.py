@@ -19,7 +19,7 @@ import pytest
 from tests import netlab
 from tests.conftest import REPO, read_line, run_cli
 from tests.crashlab import lockdown_killed_at
-from tests.netlab import get_sysctl, ipn, lockdown, set_sysctl, state, veth
+from tests.netlab import STRIP, get_sysctl, ipn, lockdown, set_sysctl, state, veth
 
 pytestmark = pytest.mark.netns
 
@@ -47,12 +47,6 @@ def _setup(ns: str) -> tuple[str, str]:
     return a0, a1
 
 
-STRIP = """
-[[steps]]
-id = "strip"
-action = "ipv6.strip"
-interfaces = ["{dev}"]
-"""
 
 
 def test_strip_and_restore_gives_back_identical_state(netns: str, tmp_path: Path, state_dir: Path) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import docker_bridge, run_cli, unavailable
+from tests.conftest import docker_bridge, run_cli
+from tests.mailevidence import incident_with_log, write_log
 
 GW = "172.17.0.1"
 
@@ -227,17 +228,7 @@ def test_incident_and_log_together_is_bad_input(log: Path) -> None:
 
 
 def test_incident_mode_reads_the_collected_logs(log: Path, tmp_path: Path) -> None:
-    if not Path("/var/run/docker.sock").exists():
-        unavailable("logs.files needs the Docker socket (its privilege check)")
-    pb = tmp_path / "logs.toml"
-    pb.write_text(
-        'name = "mail-evidence"\n[[steps]]\nid = "logs"\naction = "logs.files"\ncontainer = "none"\n'
-        f'host_paths = ["{log}"]\n'
-    )
-    state = tmp_path / "state"
-    r = run_cli("run", str(pb), "--json", state_dir=state)
-    assert r.returncode == 0, r.stdout + r.stderr
-    incident = json.loads(r.stdout)["incident_id"]
+    state, incident = incident_with_log(tmp_path, log)
     html = tmp_path / "incident.html"
     r = run_cli("report", "--last", "--gateway", GW, "--json", "--html", str(html), state_dir=state)
     assert r.returncode == 0, r.stderr
@@ -280,14 +271,8 @@ MILTER = [
 ]
 
 
-def _log(tmp_path: Path, lines: list[str], name: str = "mail.log") -> Path:
-    p = tmp_path / name
-    p.write_text("\n".join(lines) + "\n")
-    return p
-
-
 def test_milter_rejects_in_both_forms_are_rejects(tmp_path: Path) -> None:
-    code, out, err = report("--log", str(_log(tmp_path, MILTER)), "--gateway", GW, "--year", "2026", "--json")
+    code, out, err = report("--log", str(write_log(tmp_path, MILTER)), "--gateway", GW, "--year", "2026", "--json")
     assert code == 0, err
     d = json.loads(out)
     assert d["rejects"] == {"total": 3, "by_code": {"550": 2, "451": 1}, "from_gateway": 2}
@@ -300,8 +285,8 @@ def test_a_day_without_padding_is_read(tmp_path: Path) -> None:
     unpadded = [ln.replace("Mar  7", "Mar 7") for ln in padded]
     assert unpadded[0].startswith("Mar 7 23:43:")
     args = ("--gateway", GW, "--year", "2026", "--json")
-    one = json.loads(report("--log", str(_log(tmp_path, padded, "a.log")), *args)[1])
-    two = json.loads(report("--log", str(_log(tmp_path, unpadded, "b.log")), *args)[1])
+    one = json.loads(report("--log", str(write_log(tmp_path, padded, "a.log")), *args)[1])
+    two = json.loads(report("--log", str(write_log(tmp_path, unpadded, "b.log")), *args)[1])
     assert two["messages"] == 1 and two["signature_messages"] == 1 and two["unparsed_lines"] == 0
     assert two["first_abuse"] == one["first_abuse"] == "2026-03-07T23:43:11+00:00"
 
@@ -334,7 +319,7 @@ VERIFY = [
 
 
 def test_address_verification_is_not_mail_relayed_outside(tmp_path: Path) -> None:
-    code, out, err = report("--log", str(_log(tmp_path, VERIFY)), "--gateway", GW, "--year", "2026", "--json")
+    code, out, err = report("--log", str(write_log(tmp_path, VERIFY)), "--gateway", GW, "--year", "2026", "--json")
     assert code == 0, err
     d = json.loads(out)
     assert d["messages"] == 3
@@ -377,7 +362,7 @@ def test_hostile_bytes_in_a_line_that_is_not_postfix_are_escaped(tmp_path: Path)
 
 def test_log_without_a_gateway_client_says_so_and_suggests_the_option(tmp_path: Path) -> None:
     lines = relayed(1, 43, client="198.51.100.7")
-    r = run_cli("report", "--log", str(_log(tmp_path, lines)), "--year", "2026", "--json",
+    r = run_cli("report", "--log", str(write_log(tmp_path, lines)), "--year", "2026", "--json",
                 env={"DOCKER_HOST": "unix:///nonexistent"})  # fmt: skip
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
@@ -386,7 +371,7 @@ def test_log_without_a_gateway_client_says_so_and_suggests_the_option(tmp_path: 
         "lockdown: note: no client in the log is one of the gateways (default-pools): if the mail server's "
         "Docker network uses another, give it with --gateway ADDR"
     ]
-    code, out, err = report("--log", str(_log(tmp_path, lines)), "--gateway", "172.18.0.1", "--json")
+    code, out, err = report("--log", str(write_log(tmp_path, lines)), "--gateway", "172.18.0.1", "--json")
     assert code == 0 and json.loads(out)["gateway_seen"] is False and err == ""
 
 
@@ -460,18 +445,8 @@ def test_incident_gateways_local_domains_and_held_spam_come_from_its_own_evidenc
 
 def test_incident_report_uses_its_evidence(log: Path, tmp_path: Path) -> None:
     """A real incident (logs.files), with the evidence docker.inspect, postfix.hold_queue and postconf leave."""
-    if not Path("/var/run/docker.sock").exists():
-        unavailable("logs.files needs the Docker socket (its privilege check)")
     lines = incident_log() + relayed(30, 47, client="172.30.0.1", domain="partner.example")
-    pb = tmp_path / "logs.toml"
-    pb.write_text(
-        'name = "mail-evidence"\n[[steps]]\nid = "logs"\naction = "logs.files"\ncontainer = "none"\n'
-        f'host_paths = ["{_log(tmp_path, lines, "inc.log")}"]\n'
-    )
-    state = tmp_path / "state"
-    r = run_cli("run", str(pb), "--json", state_dir=state)
-    assert r.returncode == 0, r.stdout + r.stderr
-    incident = json.loads(r.stdout)["incident_id"]
+    state, incident = incident_with_log(tmp_path, write_log(tmp_path, lines, "inc.log"))
     _evidence(state / "incidents" / incident)
     r = run_cli("report", "--last", "--json", state_dir=state)
     assert r.returncode == 0, r.stderr

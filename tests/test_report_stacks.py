@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import run_cli, unavailable
+from tests.conftest import run_cli
 from tests.dockerlab import host_port, incident_dir, lab, send_spam, wait_smtp
+from tests.mailevidence import incident_with_log, write_log
 
 MAILCOW_GW = "172.22.1.1"
 MAILU_GW, MAILU_FRONT = "192.168.203.1", "192.168.203.3"
@@ -56,12 +57,6 @@ def mailcow_log(verdict: str = "ALLOWLISTED") -> list[str]:
     return lines
 
 
-def write(tmp_path: Path, name: str, lines: list[str]) -> Path:
-    p = tmp_path / name
-    p.write_text("\n".join(lines) + "\n")
-    return p
-
-
 def report_json(*args: str, state_dir: Path | None = None) -> dict[str, Any]:
     r = run_cli("report", *args, "--year", "2026", "--json", state_dir=state_dir)
     assert r.returncode == 0, r.stderr
@@ -76,7 +71,7 @@ def report_text(*args: str, state_dir: Path | None = None) -> list[str]:
 
 
 def test_mailcow_postscreen_allowlisted_gateway_is_the_relays_first_trace(tmp_path: Path) -> None:
-    log = write(tmp_path, "postfix-mailcow.log", mailcow_log())
+    log = write_log(tmp_path, mailcow_log(), "postfix-mailcow.log")
     d = report_json("--log", str(log), "--gateway", MAILCOW_GW)
     assert d["postscreen"] == {
         "allowlisted": 2, "whitelisted": 0, "pass_old": 0, "pass_new": 1, "disconnect": 1,
@@ -108,7 +103,7 @@ def test_mailcow_postscreen_allowlisted_gateway_is_the_relays_first_trace(tmp_pa
 
 
 def test_older_postfix_whitelisted_gateway_is_the_first_trace_too(tmp_path: Path) -> None:
-    log = write(tmp_path, "postfix-mailcow.log", mailcow_log("WHITELISTED"))
+    log = write_log(tmp_path, mailcow_log("WHITELISTED"), "postfix-mailcow.log")
     d = report_json("--log", str(log), "--gateway", MAILCOW_GW)
     assert d["postscreen"]["whitelisted"] == 2 and d["postscreen"]["allowlisted"] == 0
     assert d["postscreen"]["from_gateway"]["whitelisted"] == 2
@@ -121,7 +116,7 @@ def test_older_postfix_whitelisted_gateway_is_the_first_trace_too(tmp_path: Path
 
 
 def test_a_log_without_postscreen_has_no_first_trace(tmp_path: Path) -> None:
-    log = write(tmp_path, "mail.log", message("Nov 22 23:43:10", "mail", 1, f"unknown[{MAILCOW_GW}]"))
+    log = write_log(tmp_path, message("Nov 22 23:43:10", "mail", 1, f"unknown[{MAILCOW_GW}]"), "mail.log")
     d = report_json("--log", str(log), "--gateway", MAILCOW_GW)
     assert d["first_gateway_trace"] is None and d["signature_messages"] == 1
     assert d["postscreen"]["allowlisted"] == 0 and d["postscreen"]["from_gateway"]["allowlisted"] == 0
@@ -145,8 +140,8 @@ def test_dms_container_log_and_mail_log_count_each_line_once(tmp_path: Path) -> 
         "2026-11-22T23:42:59.000000001Z 2026-11-22 23:42:59,001 INFO spawned: 'postfix' with pid 812",
         *(f"2026-11-22T23:43:1{i % 3}.600000000Z {line}" for i, line in enumerate(file_lines)),
     ]
-    f = write(tmp_path, "mail.log", file_lines)
-    c = write(tmp_path, "mailserver.container.log", container)
+    f = write_log(tmp_path, file_lines, "mail.log")
+    c = write_log(tmp_path, container, "mailserver.container.log")
     alone = report_json("--log", str(c), "--gateway", DMS_GW)
     both = report_json("--log", str(f), "--log", str(c), "--gateway", DMS_GW)
     assert alone["signature_messages"] == both["signature_messages"] == 3
@@ -176,7 +171,7 @@ def test_mailu_xclient_hand_off_logs_the_gateway(tmp_path: Path) -> None:
         "2026-11-22T23:43:10.690000000Z 2026/11/22 23:43:10 [info] 9#9: *12 client 192.168.203.1:40312 "
         "connected to 0.0.0.0:25"
     )
-    log = write(tmp_path, "mailu.log", [front, *mailu_smtp_log(f"unknown[{MAILU_GW}]")])
+    log = write_log(tmp_path, [front, *mailu_smtp_log(f"unknown[{MAILU_GW}]")], "mailu.log")
     d = report_json("--log", str(log), "--gateway", MAILU_GW)
     assert d["signature_messages"] == 1 and d["by_client"] == {MAILU_GW: 1}
     assert d["first_abuse"] == "2026-11-22T23:43:10.698877+00:00"
@@ -186,17 +181,7 @@ def test_mailu_xclient_hand_off_logs_the_gateway(tmp_path: Path) -> None:
 def mailu_incident(tmp_path: Path, log: Path) -> tuple[Path, str]:
     """A real incident (logs.files collects ``log``) whose evidence also holds what docker.inspect
     writes on a Mailu stack: docker/stack.json and front's and smtp's inspect.json."""
-    if not Path("/var/run/docker.sock").exists():
-        unavailable("logs.files needs the Docker socket (its privilege check)")
-    pb = tmp_path / "logs.toml"
-    pb.write_text(
-        'name = "mail-evidence"\n[[steps]]\nid = "logs"\naction = "logs.files"\ncontainer = "none"\n'
-        f'host_paths = ["{log}"]\n'
-    )
-    state = tmp_path / "state"
-    r = run_cli("run", str(pb), "--json", state_dir=state)
-    assert r.returncode == 0, r.stdout + r.stderr
-    incident = json.loads(r.stdout)["incident_id"]
+    state, incident = incident_with_log(tmp_path, log)
     docker = incident_dir(state, incident) / "evidence" / "docker"
     stack = {
         "stack": "mailu", "title": "Mailu", "project": "mailu", "reasons": ["mailu-front-1: image ghcr.io/mailu/nginx"],
@@ -221,7 +206,7 @@ def mailu_incident(tmp_path: Path, log: Path) -> tuple[Path, str]:
 def test_mailu_without_xclient_front_address_is_the_hand_off_path(tmp_path: Path) -> None:
     """nginx without XCLIENT: Postfix logs front's own address. On a Mailu incident the report reads
     front's address from the stack evidence and counts such messages as the proxied path."""
-    log = write(tmp_path, "smtp.log", mailu_smtp_log(f"mailu-front-1.mailu_default[{MAILU_FRONT}]"))
+    log = write_log(tmp_path, mailu_smtp_log(f"mailu-front-1.mailu_default[{MAILU_FRONT}]"), "smtp.log")
     state, incident = mailu_incident(tmp_path, log)
     d = report_json(incident, state_dir=state)
     assert d["gateways"] == [MAILU_GW] and d["gateway_source"] == "incident"
@@ -238,14 +223,14 @@ def test_mailu_without_xclient_front_address_is_the_hand_off_path(tmp_path: Path
 
 
 def test_mailu_xclient_gateway_on_an_incident_is_the_signature(tmp_path: Path) -> None:
-    log = write(tmp_path, "smtp.log", mailu_smtp_log(f"unknown[{MAILU_GW}]"))
+    log = write_log(tmp_path, mailu_smtp_log(f"unknown[{MAILU_GW}]"), "smtp.log")
     state, incident = mailu_incident(tmp_path, log)
     d = report_json(incident, state_dir=state)
     assert d["signature_messages"] == 1 and d["by_client"] == {MAILU_GW: 1} and d["handoff"] == [MAILU_FRONT]
 
 
 def test_a_broken_stack_json_is_no_stack(tmp_path: Path) -> None:
-    log = write(tmp_path, "smtp.log", mailu_smtp_log(f"mailu-front-1.mailu_default[{MAILU_FRONT}]"))
+    log = write_log(tmp_path, mailu_smtp_log(f"mailu-front-1.mailu_default[{MAILU_FRONT}]"), "smtp.log")
     state, incident = mailu_incident(tmp_path, log)
     (incident_dir(state, incident) / "evidence" / "docker" / "stack.json").write_text("[" * 100000)
     d = report_json(incident, state_dir=state)
@@ -299,7 +284,7 @@ def test_real_postscreen_allowlisted_and_whitelisted_are_read(docker_engine: Any
         logs = _wait_log(c, "status=deferred", 2)
         c.reload()
         gateway = c.attrs["NetworkSettings"]["Networks"]["bridge"]["Gateway"]
-    log = write(tmp_path, "container.log", logs.splitlines())
+    log = write_log(tmp_path, logs.splitlines(), "container.log")
     d = report_json("--log", str(log), "--gateway", gateway)
     allow = [ln for ln in logs.splitlines() if "ALLOWLISTED [" in ln]
     white = [ln for ln in logs.splitlines() if "WHITELISTED [" in ln]

@@ -8,7 +8,6 @@ thread), so nothing on the host's network is touched.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import hmac
@@ -27,7 +26,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +34,13 @@ import pytest
 from lockdown.engine.lock import StateLock
 from lockdown.record.incident import list_incident_ids, read_incident
 from tests.conftest import read_line, run_cli, run_finished, unavailable, wait_for
+from tests.nsclient import ns_socket
 
 pytestmark = pytest.mark.netns
 
 TOKEN = "t0k3n-for-tests-only"
 HMAC_SECRET = "hmac-secret-for-tests"
 SYSCTL = "net.ipv4.icmp_echo_ignore_all"  # per network namespace, 0 in a fresh one
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 RELAY_PLAYBOOK = f"""
 name = "relay-test"
@@ -72,33 +69,6 @@ values = {{ "{SYSCTL}" = "1" }}
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@contextmanager
-def in_netns(name: str | None) -> Iterator[None]:
-    """Move the calling thread (only) into ``name`` and back. Sockets made inside stay there."""
-    if name is None:
-        yield
-        return
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
-    finally:
-        os.close(own)
-        os.close(target)
-
-
-def ns_socket(netns: str | None) -> socket.socket:
-    with in_netns(netns):
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
 
 def sysctl_in(netns: str) -> str:

@@ -22,7 +22,8 @@ import pytest
 
 from lockdown.record.incident import list_incident_ids
 from tests.conftest import unavailable, wait_for
-from tests.test_serve import TOKEN, Server, in_netns
+from tests.nsclient import in_netns
+from tests.test_serve import TOKEN, Server
 from tests.test_serve_hostile import idle, quick_config, server_log
 
 pytestmark = pytest.mark.netns

@@ -22,17 +22,12 @@ import pytest
 
 from tests import netlab
 from tests.conftest import read_line, run_cli, run_finished, wait_for
-from tests.netlab import ipn, lockdown, veth
-from tests.test_serve import TOKEN, Server, in_netns
+from tests.netlab import ipn
+from tests.nsclient import in_netns
+from tests.test_serve import TOKEN, Server
 
 pytestmark = pytest.mark.netns
 
-STRIP = """
-[[steps]]
-id = "strip"
-action = "ipv6.strip"
-interfaces = ["{dev}"]
-"""
 
 
 def write_config(tmp_path: Path, state: Path, *, guard: str = "", routes: str = "") -> Path:
@@ -61,17 +56,9 @@ def logged(state: Path, event: str, **match: Any) -> list[dict[str, Any]]:
     return [e for e in log(state) if e["event"] == event and all(e.get(k) == v for k, v in match.items())]
 
 
-def drifts(state: Path, incident_id: str) -> list[dict[str, Any]]:
-    path = state / "incidents" / incident_id / "journal.jsonl"
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["phase"] == "drift"]
-
-
 def run_strip(netns: str, state: Path, tmp_path: Path, dev: str) -> str:
     """Contain ``dev`` with the CLI (not serve): the incident serve must pick up by itself."""
-    pb = netlab.playbook(tmp_path, STRIP.format(dev=dev), name=f"strip-{dev}")
-    run = lockdown(netns, state, "run", str(pb), "--json")
-    assert run.returncode == 0, run.stdout + run.stderr
-    return str(json.loads(run.stdout)["incident_id"])
+    return str(netlab.run_strip(netns, state, tmp_path, dev, name=f"strip-{dev}")["incident_id"])
 
 
 @pytest.fixture
@@ -87,8 +74,7 @@ def servers() -> Iterator[list[Server]]:
 def test_serve_guards_an_incident_it_did_not_start_and_again_after_sigkill(
     netns: str, tmp_path: Path, state_dir: Path, servers: list[Server]
 ) -> None:
-    a0, a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    a0, a1 = netlab.veth_with_v6(netns)
     incident = run_strip(netns, state_dir, tmp_path, a0)
     assert netlab.global_addresses(netns, a0) == []
     config = write_config(tmp_path, state_dir)
@@ -102,7 +88,7 @@ def test_serve_guards_an_incident_it_did_not_start_and_again_after_sigkill(
     ipn(netns, "addr", "add", "2001:db8:5::1/64", "dev", a1, "nodad")  # not targeted: left alone
     ipn(netns, "addr", "add", "2001:db8:5::1/64", "dev", a0, "nodad")
     wait_for(lambda: netlab.global_addresses(netns, a0) == [], what="the address to be removed")
-    (entry,) = wait_for(lambda: drifts(state_dir, incident), what="the drift entry")
+    (entry,) = wait_for(lambda: netlab.drifts(state_dir, incident), what="the drift entry")
     assert (entry["kind"], entry["step"], entry["target"]) == ("address", "strip", a0)
     assert entry["did"] == f"removed 2001:db8:5::1/64 from {a0}"
     assert netlab.global_addresses(netns, a1) == ["2001:db8:5::1/64"]
@@ -131,9 +117,9 @@ def test_serve_guards_an_incident_it_did_not_start_and_again_after_sigkill(
         what="the second comparison",
     )
     ipn(netns, "addr", "add", "2001:db8:6::1/64", "dev", a0, "nodad")
-    wait_for(lambda: len(drifts(state_dir, incident)) == 2, what="the second drift")
+    wait_for(lambda: len(netlab.drifts(state_dir, incident)) == 2, what="the second drift")
     assert netlab.global_addresses(netns, a0) == []
-    assert drifts(state_dir, incident)[1]["did"] == f"removed 2001:db8:6::1/64 from {a0}"
+    assert netlab.drifts(state_dir, incident)[1]["did"] == f"removed 2001:db8:6::1/64 from {a0}"
     wait_for(
         lambda: 'lockdown_drift_total{kind="address"} 2\n' in second.request("GET", "/metrics").body.decode(),
         what="the counter after the restart",
@@ -146,7 +132,7 @@ def test_serve_guards_an_incident_it_did_not_start_and_again_after_sigkill(
     ipn(netns, "addr", "add", "2001:db8:7::1/64", "dev", a0, "nodad")
     wait_for(lambda: logged(state_dir, "guard-released", incident_id=incident), timeout=10, what="the release")
     assert sorted(netlab.global_addresses(netns, a0)) == ["2001:db8:1::1/64", "2001:db8:7::1/64"]
-    assert len(drifts(state_dir, incident)) == 2
+    assert len(netlab.drifts(state_dir, incident)) == 2
     code, err = second.stop()
     assert code == 0, err
 
@@ -154,9 +140,8 @@ def test_serve_guards_an_incident_it_did_not_start_and_again_after_sigkill(
 def test_serve_guards_the_incident_its_own_run_contained(
     netns: str, tmp_path: Path, state_dir: Path, servers: list[Server]
 ) -> None:
-    a0, _a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
-    pb = netlab.playbook(tmp_path, STRIP.format(dev=a0), name="strip")
+    a0, _a1 = netlab.veth_with_v6(netns)
+    pb = netlab.playbook(tmp_path, netlab.STRIP.format(dev=a0), name="strip")
     routes = f'[[routes]]\nalert = "MailRelaySurge"\nplaybook = "{pb}"\n'
     # A timer longer than the test: only the dispatcher's word makes the guard pick it up.
     config = write_config(tmp_path, state_dir, routes=routes).read_text().replace("timer = 2", "timer = 600")
@@ -171,7 +156,7 @@ def test_serve_guards_the_incident_its_own_run_contained(
     wait_for(lambda: run_finished(state_dir, incident), what="the run")
     wait_for(lambda: logged(state_dir, "guard-compared", incident_id=incident, source="net"), what="pick-up")
     ipn(netns, "addr", "add", "2001:db8:5::1/64", "dev", a0, "nodad")
-    wait_for(lambda: drifts(state_dir, incident), what="the drift")
+    wait_for(lambda: netlab.drifts(state_dir, incident), what="the drift")
     assert netlab.global_addresses(netns, a0) == []
     assert run_cli("restore", incident, netns=netns, state_dir=state_dir).returncode == 0
     code, err = srv.stop()
@@ -181,8 +166,7 @@ def test_serve_guards_the_incident_its_own_run_contained(
 def test_guard_off_in_the_config_leaves_drift_alone(
     netns: str, tmp_path: Path, state_dir: Path, servers: list[Server]
 ) -> None:
-    a0, _a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    a0, _a1 = netlab.veth_with_v6(netns)
     incident = run_strip(netns, state_dir, tmp_path, a0)
     srv = Server(write_config(tmp_path, state_dir, guard="enabled = false"), state_dir, netns).start()
     servers.append(srv)
@@ -191,7 +175,7 @@ def test_guard_off_in_the_config_leaves_drift_alone(
     ipn(netns, "addr", "add", "2001:db8:5::1/64", "dev", a0, "nodad")
     srv.request("GET", "/healthz")
     assert not wait_for_or_none(lambda: netlab.global_addresses(netns, a0) == [], 3.0)
-    assert drifts(state_dir, incident) == [] and logged(state_dir, "guard-start") == []
+    assert netlab.drifts(state_dir, incident) == [] and logged(state_dir, "guard-start") == []
     assert run_cli("restore", incident, netns=netns, state_dir=state_dir).returncode == 0
     srv.stop()
 
@@ -233,8 +217,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 def test_drift_is_notified_and_in_the_verified_bundle_timeline(
     netns: str, tmp_path: Path, state_dir: Path, servers: list[Server]
 ) -> None:
-    a0, _a1 = veth(netns)
-    ipn(netns, "addr", "add", "2001:db8:1::1/64", "dev", a0, "nodad")
+    a0, _a1 = netlab.veth_with_v6(netns)
     incident = run_strip(netns, state_dir, tmp_path, a0)
     with in_netns(netns):  # the receiver listens on the namespace's loopback, where serve is
         receiver = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
@@ -251,7 +234,7 @@ def test_drift_is_notified_and_in_the_verified_bundle_timeline(
         receiver.shutdown()
         receiver.server_close()
     assert note["type"] == "application/json"
-    (entry,) = drifts(state_dir, incident)
+    (entry,) = netlab.drifts(state_dir, incident)
     doc = note["doc"]
     assert (doc["event"], doc["incident_id"], doc["kind"], doc["target"]) == ("drift", incident, "address", a0)
     assert doc["did"] == entry["did"] == f"removed 2001:db8:5::1/64 from {a0}"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +24,8 @@ from lockdown.record.incident import list_incident_ids, read_incident
 from lockdown.triggers.dedup import LOG_MAX_BYTES, instant
 from lockdown.triggers.server import WEBHOOK_MAX_DEPTH
 from tests.conftest import run_cli, run_finished, wait_for
-from tests.test_serve import TOKEN, Response, Server, am_payload, ns_socket, write_config
+from tests.nsclient import SlowClients, ns_connect
+from tests.test_serve import TOKEN, Response, Server, am_payload, write_config
 
 pytestmark = pytest.mark.netns
 
@@ -292,59 +291,6 @@ def test_too_many_alerts_is_413_memory_stays_bounded_and_the_rotated_log_is_kept
 # ---------------------------------------------------------------- 2: slow clients
 
 
-class SlowClients:
-    """``n`` connections, each sending one header byte every ``every`` seconds, reconnecting when cut off."""
-
-    def __init__(self, srv: Server, n: int = 40, every: float = 2.5) -> None:
-        self.srv = srv
-        self.n = n
-        self.every = every
-        self.stop = threading.Event()
-        self.reconnects = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SlowClients:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-    def _open(self) -> socket.socket:
-        sock = ns_socket(self.srv.netns)
-        sock.settimeout(5)
-        sock.connect(("127.0.0.1", self.srv.port))
-        sock.sendall(b"POST /v1/alerts/generic HTTP/1.1\r\n")
-        sock.setblocking(False)
-        return sock
-
-    def _run(self) -> None:
-        socks = [self._open() for _ in range(self.n)]
-        sel = selectors.DefaultSelector()
-        while not self.stop.wait(self.every):
-            for i, sock in enumerate(socks):
-                try:
-                    with_data = sock.recv(4096)
-                    alive = with_data != b""
-                except BlockingIOError:
-                    alive = True
-                except OSError:
-                    alive = False
-                if alive:
-                    try:
-                        sock.send(b"X")
-                        continue
-                    except OSError:
-                        pass
-                sock.close()
-                socks[i] = self._open()
-                self.reconnects += 1
-        for sock in socks:
-            sock.close()
-        sel.close()
-
-
 def test_forty_slow_clients_do_not_starve_healthz_or_alerts(tmp_path: Path, netns: str) -> None:
     """The defaults (8 workers, 32 queued) with the attack's 40 slow clients: every /healthz answers
     within 1 s and an authenticated alert starts its run, all along the flood."""
@@ -352,7 +298,7 @@ def test_forty_slow_clients_do_not_starve_healthz_or_alerts(tmp_path: Path, netn
     config.write_text(config.read_text().replace("request_timeout = 2\n", "request_timeout = 4\n"))
     srv = Server(config, state, netns).start()
     try:
-        with SlowClients(srv) as flood:
+        with SlowClients(lambda: ns_connect(srv.netns, srv.port, timeout=5)) as flood:
             time.sleep(1.0)
             worst = 0.0
             end = time.monotonic() + 12  # three cut-offs of every slow client (request_timeout = 4)

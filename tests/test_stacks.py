@@ -25,6 +25,7 @@ import pytest
 from lockdown import stacks
 from lockdown.audit import facts, stackfix
 from tests import netlab
+from tests.bridge import mynetworks
 from tests.conftest import run_cli, unique
 from tests.dockerlab import (
     BUSYBOX,
@@ -130,7 +131,7 @@ def build(the_lab: Lab, kind: str, *, everywhere: bool = False) -> Shape:
     if kind == stacks.DMS:
         bridge = the_lab.client.networks.get("bridge")
         subnet, gw = _ipam(bridge)
-        env = {"PERMIT_DOCKER": "network", "POSTFIX_MYNETWORKS": "127.0.0.0/8 172.16.0.0/12"}
+        env = {"PERMIT_DOCKER": "network", "POSTFIX_MYNETWORKS": mynetworks()}
         pf = _postfix(the_lab, everywhere, env, _compose(the_lab, "mailserver"))
         return Shape(kind, the_lab.owner, "bridge", subnet, gw, pf, [pf])
     net, subnet, gw = _network(the_lab)
@@ -350,6 +351,18 @@ def test_two_stacks_without_a_project_is_refused_naming_both(slab: Lab, netns: s
     assert not (state_dir / "incidents").exists()
 
 
+def contain(netns: str, state_dir: Path, shape: Shape, interface: str) -> dict[str, Any]:
+    """``lockdown run relay-incident`` on the stack's Compose project, stripping ``interface``; its JSON."""
+    r = netlab.lockdown(
+        netns, state_dir, "run", "relay-incident", "--var", f"project={shape.project}",
+        "--var", f"interfaces={interface}", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc: dict[str, Any] = json.loads(r.stdout)
+    assert doc["status"] == "contained", doc["steps"]
+    return doc
+
+
 @pytest.mark.netns
 def test_mailu_run_pauses_front_and_smtp_records_the_gateway_and_restores_exactly(
     slab: Lab, netns: str, state_dir: Path
@@ -367,13 +380,7 @@ def test_mailu_run_pauses_front_and_smtp_records_the_gateway_and_restores_exactl
     net_before = netlab.state(netns, [a0, a1])
     before = {c.name: state(c) for c in (smtp, front)}
 
-    r = netlab.lockdown(
-        netns, state_dir, "run", "relay-incident", "--var", f"project={shape.project}",
-        "--var", f"interfaces={a0}", "--json",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["status"] == "contained", doc["steps"]
+    doc = contain(netns, state_dir, shape, a0)
     assert status(smtp) == status(front) == "paused"
     assert netlab.global_addresses(netns, a0) == []
     steps = {s["id"]: s for s in doc["steps"]}
@@ -406,13 +413,7 @@ def test_mailcow_run_holds_in_postfix_mailcow_and_records_the_mailcow_network_ga
     a0, _ = netlab.veth(netns)
     before = state(pf)
 
-    r = netlab.lockdown(
-        netns, state_dir, "run", "relay-incident", "--var", f"project={shape.project}",
-        "--var", f"interfaces={a0}", "--json",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["status"] == "contained", doc["steps"]
+    doc = contain(netns, state_dir, shape, a0)
     assert status(pf) == "paused"
     steps = {s["id"]: s for s in doc["steps"]}
     assert steps["hold-queue"]["notes"][0] == (

@@ -41,14 +41,13 @@ from lockdown.triggers.config import load_config
 from lockdown.triggers.dedup import EventLog
 from lockdown.triggers.dispatch import Dispatcher
 from lockdown.triggers.watch import Watcher, WatchSettings
-from tests.conftest import REPO, run_cli, run_finished, wait_for
+from tests.conftest import REPO, docker_bridge, run_cli, run_finished, wait_for
 from tests.dockerlab import BUSYBOX, Lab, lab
 
 pytestmark = [pytest.mark.docker, pytest.mark.netns]
 
 SYSCTL = "net.ipv4.icmp_echo_ignore_all"  # per network namespace, 0 in a fresh one
 DOCKER_SOCK = "/var/run/docker.sock"
-GATEWAY = "172.17.0.1"  # the default bridge's gateway: what docker-proxy makes every client look like
 OUTSIDER = "203.0.113.7"
 
 SYSCTL_PLAYBOOK = f"""
@@ -345,22 +344,23 @@ def test_on_signature_fires_on_the_gateway_without_sasl_alone(box: tuple[Lab, An
     _, container = box
     watch = Watch(tmp_path, PAUSE_PLAYBOOK, netns=None, vars_=f'vars = {{ container = "{container.name}" }}')
     watch.start("--container", container.name, "--on-signature")
+    gateway = docker_bridge().gateway  # what docker-proxy makes every client look like
     try:
         # relayed from the gateway but logged in, and relayed without login from elsewhere: not the signature
-        harmless = relayed(client=GATEWAY, sasl="alice@lab.example") + relayed() + relayed() + relayed()
+        harmless = relayed(client=gateway, sasl="alice@lab.example") + relayed() + relayed() + relayed()
         emit(container, harmless)
         watch.read(n_lines(harmless), 4)
         assert watch.incidents() == []
         assert not is_paused(container)
 
-        emit(container, relayed(("1234567@qq.com",), client=GATEWAY))  # the postmortem's relay: one is enough
+        emit(container, relayed(("1234567@qq.com",), client=gateway))  # the postmortem's relay: one is enough
         incident_id = wait_for(watch.incidents, what="an incident")[0]
         wait_for(lambda: run_finished(watch.state, incident_id), what="the run")
         assert is_paused(container)
         meta = json.loads((watch.state / "incidents" / incident_id / "incident.json").read_text())
         detail = meta["trigger"]["payload"]["watch"]
         assert detail["reason"] == "signature"
-        assert (detail["message"]["client"], detail["message"]["sasl_username"]) == (GATEWAY, None)
+        assert (detail["message"]["client"], detail["message"]["sasl_username"]) == (gateway, None)
         assert detail["message"]["recipient"] == "1234567@qq.com"
 
         # the watch keeps following the container it paused; after the restore it reads on
@@ -377,7 +377,7 @@ def test_on_signature_fires_on_the_gateway_without_sasl_alone(box: tuple[Lab, An
     finally:
         code, err = watch.stop()
     assert code == 0, err
-    assert "signature: message" in err and f"from gateway {GATEWAY} without SASL" in err
+    assert "signature: message" in err and f"from gateway {gateway} without SASL" in err
 
 
 # ---------------------------------------------------------------- surviving

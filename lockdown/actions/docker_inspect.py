@@ -71,15 +71,7 @@ class DockerInspect(ContainerAction[Params]):
     Postfix logs proxied clients as).
 
     Parameters:
-      container: a name or id, "auto", "all" or "service:NAME" (see docker.pause).
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
       daemon: also record the daemon's info and version (default true).
 
     Example::

@@ -7,7 +7,7 @@ from typing import Any
 
 from lockdown import dockerapi
 from lockdown.actions.base import StepContext, UndoRecord
-from lockdown.actions.containers import ContainerAction, ContainerParams, state_record
+from lockdown.actions.containers import ContainerAction, ContainerParams, leave_alone, record_targets, to_put_back
 
 
 def published_note(ports: list[str] | tuple[str, ...]) -> str:
@@ -33,18 +33,7 @@ class DockerPause(ContainerAction[Params]):
     Docker refuses exec in a paused container (HTTP 409).
 
     Parameters:
-      container: a name or id, "auto" (the one running container publishing
-        port 25; none or several stop the run), "all" (every such container)
-        or "service:NAME" (Compose label com.docker.compose.service; Mailu:
-        "service:front" and "service:smtp").
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:", e.g. "com.docker.compose.project=mailu".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
 
     Example::
 
@@ -64,12 +53,7 @@ class DockerPause(ContainerAction[Params]):
         return "pause " + self.params.target_text()
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
-        entries = []
-        for ref in self.resolve():
-            entry = state_record(ref)
-            entry["paused_by_lockdown"] = entry["status"] == "running"
-            entries.append(entry)
-        return {"containers": entries}
+        return record_targets(self.resolve(), "paused_by_lockdown")
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         assert undo is not None
@@ -78,8 +62,7 @@ class DockerPause(ContainerAction[Params]):
             name, cid = entry["name"], entry["id"]
             if not entry["paused_by_lockdown"]:
                 why = "already paused" if entry["status"] == "paused" else f"is {entry['status']}, not running"
-                ctx.note(f"{name} {why}: left as it is, and restore will leave it so")
-                results[name] = {"before": entry["status"], "after": entry["status"], "changed": False}
+                results[name] = leave_alone(ctx, entry, why)
                 continue
             dockerapi.pause(cid, name)
             after = dockerapi.inspect(cid, name)["State"]["Status"]
@@ -92,16 +75,8 @@ class DockerPause(ContainerAction[Params]):
 
     @classmethod
     def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
-        for entry in record["containers"]:
+        for entry, status in to_put_back(ctx, record, "paused_by_lockdown", "unpause"):
             name, cid = entry["name"], entry["id"]
-            if not entry.get("paused_by_lockdown"):
-                ctx.note(f"{name} was {entry['status']} before the run: left as it is")
-                continue
-            data = dockerapi.inspect_or_none(cid)
-            if data is None:
-                ctx.note(f"{name} ({cid[:12]}) no longer exists: nothing to unpause")
-                continue
-            status = data["State"]["Status"]
             if status != "paused":
                 ctx.note(f"{name} is already {status}: nothing to unpause")
                 continue

@@ -7,7 +7,7 @@ from typing import Any
 
 from lockdown import dockerapi
 from lockdown.actions.base import ParamError, StepContext, UndoRecord
-from lockdown.actions.containers import ContainerAction, ContainerParams, state_record
+from lockdown.actions.containers import ContainerAction, ContainerParams, leave_alone, record_targets, to_put_back
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,7 @@ class DockerStop(ContainerAction[Params]):
     of dockerd starts the container again; the step says so.
 
     Parameters:
-      container: a name or id, "auto", "all" or "service:NAME" (see docker.pause).
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
       timeout: seconds between SIGTERM and SIGKILL (default 10).
 
     Example::
@@ -61,12 +53,7 @@ class DockerStop(ContainerAction[Params]):
         return f"stop {self.params.target_text()} (SIGKILL after {self.params.timeout} s)"
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
-        entries = []
-        for ref in self.resolve():
-            entry = state_record(ref)
-            entry["stopped_by_lockdown"] = entry["status"] == "running"
-            entries.append(entry)
-        return {"containers": entries}
+        return record_targets(self.resolve(), "stopped_by_lockdown")
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         assert undo is not None
@@ -75,8 +62,7 @@ class DockerStop(ContainerAction[Params]):
             name, cid = entry["name"], entry["id"]
             if not entry["stopped_by_lockdown"]:
                 why = "is paused (already contained)" if entry["status"] == "paused" else f"is {entry['status']}"
-                ctx.note(f"{name} {why}: left as it is, and restore will leave it so")
-                results[name] = {"before": entry["status"], "after": entry["status"], "changed": False}
+                results[name] = leave_alone(ctx, entry, why)
                 continue
             dockerapi.stop(cid, name, self.params.timeout)
             state = dockerapi.inspect(cid, name)["State"]
@@ -94,16 +80,8 @@ class DockerStop(ContainerAction[Params]):
 
     @classmethod
     def undo(cls, ctx: StepContext, record: UndoRecord) -> None:
-        for entry in record["containers"]:
+        for entry, status in to_put_back(ctx, record, "stopped_by_lockdown", "start"):
             name, cid = entry["name"], entry["id"]
-            if not entry.get("stopped_by_lockdown"):
-                ctx.note(f"{name} was {entry['status']} before the run: left as it is")
-                continue
-            data = dockerapi.inspect_or_none(cid)
-            if data is None:
-                ctx.note(f"{name} ({cid[:12]}) no longer exists: nothing to start")
-                continue
-            status = data["State"]["Status"]
             if status in ("running", "paused", "restarting"):
                 ctx.note(f"{name} is already {status}: nothing to start")
                 continue

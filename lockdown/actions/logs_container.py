@@ -68,15 +68,7 @@ class LogsContainer(ContainerAction[Params]):
     /var/log/mail/).
 
     Parameters:
-      container: a name or id, "auto", "all" or "service:NAME" (see docker.pause).
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
       since: only lines after this: a duration before the step ("24h", "90m",
         "7d"), Unix seconds, or an RFC 3339 time; empty for the whole log.
       timestamps: prefix each line with the daemon's RFC 3339 receive time

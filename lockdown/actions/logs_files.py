@@ -69,16 +69,7 @@ class LogsFiles(ContainerAction[Params]):
     not exist are listed in the notes and the index; they are not an error.
 
     Parameters:
-      container: a name or id, "auto", "all" or "service:NAME" (see
-        docker.pause), or "none" to copy host paths only.
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
       paths: absolute paths in the container; a trailing slash is only
         cosmetic (default: "/var/log/mail/" for docker-mailserver and
         "/var/log/mail.log" for plain Debian Postfix). With container =
@@ -97,6 +88,7 @@ class LogsFiles(ContainerAction[Params]):
 
     name = "logs.files"
     Params = Params
+    container_note = 'Also "none": copy host paths only.'
 
     def describe(self) -> str:
         parts = []

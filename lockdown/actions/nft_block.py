@@ -123,16 +123,7 @@ class NftBlock(ContainerAction[NftParams]):
     nftables); without it the run stops in preflight, exit 5.
 
     Parameters:
-      container: the mail container whose published ports (inbound) or
-        networks (outbound) are used: a name or id, "auto", "all" or
-        "service:NAME" (see docker.pause), or "none" (inbound only: no Docker).
-      label: only consider containers with this label (KEY or KEY=VALUE).
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
       ports: TCP ports to block. Default inbound: the host ports on which the
         containers publish 25, 465 or 587 (else 25, 465 and 587); outbound: 25.
       family: "ip6" (default: the postmortem's path), "ip" or "both".
@@ -151,6 +142,10 @@ class NftBlock(ContainerAction[NftParams]):
     """
 
     name = "nft.block"
+    container_note = (
+        "Its published ports (inbound) or networks (outbound) are what is blocked; "
+        '"none" (inbound only) needs no Docker.'
+    )
     #: Deleting the table reopens the blocked path: restore's gate probes the relay first.
     reopens_path = True
     Params = NftParams

@@ -417,16 +417,7 @@ class PostfixHoldQueue(ContainerAction[Params]):
     playbook's ``on_error`` decides whether the run goes on.
 
     Parameters:
-      container: a name or id, "auto", "all" or "service:NAME" (see
-        docker.pause; Mailu: "service:smtp").
-      label: only consider containers with this label (KEY or KEY=VALUE) for
-        "auto", "all" and "service:".
-      role: with container = "stack" (the recognised mail stack, see
-        lockdown/stacks.py): "postfix" (the container running Postfix, the
-        default), "inbound" (the containers taking SMTP from outside; Mailu:
-        front and smtp) or "logs" (the containers whose log holds the mail log).
-      project: only consider containers of this Compose project (label
-        com.docker.compose.project), for every kind of target.
+      {ContainerParams}
       resume_paused: a container that an earlier step paused is resumed for
         the hold (about 0.7 s of docker exec) and paused again. Lets the
         playbook pause first, so the abused path closes at once; put an

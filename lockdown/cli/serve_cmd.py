@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,6 +15,9 @@ from lockdown.cli.output import Output
 from lockdown.errors import BadInput, ExitCode, LockdownError
 from lockdown.paths import DEFAULT_STATE_DIR, state_dir
 from lockdown.triggers.config import DEFAULT_CONFIG, Config, Route, load_config
+
+if TYPE_CHECKING:
+    from lockdown.triggers.watch import WatchSettings
 
 ConfigOpt = Annotated[
     Path,
@@ -161,17 +164,14 @@ def watch(
     on the postmortem's signature with --on-signature). Flags override the
     [watch] table of lockdown.toml.
     """
-    from lockdown.triggers.dedup import EventLog
-    from lockdown.triggers.dispatch import Dispatcher
-    from lockdown.triggers.watch import Watcher, WatchSettings
+    from lockdown.triggers.watch import WatchSettings
 
     out = Output(json_out)
     cfg = load_config(config, read_secrets=False)
     root = _root(state_dir_opt, cfg)
     w = cfg.watch
-    chosen = _pick_route(cfg, route)
     settings = WatchSettings(
-        route=chosen,
+        route=_pick_route(cfg, route),
         max_per_minute=max_per_minute if max_per_minute is not None else w.max_per_minute,
         on_signature=on_signature or w.on_signature,
         container=container or w.container,
@@ -180,37 +180,33 @@ def watch(
         gateways=list(gateway or w.gateways) or None,
     )
     settings.check()
+    _run_watch(out, cfg, root, settings)
+
+
+def _run_watch(out: Output, cfg: Config, root: Path, settings: WatchSettings) -> None:
+    """The watch itself, apart from ``watch``'s typer signature: flags are merged and checked by then.
+
+    Stops on SIGINT/SIGTERM; a playbook run the watch started is waited for
+    (and journaled) before the exit, which is INTERRUPTED if it did not finish.
+    """
+    from lockdown.triggers.dedup import EventLog
+    from lockdown.triggers.dispatch import Dispatcher
+    from lockdown.triggers.watch import Watcher
+
+    chosen = settings.route
     stop, old = _stop_on_signals(out, "stopping the watch; a running step finishes and is journaled first")
     log = EventLog(root, "watch.log")
     dispatcher = Dispatcher(cfg, root, log=log, stop=stop)
     try:
         dispatcher.prepare(only=chosen.alert)
         _show_startup_problems(out, dispatcher.startup_problems)
+
         def say(text: str) -> None:
             out.info(f"lockdown: watch: {text}")
             out.json_line({"event": "watch", "message": text})
 
         watcher = Watcher(settings, dispatcher, stop=stop, log=log, say=say)
-        what = []
-        if settings.max_per_minute is not None:
-            what.append(f"{settings.max_per_minute} outside messages per minute")
-        if settings.on_signature:
-            what.append("the open-relay signature")
-        source = settings.log_file or f"container {settings.container}"
-        out.info(
-            f"lockdown: watch: watching {source} for {' or '.join(what)}; "
-            f"then {chosen.alert} -> {chosen.playbook} (state dir {root})"
-        )
-        out.json_line(
-            {
-                "event": "watching",
-                "source": str(source),
-                "max_per_minute": settings.max_per_minute,
-                "on_signature": settings.on_signature,
-                "route": {"alert": chosen.alert, "playbook": chosen.playbook},
-                "state_dir": str(root),
-            }
-        )
+        _announce_watch(out, settings, root)
         watcher.run()
     finally:
         stop.set()
@@ -222,6 +218,31 @@ def watch(
         out.info("lockdown: a run was still going when the watch stopped; check it with `lockdown status`")
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     out.info("lockdown: watch: stopped")
+
+
+def _announce_watch(out: Output, settings: WatchSettings, root: Path) -> None:
+    """Say what is watched for and what it will start, once, before the first log line is read."""
+    chosen = settings.route
+    what = []
+    if settings.max_per_minute is not None:
+        what.append(f"{settings.max_per_minute} outside messages per minute")
+    if settings.on_signature:
+        what.append("the open-relay signature")
+    source = settings.log_file or f"container {settings.container}"
+    out.info(
+        f"lockdown: watch: watching {source} for {' or '.join(what)}; "
+        f"then {chosen.alert} -> {chosen.playbook} (state dir {root})"
+    )
+    out.json_line(
+        {
+            "event": "watching",
+            "source": str(source),
+            "max_per_minute": settings.max_per_minute,
+            "on_signature": settings.on_signature,
+            "route": {"alert": chosen.alert, "playbook": chosen.playbook},
+            "state_dir": str(root),
+        }
+    )
 
 
 def register(app: typer.Typer) -> None:

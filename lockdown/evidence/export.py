@@ -441,6 +441,33 @@ def _json_or_empty(data: bytes | None) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+@dataclass
+class _Snapshot:
+    """What step 1 of ``export_incident`` read, and the descriptors step 2 copies from.
+
+    The fields start empty so that ``close`` releases whatever was opened even
+    when the snapshot fails half-way.
+    """
+
+    jcut: _JournalCut = field(default_factory=lambda: _JournalCut(None, 0, 0, mf.TimelineBuilder(), None))
+    journal_fd: int | None = None
+    triggers_fd: int | None = None
+    triggers_size: int = 0
+    manifest_raw: tuple[bytes, float] | None = None
+    meta_raw: tuple[bytes, float] | None = None
+    playbook_raw: tuple[bytes, float] | None = None
+    entries: list[ManifestEntry] | None = None
+    wanted: list[tuple[str, ManifestEntry | None]] = field(default_factory=list)
+    report_info: dict[str, Any] = field(default_factory=dict)
+    report_parts: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in (self.journal_fd, self.triggers_fd):
+            if fd is not None:
+                os.close(fd)
+        self.journal_fd = self.triggers_fd = None
+
+
 def export_incident(
     root: Path,
     incident_id: str,
@@ -469,109 +496,17 @@ def export_incident(
         dir_fd = os.open(inc_dir, _DIR_FLAGS)
     except PermissionError:
         raise _no_permission(str(inc_dir)) from None
-    journal_fd: int | None = None
-    triggers_fd: int | None = None
-    out_fd: int | None = None
+    snap = _Snapshot()
     created: list[Path] = []
     try:
         ex = _Exporter(incident_id, dir_fd, progress)
         # 1. snapshot: head, then the journal up to it, then the manifest (see the module doc)
-        jcut, journal_fd = _snapshot_journal(dir_fd)
-        if jcut.problem:
-            ex.problems.append(jcut.problem)
-        manifest_raw = _load_small(dir_fd, MANIFEST, ex.problems, required=False)
-        if manifest_raw is None and not any(p.startswith(MANIFEST) for p in ex.problems):
-            # no evidence was ever written: the store creates manifest.json with the first file
-            manifest_raw = (json.dumps({"files": [], "version": 1}, indent=1).encode() + b"\n", time.time())
-            ex.notes.append(f"{MANIFEST} did not exist (no evidence files); an empty one was generated")
-        entries: list[ManifestEntry] | None = []
-        if manifest_raw is not None:
-            try:
-                entries = mf.parse_manifest(manifest_raw[0])
-            except IntegrityError as exc:
-                ex.problems.append(f"{exc.message}; evidence files are exported without a usable manifest")
-                entries = None
-        meta_raw = _load_small(dir_fd, mf.INCIDENT_JSON, ex.problems)
-        playbook_raw = _load_small(dir_fd, mf.PLAYBOOK, ex.problems)
-        ex.not_exported = _unknown_top_level(dir_fd) + _walk_evidence(dir_fd, {e.path for e in entries or []})
-        wanted: list[tuple[str, ManifestEntry | None]] = [(e.path, e) for e in entries or []]
-        if entries is None:
-            # an unusable manifest: keep every regular evidence file rather than none
-            unlisted = [n for n in ex.not_exported if n["reason"].startswith("not listed")]
-            wanted = [(n["path"], None) for n in unlisted]
-            ex.not_exported = [n for n in ex.not_exported if n not in unlisted]
-        try:
-            triggers_fd, triggers_st = _open_inside(dir_fd, mf.TRIGGERS)
-            triggers_size = _complete_lines(triggers_fd, triggers_st.st_size)
-        except _Refused as exc:
-            triggers_size = 0
-            if not exc.missing:
-                ex.not_exported.append({"path": mf.TRIGGERS, "reason": str(exc)})
-        evidence_sizes = {rel: _size_inside(dir_fd, rel) for rel, _ in wanted}
-        report_info, report_parts = _build_report(
-            root, incident_id, inc_dir, {rel for rel, size in evidence_sizes.items() if size is not None}, report
-        )
-        if report_info.get("error"):
-            ex.notes.append(f"the incident report was not built: {report_info['error']}")
-        ex.total = jcut.cut + triggers_size + sum(s for s in evidence_sizes.values() if s is not None)
-        ex.total += sum(len(r[0]) for r in (manifest_raw, meta_raw, playbook_raw) if r is not None)
-        ex.total += sum(len(data) for _, data in report_parts)
-
-        # 2. write: bundle file -> hash -> gzip -> tar
-        out_fd = _create_exclusive(bundle, 0o600)
-        created.append(bundle)
-        writer = _HashingWriter(out_fd)
-        with (
-            gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=mf.COMPRESSLEVEL, mtime=int(time.time())) as gz,
-            tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=mf.CHUNK) as tar,
-        ):
-            ex.add_dir(tar, "")
-            for rel, raw in ((mf.INCIDENT_JSON, meta_raw), (mf.PLAYBOOK, playbook_raw)):
-                if raw is not None:
-                    ex.add_bytes(tar, rel, *raw)
-            journal_sha: str | None = None
-            if journal_fd is not None:
-                journal_sha = ex.add_stream(tar, mf.JOURNAL, journal_fd, jcut.cut, os.fstat(journal_fd).st_mtime)
-            if jcut.head is not None:
-                ex.add_bytes(tar, mf.HEAD, jcut.head.encode(), time.time())
-            if manifest_raw is not None:
-                ex.add_bytes(tar, MANIFEST, *manifest_raw)
-            if triggers_fd is not None:
-                ex.add_stream(tar, mf.TRIGGERS, triggers_fd, triggers_size, os.fstat(triggers_fd).st_mtime)
-            evidence_bytes = 0
-            for rel, entry in wanted:
-                evidence_bytes += ex.add_evidence(tar, rel, entry)
-            for rel, data in report_parts:
-                ex.add_bytes(tar, rel, data, time.time())
-            case = _case_doc(
-                _host_from_evidence(dir_fd, entries or []),
-                incident_id,
-                _json_or_empty(meta_raw[0] if meta_raw else None),
-                playbook_raw[0] if playbook_raw else None,
-                jcut,
-                journal_sha,
-                ex,
-                evidence_bytes,
-                report_info,
-            )
-            case_bytes = json.dumps(case, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
-            ex.add_bytes(tar, mf.CASE_JSON, case_bytes, time.time(), record=False)
-        os.fsync(out_fd)
-        os.close(out_fd)
-        out_fd = None
-        digest = writer.hash.hexdigest()
-        side = sidecar_path(bundle)
-        side_fd = _create_exclusive(side, 0o644)
-        created.append(side)
-        try:
-            os.write(side_fd, f"{digest}  {bundle.name}\n".encode())
-            os.fsync(side_fd)
-        finally:
-            os.close(side_fd)
-        fsync_dir(bundle.parent if str(bundle.parent) else Path("."))
+        _snapshot(snap, ex, dir_fd)
+        _plan_report(snap, ex, root, incident_id, inc_dir, report)
+        # 2. write: bundle file -> hash -> gzip -> tar, then the sidecar
+        writer = _write_bundle(bundle, snap, ex, created)
+        side = _write_sidecar(bundle, writer.hash.hexdigest(), created)
     except BaseException:
-        if out_fd is not None:
-            os.close(out_fd)
         for path in created:  # only files this call created (O_EXCL)
             try:
                 os.unlink(path)
@@ -579,26 +514,148 @@ def export_incident(
                 pass
         raise
     finally:
-        for fd in (journal_fd, triggers_fd, dir_fd):
-            if fd is not None:
-                os.close(fd)
+        snap.close()
+        os.close(dir_fd)
     return ExportResult(
         incident_id=incident_id,
         bundle=bundle,
         sidecar=side,
-        sha256=digest,
+        sha256=writer.hash.hexdigest(),
         bundle_bytes=writer.size,
         input_bytes=ex.done,
         evidence_files=ex.evidence_files,
-        journal_lines=jcut.lines,
-        journal_head=jcut.head,
-        containment_active=jcut.timeline.containment_active,
+        journal_lines=snap.jcut.lines,
+        journal_head=snap.jcut.head,
+        containment_active=snap.jcut.timeline.containment_active,
         seconds=time.monotonic() - t0,
         not_exported=ex.not_exported,
         problems=ex.problems,
         notes=ex.notes,
-        report=report_info,
+        report=snap.report_info,
     )
+
+
+def _snapshot(snap: _Snapshot, ex: _Exporter, dir_fd: int) -> None:
+    """Step 1 of an export: the journal cut, the small files, the manifest and the evidence to copy.
+
+    Fills ``snap`` in as it goes (so the caller closes what was opened if this
+    raises) and files what it finds wrong in ``ex.problems``/``ex.not_exported``
+    rather than stopping: the bundle is the incident as it is.
+    """
+    snap.jcut, snap.journal_fd = _snapshot_journal(dir_fd)
+    if snap.jcut.problem:
+        ex.problems.append(snap.jcut.problem)
+    snap.manifest_raw = _load_small(dir_fd, MANIFEST, ex.problems, required=False)
+    if snap.manifest_raw is None and not any(p.startswith(MANIFEST) for p in ex.problems):
+        # no evidence was ever written: the store creates manifest.json with the first file
+        snap.manifest_raw = (json.dumps({"files": [], "version": 1}, indent=1).encode() + b"\n", time.time())
+        ex.notes.append(f"{MANIFEST} did not exist (no evidence files); an empty one was generated")
+    snap.entries = []
+    if snap.manifest_raw is not None:
+        try:
+            snap.entries = mf.parse_manifest(snap.manifest_raw[0])
+        except IntegrityError as exc:
+            ex.problems.append(f"{exc.message}; evidence files are exported without a usable manifest")
+            snap.entries = None
+    snap.meta_raw = _load_small(dir_fd, mf.INCIDENT_JSON, ex.problems)
+    snap.playbook_raw = _load_small(dir_fd, mf.PLAYBOOK, ex.problems)
+    ex.not_exported = _unknown_top_level(dir_fd) + _walk_evidence(dir_fd, {e.path for e in snap.entries or []})
+    snap.wanted = [(e.path, e) for e in snap.entries or []]
+    if snap.entries is None:
+        # an unusable manifest: keep every regular evidence file rather than none
+        unlisted = [n for n in ex.not_exported if n["reason"].startswith("not listed")]
+        snap.wanted = [(n["path"], None) for n in unlisted]
+        ex.not_exported = [n for n in ex.not_exported if n not in unlisted]
+    try:
+        snap.triggers_fd, triggers_st = _open_inside(dir_fd, mf.TRIGGERS)
+        snap.triggers_size = _complete_lines(snap.triggers_fd, triggers_st.st_size)
+    except _Refused as exc:
+        snap.triggers_size = 0
+        if not exc.missing:
+            ex.not_exported.append({"path": mf.TRIGGERS, "reason": str(exc)})
+
+
+def _plan_report(snap: _Snapshot, ex: _Exporter, root: Path, incident_id: str, inc_dir: Path, report: bool) -> None:
+    """Build the report from the evidence about to be exported, and set ``ex.total`` for progress."""
+    evidence_sizes = {rel: _size_inside(ex.dir_fd, rel) for rel, _ in snap.wanted}
+    snap.report_info, snap.report_parts = _build_report(
+        root, incident_id, inc_dir, {rel for rel, size in evidence_sizes.items() if size is not None}, report
+    )
+    if snap.report_info.get("error"):
+        ex.notes.append(f"the incident report was not built: {snap.report_info['error']}")
+    ex.total = snap.jcut.cut + snap.triggers_size + sum(s for s in evidence_sizes.values() if s is not None)
+    ex.total += sum(len(r[0]) for r in (snap.manifest_raw, snap.meta_raw, snap.playbook_raw) if r is not None)
+    ex.total += sum(len(data) for _, data in snap.report_parts)
+
+
+def _write_bundle(bundle: Path, snap: _Snapshot, ex: _Exporter, created: list[Path]) -> _HashingWriter:
+    """Step 2 of an export: create ``bundle`` (O_EXCL, recorded in ``created``) and stream the members in.
+
+    Returns the writer, whose hash and size are those of the finished, fsynced file.
+    """
+    out_fd = _create_exclusive(bundle, 0o600)
+    created.append(bundle)
+    try:
+        writer = _HashingWriter(out_fd)
+        with (
+            gzip.GzipFile(fileobj=writer, mode="wb", compresslevel=mf.COMPRESSLEVEL, mtime=int(time.time())) as gz,
+            tarfile.TarFile(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT, copybufsize=mf.CHUNK) as tar,
+        ):
+            _add_members(tar, snap, ex)
+        os.fsync(out_fd)
+    finally:
+        os.close(out_fd)
+    return writer
+
+
+def _add_members(tar: tarfile.TarFile, snap: _Snapshot, ex: _Exporter) -> None:
+    """Every member of the bundle, in order, with ``case.json`` last because it describes the others."""
+    jcut = snap.jcut
+    ex.add_dir(tar, "")
+    for rel, raw in ((mf.INCIDENT_JSON, snap.meta_raw), (mf.PLAYBOOK, snap.playbook_raw)):
+        if raw is not None:
+            ex.add_bytes(tar, rel, *raw)
+    journal_sha: str | None = None
+    if snap.journal_fd is not None:
+        journal_sha = ex.add_stream(tar, mf.JOURNAL, snap.journal_fd, jcut.cut, os.fstat(snap.journal_fd).st_mtime)
+    if jcut.head is not None:
+        ex.add_bytes(tar, mf.HEAD, jcut.head.encode(), time.time())
+    if snap.manifest_raw is not None:
+        ex.add_bytes(tar, MANIFEST, *snap.manifest_raw)
+    if snap.triggers_fd is not None:
+        ex.add_stream(tar, mf.TRIGGERS, snap.triggers_fd, snap.triggers_size, os.fstat(snap.triggers_fd).st_mtime)
+    evidence_bytes = 0
+    for rel, entry in snap.wanted:
+        evidence_bytes += ex.add_evidence(tar, rel, entry)
+    for rel, data in snap.report_parts:
+        ex.add_bytes(tar, rel, data, time.time())
+    case = _case_doc(
+        _host_from_evidence(ex.dir_fd, snap.entries or []),
+        ex.incident_id,
+        _json_or_empty(snap.meta_raw[0] if snap.meta_raw else None),
+        snap.playbook_raw[0] if snap.playbook_raw else None,
+        jcut,
+        journal_sha,
+        ex,
+        evidence_bytes,
+        snap.report_info,
+    )
+    case_bytes = json.dumps(case, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+    ex.add_bytes(tar, mf.CASE_JSON, case_bytes, time.time(), record=False)
+
+
+def _write_sidecar(bundle: Path, digest: str, created: list[Path]) -> Path:
+    """Create the ``.sha256`` sidecar (O_EXCL, recorded in ``created``) and fsync the directory of both."""
+    side = sidecar_path(bundle)
+    side_fd = _create_exclusive(side, 0o644)
+    created.append(side)
+    try:
+        os.write(side_fd, f"{digest}  {bundle.name}\n".encode())
+        os.fsync(side_fd)
+    finally:
+        os.close(side_fd)
+    fsync_dir(bundle.parent if str(bundle.parent) else Path("."))
+    return side
 
 
 def _size_inside(dir_fd: int, rel: str) -> int | None:
