@@ -27,9 +27,11 @@ from lockdown import dockerapi
 from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.actions.containers import ContainerAction, ContainerParams
 from lockdown.errors import ActionError, BadInput
+from lockdown.record.steps import HELD_UNDO
 
 ACTION = "postfix.hold_queue"
-DECISION = "release-queue"
+#: The decision its undo waits for, as the journal's reader knows it (one place: record.steps).
+DECISION = HELD_UNDO[ACTION]
 #: The other decision a held queue offers: delete exactly the held ids (``lockdown queue purge``).
 PURGE = "purge-queue"
 QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{4,32}$")
