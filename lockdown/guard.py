@@ -21,7 +21,7 @@ every reconnect of an event source, and then follows events:
 
 Nothing else is touched: only the interfaces a step targeted, only the
 containers of the incident. Each re-assertion is journaled as a ``drift``
-entry (``engine/drift.py``). The guard holds no lock while idle; before a
+entry (``record/drift.py``). The guard holds no lock while idle; before a
 re-assertion it takes the state-dir lock and reads the journal, and once a
 restore of the incident has begun it stops guarding that incident for good.
 

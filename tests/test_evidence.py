@@ -1404,3 +1404,29 @@ def test_progress_bar_only_on_a_terminal_and_not_with_json() -> None:
     small = _Terminal()
     ProgressBar(small, "exporting x")(1, PROGRESS_MIN_BYTES - 1)
     assert small.getvalue() == ""
+
+
+def test_a_batch_registers_its_files_with_one_manifest_write_at_its_end(tmp_path: Path) -> None:
+    """postfix.hold_queue saves one file per queued message inside ``batch()``: each file is
+    complete when closed, but manifest.json is written once, when the batch ends (a crash
+    inside leaves them unlisted, as files still being written), and every name stays unique."""
+    from lockdown.record.store import EvidenceStore, load_manifest
+
+    incident = tmp_path / "inc"
+    incident.mkdir()
+    store = EvidenceStore(incident)
+    store.write_bytes("before.txt", b"one", step="s", action="a")
+    assert [e.path for e in load_manifest(incident)] == ["evidence/before.txt"]
+    with store.batch():
+        for i in range(50):
+            store.write_bytes(f"queue/m/{i}.txt", f"message {i}".encode(), step="hold", action="postfix.hold_queue")
+        store.write_bytes("queue/m/0.txt", b"same name", step="hold", action="postfix.hold_queue")
+        assert (incident / "evidence" / "queue" / "m" / "49.txt").read_bytes() == b"message 49"
+        assert [e.path for e in load_manifest(incident)] == ["evidence/before.txt"]  # not yet listed
+    listed = {e.path: e for e in load_manifest(incident)}
+    assert len(listed) == 52 and "evidence/queue/m/0-2.txt" in listed
+    assert listed["evidence/queue/m/7.txt"].sha256 == hashlib.sha256(b"message 7").hexdigest()
+    with pytest.raises(RuntimeError), store.batch():  # a step that fails mid-way: what it closed is listed
+        store.write_bytes("queue/m/late.txt", b"late", step="hold", action="postfix.hold_queue")
+        raise RuntimeError("docker went away")
+    assert "evidence/queue/m/late.txt" in {e.path for e in load_manifest(incident)}

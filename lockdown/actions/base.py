@@ -87,8 +87,9 @@ class Action(Generic[P]):
     Params: ClassVar[type[Any]]
     #: What the action needs before the run starts: "root", "net_admin", "docker".
     requires: ClassVar[tuple[str, ...]] = ()
-    #: Decision name when the undo must wait for an operator (e.g. "release-queue"); the
-    #: journal's reader knows it from ``record.steps.HELD_UNDO``, which must agree.
+    #: Decision name when the undo must wait for an operator (e.g. "release-queue"). The
+    #: journal's reader, below the actions, knows it from ``record.steps.HELD_UNDO``: an
+    #: action takes its value from there (postfix.hold_queue does), and test_layers checks.
     held_undo: ClassVar[str | None] = None
     #: Other decisions a held step offers (e.g. "purge-queue"), carried out by :meth:`decide`
     #: through the engine (``runner.decide``), which locks and journals.

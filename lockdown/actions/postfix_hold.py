@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +28,11 @@ from lockdown import dockerapi
 from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.actions.containers import ContainerAction, ContainerParams
 from lockdown.errors import ActionError, BadInput
+from lockdown.record.steps import HELD_UNDO
 
 ACTION = "postfix.hold_queue"
-DECISION = "release-queue"
+#: The decision its undo waits for, as the journal's reader knows it (one place: record.steps).
+DECISION = HELD_UNDO[ACTION]
 #: The other decision a held queue offers: delete exactly the held ids (``lockdown queue purge``).
 PURGE = "purge-queue"
 QUEUE_ID_RE = re.compile(r"^[0-9A-Za-z]{4,32}$")
@@ -268,26 +271,35 @@ def queue_exec(
     named = [s for s in sections if s.startswith("@")]
     ids = [s for s in sections if not s.startswith("@")]
     batches = [named + ids[:BATCH]] + [ids[i : i + BATCH] for i in range(BATCH, len(ids), BATCH)]
-    for batch in batches:
-        nonce = secrets.token_hex(16)
-        stream = dockerapi.ExecStream(cid, name, ["sh", "-c", _QUEUE_SCRIPT, "sh", nonce, *batch])
-        route = _Sections(ctx, name, out, listing_file)
-        try:
-            for section, data, rc in _split_framed(iter(stream), nonce.encode()):
-                if data is None and rc is None:
-                    route.begin(section)
-                elif data is not None:
-                    route.data(section, data)
-                elif rc is not None:
-                    route.end(section, rc)
-        finally:
-            route.close()
-        if not any(s in out.codes for s in batch):
-            out.shell = (stream.exit_code, out.kept.get("", b""))
+    with ctx.evidence.batch() if ctx is not None else nullcontext():  # one manifest write for every message
+        for batch in batches:
+            if batch:
+                _exec_batch(ctx, cid, name, batch, out, listing_file)
     postcats = [out.codes[q] for q in ids if q in out.codes]
     if postcats and all(rc == 127 for rc in postcats):
         raise ActionError(f"no Postfix in container {name}: postcat not found", NO_POSTFIX_HINT)
     return out
+
+
+def _exec_batch(
+    ctx: StepContext | None, cid: str, name: str, batch: list[str], out: QueueExec, listing_file: str | None
+) -> None:
+    """One ``docker exec`` of ``_QUEUE_SCRIPT`` over ``batch``, its sections routed into ``out``."""
+    nonce = secrets.token_hex(16)
+    stream = dockerapi.ExecStream(cid, name, ["sh", "-c", _QUEUE_SCRIPT, "sh", nonce, *batch])
+    route = _Sections(ctx, name, out, listing_file)
+    try:
+        for section, data, rc in _split_framed(iter(stream), nonce.encode()):
+            if data is None and rc is None:
+                route.begin(section)
+            elif data is not None:
+                route.data(section, data)
+            elif rc is not None:
+                route.end(section, rc)
+    finally:
+        route.close()
+    if not any(s in out.codes for s in batch):
+        out.shell = (stream.exit_code, out.kept.get("", b""))
 
 
 def locate(entry: dict[str, Any], ctx_note: Callable[[str], None]) -> tuple[str, str] | None:
