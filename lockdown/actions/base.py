@@ -117,6 +117,17 @@ class Action(Generic[P]):
         LockdownError to stop the run with nothing changed.
         """
 
+    def prefetch(self) -> None:
+        """Start this step's slow read-only queries in the background (optional).
+
+        The runner calls it for every later step once the run's first step, the
+        one that closes the abused path, has run: a query the daemon is slow to
+        answer (``docker diff``, ~0.3-0.5 s) then runs while the steps before
+        this one do, not after them. What it starts changes nothing; the step
+        records its answer in apply (and says in its docstring when that answer
+        was asked for).
+        """
+
     def resolved(self) -> dict[str, Any]:
         """Parameters after preflight resolved them (``auto`` -> names), for the journal."""
         return {}

@@ -259,6 +259,8 @@ class Run:
                     break
                 result = self._run_step(step)
                 results.append(result)
+                if len(results) == 1:  # the closing step has run: later steps may start slow reads
+                    self._prefetch()
                 if result.state == "failed":
                     if step.on_error == "abort":
                         status = "failed"
@@ -280,6 +282,17 @@ class Run:
         )
         self.emit("end", outcome.as_dict())
         return outcome
+
+    def _prefetch(self) -> None:
+        """Let every later step start its slow read-only queries (``Action.prefetch``).
+
+        A query that fails here is asked again by the step itself, which reports it.
+        """
+        for later in self.playbook.steps[1:]:
+            try:
+                later.action.prefetch()
+            except LockdownError:
+                continue
 
     def _run_step(self, step: Step) -> StepResult:
         assert self.journal is not None and self.evidence is not None
