@@ -33,7 +33,7 @@ import pytest
 
 from lockdown.engine.lock import StateLock
 from lockdown.record.incident import list_incident_ids, read_incident
-from tests.conftest import read_line, run_cli, run_finished, unavailable, wait_for
+from tests.conftest import read_line, run_cli, run_finished, unavailable, unique, wait_for
 from tests.nsclient import ns_socket
 
 pytestmark = pytest.mark.netns
@@ -891,3 +891,35 @@ def test_json_mode_prints_one_object_per_line(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert [json.loads(line) for line in out.splitlines()] == [{"event": "stopped", "clean": True}]
+
+
+def test_start_up_warms_each_routes_preflight_and_logs_a_route_that_would_be_refused(
+    tmp_path: Path, netns: str, docker_engine: Any
+) -> None:
+    """The first alert must not pay for loading the alert path: serve walks every route's
+    preflight when it starts (read-only). A route refused right now (its container is not
+    there yet) is a `warm-up` line in server.log, not a failed start; nothing is changed."""
+    absent = unique("lkd-absent")
+    routes = f"""
+[[routes]]
+alert = "MailRelaySurge"
+playbook = "relay.toml"
+vars = {{ value = "1" }}
+[[routes]]
+alert = "Surgical"
+playbook = "relay-incident-surgical"
+vars = {{ container = "{absent}" }}
+"""
+    config, state = write_config(tmp_path, routes=routes)
+    before = sysctl_in(netns)
+    srv = Server(config, state, netns).start()
+    try:
+        log = [json.loads(x) for x in (state / "triggers" / "server.log").read_text().splitlines()]
+        warm = [x for x in log if x["event"] == "warm-up"]
+        assert [(x["route"], x["result"]) for x in warm] == [
+            ("Surgical", f"relay-incident-surgical.toml step 1 (block-inbound-v6): no such container {absent!r}")
+        ]
+        assert list_incident_ids(state) == [] and sysctl_in(netns) == before
+        assert srv.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge")).status == 202  # still serving
+    finally:
+        srv.stop()

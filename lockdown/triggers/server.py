@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import gc
 import hashlib
 import hmac
 import http
@@ -710,6 +711,11 @@ def serve(
         guard = GuardService(root, config.guard, log, stop)
         dispatcher.on_run_end.append(guard.incident_ended)
         guard.start()
+    # Everything loaded at start-up (modules, the warmed preflight) goes to the GC's permanent
+    # generation: a collection between an alert and its first change then walks only what the
+    # alert itself made (they cost up to ~70 ms each here with ~60k objects tracked).
+    gc.collect()
+    gc.freeze()
     thread = threading.Thread(target=server.serve_forever, name="lockdown-http")
     thread.start()
     try:
