@@ -146,23 +146,12 @@ def survey(params: Params) -> Survey:
     included), since that is usually the management interface.
     Raises BadInput for a name or glob that matches no interface.
     """
-    links, addrs = netlink.links_and_addresses(AF_INET6)
-    names = [link.name for link in links]
-    if params.interfaces:
-        targets: list[str] = []
-        for pattern in params.interfaces:
-            if _GLOB_CHARS & set(pattern):
-                matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-                if not matched:
-                    raise BadInput(f"interfaces: {pattern!r} matches no interface (have: {', '.join(names)})")
-            elif pattern in names:
-                matched = [pattern]
-            else:
-                raise BadInput(f"interfaces: no interface named {pattern!r} (have: {', '.join(names)})")
-            targets.extend(n for n in matched if n not in targets)
-        disabled = {n: why for n in targets if (why := ipv6_off(n))}
-        targets = [n for n in targets if n not in disabled]
+    if params.interfaces:  # names are enough: no link dump (see netlink._names)
+        addrs = netlink.dump_addresses(AF_INET6)
+        targets, disabled = _named_targets(params.interfaces, netlink.interface_names())
     else:
+        links, addrs = netlink.links_and_addresses(AF_INET6)
+        names = [link.name for link in links]
         loopback = {link.name for link in links if link.loopback}
         with_global = {a.ifname for a in addrs if strippable(a, params)}
         targets = [n for n in names if n in with_global and n not in loopback]
@@ -179,6 +168,23 @@ def survey(params: Params) -> Survey:
             if a.family == AF_INET6 and a.scope == netlink.SCOPE_GLOBAL and params.keeps(a.address)
         ],
     )
+
+
+def _named_targets(patterns: list[str], names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(targets, {name: why IPv6 is off there}) for ``interfaces`` names or globs; BadInput for a miss."""
+    targets: list[str] = []
+    for pattern in patterns:
+        if _GLOB_CHARS & set(pattern):
+            matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+            if not matched:
+                raise BadInput(f"interfaces: {pattern!r} matches no interface (have: {', '.join(names)})")
+        elif pattern in names:
+            matched = [pattern]
+        else:
+            raise BadInput(f"interfaces: no interface named {pattern!r} (have: {', '.join(names)})")
+        targets.extend(n for n in matched if n not in targets)
+    disabled = {n: why for n in targets if (why := ipv6_off(n))}
+    return [n for n in targets if n not in disabled], disabled
 
 
 # ------------------------------------------------------------ lockout guard
