@@ -33,10 +33,10 @@ from tests import dockerlab, netlab
 from tests.conftest import read_line, run_cli, wait_for
 from tests.dockerlab import Lab, status
 from tests.dockerproxy import DockerRelay, short_dir
-from tests.netlab import ipn, lockdown, state, veth
-from tests.test_guard import GuardProc, _drifts, _pause_run, _run
+from tests.netlab import drifts, ipn, lockdown, state, veth
+from tests.test_guard import GuardProc, _pause_run, _run
 from tests.test_serve import Server
-from tests.test_serve_guard import drifts, logged, write_config
+from tests.test_serve_guard import logged, write_config
 
 #: The docker CLI of the test talks to the real daemon, never through the relay.
 REAL_DOCKER = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
@@ -248,7 +248,7 @@ def test_netlink_overrun_is_compared_again_and_the_address_it_hid_removed(
     guard.until("compared", source="net", reason=back["reason"])
     assert netlab.global_addresses(netns, a0) == []
     assert netlab.global_addresses(netns, a1) == ["2001:db8:2::1/64"]
-    assert [e["did"] for e in _drifts(state_dir)] == [f"removed 2001:db8:99::1/64 from {a0}"]
+    assert [e["did"] for e in drifts(state_dir)] == [f"removed 2001:db8:99::1/64 from {a0}"]
 
     # and it follows events again on the new socket
     ipn(netns, "addr", "add", "2001:db8:99::2/64", "dev", a0, "nodad")
