@@ -27,6 +27,7 @@ every loop bounded by the line.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter, OrderedDict, deque
@@ -682,7 +683,7 @@ _SHAPES = (
     + r"|to=(<[^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), status=([^\n]*+)"
     + r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)"
     + _EOL
-    + r"|(message-id=[^\n]*+|removed" + _EOL + r")"
+    + rf"|(message-id=[^\n]*+|removed{_EOL})"
 )
 #: Connection lines (no queue id), the client address captured, as ``_connect`` reads it.
 _CONNECTS = r"CONNECT from |connect from [^\[\n]*+"
@@ -690,6 +691,7 @@ _CONNECTS = r"CONNECT from |connect from [^\[\n]*+"
 _VERDICTS = r"(PASS OLD|PASS NEW|DISCONNECT) "
 
 
+@functools.cache
 def _first_pass(connects: bool, verdicts: bool) -> re.Pattern[str]:
     """The fast first pass of ``Correlator.feed_block`` (``connects``: with ``_CONNECTS``;
     ``verdicts``: with ``_VERDICTS``; either captures the client address that follows).
@@ -700,7 +702,7 @@ def _first_pass(connects: bool, verdicts: bool) -> re.Pattern[str]:
     without that timestamp and header (Docker's prefix, RFC 3339, Amavis, other programs, blank
     lines, odd tags) is captured whole in the last group, for ``parse_line``. Lines left out are
     Postfix lines whose message ``_handle`` ignores. Possessive quantifiers, lookarounds and
-    conditionals only: no backtracking, whatever the text.
+    conditionals only: no backtracking, whatever the text. Compiled on first use (~20 ms each).
     """
     return re.compile(
         r"\n(?:(" + _STAMP + r")" + _HEADER
@@ -712,8 +714,6 @@ def _first_pass(connects: bool, verdicts: bool) -> re.Pattern[str]:
         r"|(?!" + _STAMP + _NOT_HEADER + r")([^\n]*+))"
     )  # fmt: skip
 
-
-_FIRST_PASSES = {(c, v): _first_pass(c, v) for c in (False, True) for v in (False, True)}
 
 _UNPARSED_SAMPLE = 5
 _SAMPLE_CHARS = 200
@@ -899,7 +899,7 @@ class Correlator:
         for (
             stamp, service, qid, host, addr, sasl, to, relay, delay, dsn, status,
             sender, size, nrcpt, mid_or_removed, verdict, client, body, other,
-        ) in _FIRST_PASSES[self._count_connects, self._count_verdicts].findall("\n" + text):  # fmt: skip
+        ) in _first_pass(self._count_connects, self._count_verdicts).findall("\n" + text):  # fmt: skip
             if not stamp:
                 self._parse(other, year)
                 continue
@@ -1076,10 +1076,11 @@ class Correlator:
             delay = None
         key, m = self._get(qid, t)
         r = None
-        for known in reversed(m.recipients):  # Message.recipient, inline: once per delivery line
-            if known.address == address:
-                r = known
-                break
+        if m.recipients:
+            for known in reversed(m.recipients):  # Message.recipient, inline: once per delivery line
+                if known.address == address:
+                    r = known
+                    break
         if r is None:
             r = Recipient(address=address, relay=relay, status=status, dsn=dsn, time=t, delay=delay,
                           detail=detail or None, service=service)  # fmt: skip
@@ -1160,7 +1161,8 @@ class Correlator:
         if not self._want_postscreen or (self._agents.get(service) or self._agent(service)) != "postscreen":
             return
         if self._count_verdicts and verdict in COUNTED_VERDICTS:
-            self.verdicts[(service, verdict, addr)] += n
+            key = (service, verdict, addr)
+            self.verdicts[key] = self.verdicts.get(key, 0) + n
             return
         m = Message(queue_id="NOQUEUE", client_addr=addr, service=service, first_seen=t, last_seen=t)
         self._out.append(MessageEvent(kind="postscreen", message=m, recipient=None, time=t, code=verdict))
@@ -1170,7 +1172,8 @@ class Correlator:
         if not self._want_connect or not self._connect_agent(service):
             return
         if self._count_connects:
-            self.connects[(service, addr)] += n
+            key = (service, addr)
+            self.connects[key] = self.connects.get(key, 0) + n  # not Counter's __missing__: a Python call
             return
         m = Message(queue_id="NOQUEUE", client_host=host, client_addr=addr, service=service, first_seen=t, last_seen=t)
         self._out.append(MessageEvent(kind="connect", message=m, recipient=None, time=t))
