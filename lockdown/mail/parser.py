@@ -446,9 +446,17 @@ class GatewayMatcher:
             return hit
         if not self.networks and addr.isascii() and addr.replace(".", "").isdigit():
             # Dotted digits: ``ipaddress`` reads them back unchanged or not at all (leading
-            # zeros, a part over 255), so membership decides. A report asks this for every
-            # distinct client address (~100,000 in a busy day's log), each once.
-            return addr in self.addresses
+            # zeros, a part over 255), so membership decides.
+            result = addr in self.addresses
+        else:
+            result = self._match(addr)
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[addr] = result
+        return result
+
+    def _match(self, addr: str) -> bool:
+        """Any other address (IPv6, ``IPv6:`` or ``::ffff:`` forms, or against networks): normalized first."""
         a = normalize_addr(addr)
         result = a in self.addresses
         if not result and (self.networks or _PLAIN_IPV4.fullmatch(a) is None):
@@ -458,9 +466,6 @@ class GatewayMatcher:
                 ip = None
             if ip is not None:
                 result = str(ip) in self.addresses or any(ip in n for n in self.networks)
-        if len(self._cache) > 65536:
-            self._cache.clear()
-        self._cache[addr] = result
         return result
 
 
