@@ -606,6 +606,32 @@ def test_feed_block_is_feed_text_line_by_line(lines: list[str], cuts: list[int],
     assert total == len(lines)
 
 
+def test_count_verdicts_counts_pass_and_disconnect_and_keeps_allowlisted_as_events() -> None:
+    lines = [
+        "Nov 22 23:43:37 mail postfix/postscreen[77]: PASS OLD [172.17.0.1]:40022",
+        "Nov 22 23:43:38 mail postfix/postscreen[77]: PASS OLD [172.17.0.1]:40023",
+        "Nov 22 23:43:39 mail postfix/postscreen[77]: ALLOWLISTED [172.17.0.1]:40024",
+        "Nov 22 23:43:40 mail postfix/postscreen[77]: DISCONNECT [IPv6:2001:db8::5]:40025",
+        "Nov 22 23:43:41 mail postfix/smtpd[9]: PASS OLD [172.17.0.1]:40026",  # not postscreen: nothing
+    ]
+    expected = {
+        ("postfix/postscreen", "PASS OLD", "172.17.0.1"): 2,
+        ("postfix/postscreen", "DISCONNECT", "2001:db8::5"): 1,
+    }
+    by_block = Correlator(events=("postscreen",), count_verdicts=True)
+    events = by_block.feed_block("\n".join(lines), 2026)
+    assert dict(by_block.verdicts) == expected
+    assert [(e.code, e.message.client_addr, e.time) for e in events] == [
+        ("ALLOWLISTED", "172.17.0.1", datetime(2026, 11, 22, 23, 43, 39, tzinfo=UTC))
+    ]
+    by_line = Correlator(events=("postscreen",), count_verdicts=True)
+    assert [e.code for line in lines for e in by_line.feed_text(line, 2026)] == ["ALLOWLISTED"]
+    assert dict(by_line.verdicts) == expected
+    without = Correlator(events=("reject",), count_verdicts=True)  # postscreen not asked for: not counted either
+    without.feed_block("\n".join(lines), 2026)
+    assert not without.verdicts
+
+
 # ----------------------------------------------------------------- analyse's Report == line-by-line parse_line + feed
 
 _GW = "172.17.0.1"

@@ -205,7 +205,11 @@ def analyse(
     )
     tally = _Tally(report, GatewayMatcher([*gateways, *handoff]))
     correlator = Correlator(
-        local_domains, retire_after=retire_after, events=("reject", "postscreen"), count_connects=True
+        local_domains,
+        retire_after=retire_after,
+        events=("reject", "postscreen"),
+        count_connects=True,
+        count_verdicts=True,
     )
     seen: dict[int, int] | None = {} if len(sources) > 1 else None
     for index, source in enumerate(sources):
@@ -213,6 +217,7 @@ def analyse(
     for m in (*correlator.drain(), *correlator.finish()):
         tally.add(m)
     tally.connects(correlator.connects)
+    tally.verdicts(correlator.verdicts)
     tally.done()
     report.lines, report.unparsed_lines = correlator.lines, correlator.unparsed
     report.postfix_lines = correlator.lines - correlator.unparsed - correlator.blank
@@ -238,6 +243,8 @@ def _read(
             tally.add(m)
         tally.connects(correlator.connects)  # counted as they come: memory does not grow with clients
         correlator.connects.clear()
+        tally.verdicts(correlator.verdicts)
+        correlator.verdicts.clear()
     for text in splitter.flush():
         if seen is None:
             tally.events(correlator.feed_text(text, year))
@@ -316,6 +323,15 @@ class _Tally:
         first = r.first_gateway_trace
         if first is None or (ev.time is not None and (first.time is None or ev.time < first.time)):
             r.first_gateway_trace = ev
+
+    def verdicts(self, verdicts: Counter[tuple[str, str, str]]) -> None:
+        """postscreen's verdicts counted by the Correlator (``COUNTED_VERDICTS``: not a first trace)."""
+        r = self.report
+        for (_, verdict, addr), n in verdicts.items():
+            r.postscreen[verdict] += n
+            if self.matcher(addr):
+                r.postscreen_from_gateway[verdict] += n
+                r.gateway_seen = True
 
     def connects(self, connects: Counter[tuple[str, str]]) -> None:
         r = self.report

@@ -27,6 +27,7 @@ every loop bounded by the line.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections import Counter, OrderedDict, deque
@@ -445,9 +446,17 @@ class GatewayMatcher:
             return hit
         if not self.networks and addr.isascii() and addr.replace(".", "").isdigit():
             # Dotted digits: ``ipaddress`` reads them back unchanged or not at all (leading
-            # zeros, a part over 255), so membership decides. A report asks this for every
-            # distinct client address (~100,000 in a busy day's log), each once.
-            return addr in self.addresses
+            # zeros, a part over 255), so membership decides.
+            result = addr in self.addresses
+        else:
+            result = self._match(addr)
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[addr] = result
+        return result
+
+    def _match(self, addr: str) -> bool:
+        """Any other address (IPv6, ``IPv6:`` or ``::ffff:`` forms, or against networks): normalized first."""
         a = normalize_addr(addr)
         result = a in self.addresses
         if not result and (self.networks or _PLAIN_IPV4.fullmatch(a) is None):
@@ -457,9 +466,6 @@ class GatewayMatcher:
                 ip = None
             if ip is not None:
                 result = str(ip) in self.addresses or any(ip in n for n in self.networks)
-        if len(self._cache) > 65536:
-            self._cache.clear()
-        self._cache[addr] = result
         return result
 
 
@@ -650,6 +656,9 @@ DEFAULT_EVENTS = frozenset({"outside-recipient", "reject", "connect"})
 #: (``WHITELISTED`` before Postfix 3.6) lets a client in without tests, ``PASS OLD``/``PASS NEW``
 #: after them, ``DISCONNECT`` ends a connection postscreen kept.
 POSTSCREEN_VERDICTS = ("ALLOWLISTED", "WHITELISTED", "PASS OLD", "PASS NEW", "DISCONNECT")
+#: The verdicts ``count_verdicts`` counts; the others (a client let in without tests) stay events,
+#: with their time.
+COUNTED_VERDICTS = frozenset({"PASS OLD", "PASS NEW", "DISCONNECT"})
 
 _MONTH = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 #: An RFC 3164 timestamp as ``_stamp_at`` accepts it: the day space-padded (``Mar  7``) or not (``Mar 7``).
@@ -679,36 +688,37 @@ _SHAPES = (
     + r"|to=(<[^>\n]*+)>, relay=([^,\n]*+), delay=([^,\n]*+), delays=[^,\n]*+, dsn=([^,\n]*+), status=([^\n]*+)"
     + r"|from=<([^>\n]*+)>, size=([0-9]++), nrcpt=([0-9]++) \(queue active\)"
     + _EOL
-    + r"|(message-id=[^\n]*+)"
-    r"|(removed)" + _EOL
+    + rf"|(message-id=[^\n]*+|removed{_EOL})"
 )
 #: Connection lines (no queue id), the client address captured, as ``_connect`` reads it.
-_CONNECTS = r"(?:CONNECT from |connect from [^\[\n]*+)\[(?:[iI][pP][vV]6:)?+([^\] \n]++)\]"
+_CONNECTS = r"CONNECT from |connect from [^\[\n]*+"
+#: postscreen's ``COUNTED_VERDICTS`` (no queue id), the verdict captured, as ``_verdict`` reads them.
+_VERDICTS = r"(PASS OLD|PASS NEW|DISCONNECT) "
 
 
-def _first_pass(connects: bool) -> re.Pattern[str]:
-    """The fast first pass of ``Correlator.feed_block`` (``connects``: with ``_CONNECTS``).
+@functools.cache
+def _first_pass(connects: bool, verdicts: bool) -> re.Pattern[str]:
+    """The fast first pass of ``Correlator.feed_block`` (``connects``: with ``_CONNECTS``;
+    ``verdicts``: with ``_VERDICTS``; either captures the client address that follows).
 
     For a line with an RFC 3164 timestamp and the usual header, it captures the stamp, the
     service and the queue id, then either the fields of a usual shape (``_SHAPES`` after a
-    queue id, ``_CONNECTS`` without one) or the message, when it starts with a marker. A line
+    queue id, ``_CONNECTS`` or ``_VERDICTS`` without one) or the message, when it starts with a marker. A line
     without that timestamp and header (Docker's prefix, RFC 3339, Amavis, other programs, blank
     lines, odd tags) is captured whole in the last group, for ``parse_line``. Lines left out are
     Postfix lines whose message ``_handle`` ignores. Possessive quantifiers, lookarounds and
-    conditionals only: no backtracking, whatever the text.
+    conditionals only: no backtracking, whatever the text. Compiled on first use (~20 ms each).
     """
     return re.compile(
         r"\n(?:(" + _STAMP + r")" + _HEADER
         + r"(?:(" + _QID + r"|NOQUEUE): )?+"
         + r"(?:(?(3)(?<!NOQUEUE: )(?:" + _SHAPES + r")|(?!))"
-        + (r"|(?(3)(?!)|" + _CONNECTS + r")" if connects else r"|(?!)()")
+        + r"|(?(3)(?!)|(?:" + (_CONNECTS if connects else r"(?!)") + r"|" + (_VERDICTS if verdicts else r"(?!)()")
+        + r")\[(?:[iI][pP][vV]6:)?+([^\] \n]++)\])"
         + r"|((?:" + _MARKERS + r")[^\n]*+))"
         r"|(?!" + _STAMP + _NOT_HEADER + r")([^\n]*+))"
     )  # fmt: skip
 
-
-_FIRST_PASS = _first_pass(False)
-_FIRST_PASS_CONNECTS = _first_pass(True)
 
 _UNPARSED_SAMPLE = 5
 _SAMPLE_CHARS = 200
@@ -771,7 +781,9 @@ class Correlator:
 
     ``events`` limits the kinds of events built (default: ``DEFAULT_EVENTS``,
     all of ``EVENT_KINDS`` but ``postscreen``). ``count_connects``: instead of a ``connect`` event per
-    connection line, count them in ``connects[(service, client address)]``.
+    connection line, count them in ``connects[(service, client address)]``. ``count_verdicts``: instead
+    of a ``postscreen`` event per ``COUNTED_VERDICTS`` line, count them in
+    ``verdicts[(service, verdict, client address)]``.
 
     Lines that are not Postfix (or Amavis) lines are counted in ``unparsed``,
     the first few kept in ``unparsed_sample``.
@@ -785,6 +797,7 @@ class Correlator:
         retire_after: int | None = None,
         events: Iterable[str] | None = None,
         count_connects: bool = False,
+        count_verdicts: bool = False,
     ) -> None:
         self.local_domains = None if local_domains is None else {d.lower().rstrip(".") for d in local_domains}
         self.max_open = max_open
@@ -797,7 +810,9 @@ class Correlator:
         self._want_connect = "connect" in wanted or count_connects
         self._want_postscreen = "postscreen" in wanted
         self._count_connects = count_connects
+        self._count_verdicts = count_verdicts and self._want_postscreen
         self.connects: Counter[tuple[str, str]] = Counter()
+        self.verdicts: Counter[tuple[str, str, str]] = Counter()
         self._open: dict[str, Message] = OrderedDict() if max_open is not None else {}
         self._alias: dict[str, str] = OrderedDict() if max_open is not None else {}
         self._closed: list[Message] = []
@@ -885,16 +900,19 @@ class Correlator:
         stamps = self._stamps
         out = self._out = []
         connects: list[tuple[str, str]] = []
-        pattern = _FIRST_PASS_CONNECTS if self._count_connects else _FIRST_PASS
+        verdicts: list[tuple[str, str, str]] = []
         for (
             stamp, service, qid, host, addr, sasl, to, relay, delay, dsn, status,
-            sender, size, nrcpt, message_id, removed, connect, body, other,
-        ) in pattern.findall("\n" + text):  # fmt: skip
+            sender, size, nrcpt, mid_or_removed, verdict, client, body, other,
+        ) in _first_pass(self._count_connects, self._count_verdicts).findall("\n" + text):  # fmt: skip
             if not stamp:
                 self._parse(other, year)
                 continue
-            if connect:
-                connects.append((service, connect))
+            if client:
+                if verdict:
+                    verdicts.append((service, verdict, client))
+                else:
+                    connects.append((service, client))
                 continue
             t = stamps.get(stamp, _MISSING)
             if t is _MISSING:
@@ -912,14 +930,16 @@ class Correlator:
                 self._on_client(t, service, qid, host[:-1] or None, addr or None, method, user)
             elif size:
                 self._on_queued(t, service, qid, sender, int(size), int(nrcpt))
-            elif removed:
+            elif mid_or_removed == "removed":
                 self._on_removed(t, service, qid)
-            elif message_id:
-                self._on_message_id(t, service, qid, message_id[11:])
+            elif mid_or_removed:
+                self._on_message_id(t, service, qid, mid_or_removed[11:])
             else:
                 self._handle(t, service, qid or None, body)
         for (service, addr), n in Counter(connects).items():
             self._on_connect(None, service, None, addr, n)
+        for (service, verdict, addr), n in Counter(verdicts).items():
+            self._on_postscreen(None, service, verdict, addr, n)
         return out
 
     def _parse(self, text: str, year: int | None) -> None:
@@ -1061,10 +1081,11 @@ class Correlator:
             delay = None
         key, m = self._get(qid, t)
         r = None
-        for known in reversed(m.recipients):  # Message.recipient, inline: once per delivery line
-            if known.address == address:
-                r = known
-                break
+        if m.recipients:
+            for known in reversed(m.recipients):  # Message.recipient, inline: once per delivery line
+                if known.address == address:
+                    r = known
+                    break
         if r is None:
             r = Recipient(address=address, relay=relay, status=status, dsn=dsn, time=t, delay=delay,
                           detail=detail or None, service=service)  # fmt: skip
@@ -1139,9 +1160,14 @@ class Correlator:
         if addr is not None:
             self._on_postscreen(t, service, verdict, addr)
 
-    def _on_postscreen(self, t: datetime | None, service: str, verdict: str, addr: str) -> None:
-        """A postscreen verdict on ``addr``: a ``postscreen`` event (code: the verdict)."""
+    def _on_postscreen(self, t: datetime | None, service: str, verdict: str, addr: str, n: int = 1) -> None:
+        """``n`` postscreen verdicts on ``addr``: counted (``count_verdicts``), or a ``postscreen``
+        event each (code: the verdict)."""
         if not self._want_postscreen or (self._agents.get(service) or self._agent(service)) != "postscreen":
+            return
+        if self._count_verdicts and verdict in COUNTED_VERDICTS:
+            key = (service, verdict, addr)
+            self.verdicts[key] = self.verdicts.get(key, 0) + n
             return
         m = Message(queue_id="NOQUEUE", client_addr=addr, service=service, first_seen=t, last_seen=t)
         self._out.append(MessageEvent(kind="postscreen", message=m, recipient=None, time=t, code=verdict))
@@ -1151,7 +1177,8 @@ class Correlator:
         if not self._want_connect or not self._connect_agent(service):
             return
         if self._count_connects:
-            self.connects[(service, addr)] += n
+            key = (service, addr)
+            self.connects[key] = self.connects.get(key, 0) + n  # not Counter's __missing__: a Python call
             return
         m = Message(queue_id="NOQUEUE", client_host=host, client_addr=addr, service=service, first_seen=t, last_seen=t)
         self._out.append(MessageEvent(kind="connect", message=m, recipient=None, time=t))
