@@ -148,17 +148,15 @@ def _decoder(family: str) -> Callable[[str], str]:
     return decode
 
 
-def socket_owners() -> dict[int, list[int]]:
-    """Socket inode -> pids holding it, from /proc/<pid>/fd.
+def socket_owners(among: Iterable[int] | None = None) -> dict[int, list[int]]:
+    """Socket inode -> pids holding it, from /proc/<pid>/fd (only the pids ``among``, if given).
 
     Other users' fd directories are unreadable without root; their sockets
     simply get no pid.
     """
     owners: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
+    pids = sorted(among) if among is not None else [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+    for pid in pids:
         fd_dir = f"/proc/{pid}/fd/"
         try:
             fds = os.listdir(fd_dir)
@@ -291,14 +289,18 @@ def tcp_listeners(socks: Iterable[Sock] | None = None) -> list[Listener]:
 
 def tcp_established(
     wanted: Callable[[str, str, int], bool] | None = None,
+    *,
+    owners_among: Callable[[], Iterable[int]] | None = None,
 ) -> list[tuple[str, str, int, int | None]]:
     """(local, remote, remote port, pid) of established TCP sockets in this netns, one per holder.
 
     Addresses are plain (zone dropped, ``::ffff:a.b.c.d`` unmapped): the
     lockout guard compares them with SSH_CONNECTION and interface addresses.
     ``wanted(local, remote, rport)`` picks the connections of interest first:
-    only their owners are looked up, and with none left no process is read
-    (reading every process's descriptors is nearly all the cost).
+    only their owners are looked up, and with none left no process is read.
+    ``owners_among()`` (asked only when some connection is wanted) limits the
+    owners looked for to those pids (the lockout guard only asks about sshd):
+    reading every process's descriptors is nearly all the cost.
     """
     picked = []
     established = next(code for code, name in TCP_STATES.items() if name == "ESTABLISHED")
@@ -312,7 +314,7 @@ def tcp_established(
             picked.append((lplain, rplain, rport, inode))
     if not picked:
         return []
-    owners = socket_owners()
+    owners = socket_owners(owners_among() if owners_among is not None else None)
     out: list[tuple[str, str, int, int | None]] = []
     for lplain, rplain, rport, inode in picked:
         holders: list[int | None] = list(owners.get(inode, [])) or [None]

@@ -231,7 +231,16 @@ def operator_sessions(
             return True
         return within is None or ipaddress.ip_address(local) in within
 
-    socks = _tcp_established(wanted)
+    # Only an sshd process can own a session found by 3 and 4: owners are looked for among
+    # sshd's descriptors alone (under a bot flood docker-proxy holds connections over the
+    # very addresses to strip, and reading every process's descriptors is the slow part).
+    sshd: set[int] = set()
+
+    def sshd_now() -> set[int]:
+        sshd.update(_sshd_pids())
+        return sshd
+
+    socks = _tcp_established(wanted, owners_among=sshd_now)
     if len(conn) >= 4 and (local := _plain_ip(conn[2])):
         out.append(Session(local, f"{conn[0]} port {conn[1]}", "SSH_CONNECTION"))
     elif peer is not None:
@@ -246,7 +255,6 @@ def operator_sessions(
         if pid in ancestors:
             out.append(Session(local, f"{remote} port {rport}", f"sshd pid {pid}"))
     if not out:
-        sshd = _sshd_pids()
         for local, remote, rport, pid in socks:
             if pid in sshd:
                 out.append(Session(local, f"{remote} port {rport}", f"established sshd connection, pid {pid}"))
