@@ -329,7 +329,8 @@ class Run:
             )
             intent_written = True
             ctx.amend = amend
-            step.action.apply(ctx, undo)
+            with self.evidence.batch():  # the step's evidence is listed in one manifest write, at its end
+                step.action.apply(ctx, undo)
         except Exception as exc:  # noqa: BLE001 - every failure is journaled, then on_error decides
             seconds = time.monotonic() - t0
             error = _error_text(exc)
