@@ -309,7 +309,9 @@ def test_sigkill_during_containment_then_restore(lab: Lab, tmp_path: Path, kill_
     doc = status(state, incident)
     assert doc["run_status"] == "crashed", doc
     assert doc["journal"]["intact"] is True
-    assert sh("docker", "inspect", "--format", "{{.State.Paused}}", lab.container).stdout.strip() == "true"
+    # The strip comes first, then the pause: killed at the strip's intent, nothing is paused yet.
+    paused = "true" if step == "pause" else "false"
+    assert sh("docker", "inspect", "--format", "{{.State.Paused}}", lab.container).stdout.strip() == paused
 
     restore = lockdown(state, "restore", incident, "--release-queue", "--reopen-anyway")
     assert restore.returncode == 0, restore.stdout + restore.stderr
@@ -377,7 +379,7 @@ def test_dry_run_resolves_targets_and_refuses_what_a_run_would_refuse(lab: Lab, 
     )  # never plan against the machine's own interfaces, even in a dry run
     assert missing.returncode == 2
     assert missing.stderr.startswith(
-        "lockdown: error: relay-incident.toml step 1 (pause): no such container 'lkd-no-such-container'"
+        "lockdown: error: relay-incident.toml step 2 (pause): no such container 'lkd-no-such-container'"
     ), missing.stderr
     assert lab_state(lab) == before
     assert host_snapshot() == lab.before

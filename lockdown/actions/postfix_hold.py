@@ -8,7 +8,7 @@ exactly the queue ids this step recorded, nothing else.
 Everything runs through ``docker exec``, which Docker refuses on a paused
 container (HTTP 409): this step comes before ``docker.pause``, or after it
 with ``resume_paused = true`` once another step closed the outside path
-(``relay-incident`` pauses first, strips IPv6, then holds).
+(``relay-incident`` strips IPv6, pauses, then holds).
 """
 
 from __future__ import annotations
@@ -431,8 +431,8 @@ class PostfixHoldQueue(ContainerAction[Params]):
     Parameters:
       {ContainerParams}
       resume_paused: a container that an earlier step paused is resumed for
-        the hold (about 0.7 s of docker exec) and paused again. Lets the
-        playbook pause first, so the abused path closes at once; put an
+        the hold (about 0.5 s of docker exec) and paused again. Lets the
+        playbook pause early and hold later; put an
         ipv6.strip or nft.block step before this one, so that no outside
         client reaches the container while it runs (default false).
 
