@@ -120,12 +120,13 @@ class Action(Generic[P]):
     def prefetch(self) -> None:
         """Start this step's slow read-only queries in the background (optional).
 
-        The runner calls it for every later step once the run's first step, the
-        one that closes the abused path, has run: a query the daemon is slow to
-        answer (``docker diff``, ~0.3-0.5 s) then runs while the steps before
-        this one do, not after them. What it starts changes nothing; the step
-        records its answer in apply (and says in its docstring when that answer
-        was asked for).
+        The runner calls it once the steps at the head of the playbook that
+        close the abused path have run, for the following steps up to the
+        first one that uses Docker (see ``Run._prefetch``): a query the daemon
+        is slow to answer (``docker diff``, ~0.3-0.5 s) then runs while the
+        steps before this one do, not after them. What it starts changes
+        nothing; the step records its answer in apply (and says in its
+        docstring when that answer was asked for).
         """
 
     def resolved(self) -> dict[str, Any]:

@@ -83,7 +83,8 @@ class DockerInspect(ContainerAction[Params]):
     Read-only. Writes, per container, ``docker/<container>/inspect.json``,
     ``top.json`` (running or paused containers), ``diff.json`` (files added,
     changed or deleted against the image; Docker is asked for it as soon as
-    the run's first step has run, since it takes ~0.3-0.5 s to answer),
+    the steps that close the path have run, since it takes ~0.3-0.5 s to
+    answer),
     ``network.json`` (networks and
     published ports with their HostIp: ``0.0.0.0``/``::`` means every
     address, the IPv6 path included), and once per step the daemon's
@@ -113,14 +114,14 @@ class DockerInspect(ContainerAction[Params]):
         return "record inspect, top, diff, networks and ports of " + self.params.target_text()
 
     def prefetch(self) -> None:
-        """Ask for the diffs (and the daemon's info and version) as soon as the run's first step has run."""
+        """Ask for the diffs (and the daemon's info and version) as soon as the path is closed."""
         if self._asked is None:
             self._asked = _Asked.start(self.resolve(), daemon=self.params.daemon)
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         """``docker diff`` walks the container's filesystem layer and is the slow call here (about
         0.3-0.5 s on the lab): it and the daemon's info and version are asked in worker threads,
-        from ``prefetch`` (right after the run's first step) or else first thing here, while
+        from ``prefetch`` (once the path is closed, see ``Run._prefetch``) or else first thing here, while
         inspect and top run; the files are still written in the same order, from this thread."""
         refs = list(self.resolve())
         asked = self._asked or _Asked.start(refs, daemon=self.params.daemon)

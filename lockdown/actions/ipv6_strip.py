@@ -404,7 +404,6 @@ class Ipv6Strip(Action[Params]):
         record = copy.deepcopy(undo)
         for line in self._forced:
             ctx.note(line)
-        ctx.write_json("ipv6-before.json", record)
         disabled = self._survey.disabled if self._survey else {}
         for ifname, why in disabled.items():
             if ifname == "host":
@@ -419,6 +418,7 @@ class Ipv6Strip(Action[Params]):
         if not record["interfaces"]:
             if not disabled:
                 ctx.note("no interface has a global IPv6 address outside keep: nothing to strip")
+            ctx.write_json("ipv6-before.json", record)
             ctx.result["removed"] = {}
             return
         for kept in self._survey.skipped_kept if self._survey else []:
@@ -447,6 +447,9 @@ class Ipv6Strip(Action[Params]):
             removed[ifname] = gone
             if gone:
                 ctx.note(f"{ifname}: removed {len(gone)} address(es): {', '.join(gone)}")
+        # The record (journaled before anything changed) as evidence, written once the path is
+        # closed: writing it first delayed the removal by a file and its fsyncs.
+        ctx.write_json("ipv6-before.json", record)
         # One check right after removing; what comes back later is `lockdown guard`'s job
         # (the run used to sleep a second here and check again).
         came_back = self._strip_leftovers(ctx, record, "after removing")
