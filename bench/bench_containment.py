@@ -34,21 +34,37 @@ API ``pause`` (then ``unpause``).
 
 Goal (issue 17.5): p99 <= 100 ms for both playbooks.
 
-Figures from this machine (2 cores, other suites running), 2026-11-30, ``--rounds 12``::
+Two figures per round: *closed*, the issue's (the start of the first failed
+attempt after which no attempt started succeeded) and *settled* (also waiting
+for the answers of attempts already connected before the cut; equal here).
 
-    POST -> relay fails, relay-incident:          p50 350.4 ms   p99 553.0 ms   min 181.9   max 553.0
-    POST -> relay fails, relay-incident-surgical: p50 205.4 ms   p99 668.2 ms   min 101.8   max 668.2
-    bare `nft add rule` -> relay fails:           p50  16.4 ms   p99 218.6 ms   min   9.1   max 218.6
-    bare Docker API pause -> relay fails:         p50  24.1 ms   p99 339.6 ms   min  10.8   max 339.6
+Figures from this machine (2 cores, idle but for the bench), 2026-12-01, ``--rounds 20``::
+
+    POST -> relay fails, relay-incident:          p50 131.9 ms   p99 263.2 ms   min 79.8   max 263.2
+    POST -> relay fails, relay-incident-surgical: p50  88.5 ms   p99 121.5 ms   min 64.3   max 121.5
+    bare `nft add rule` -> relay fails:           p50  10.3 ms   p99 216.1 ms   min  7.5   max 216.1
+    bare Docker API pause -> relay fails:         p50  19.4 ms   p99  27.8 ms   min 13.0   max  27.8
     goal p99 <= 100 ms: NOT met for either playbook
 
-The closing step now comes first, so the ~0.7 s hold no longer delays it;
-what is left is ``Run.start``: privileges, then every step's preflight before
-anything changes (the lockout guard of ``ipv6.strip`` reads every process
-and session; each Docker step resolves its container again), and serve's
-de-dup, which reads every incident of the state dir (relay-incident grew
-from ~200 to ~500 ms over the run as incidents piled up). The peers' own
-p99 shows how much of the spread is this shared machine.
+(The session before, under load: relay-incident p50 350, p99 553; surgical p50
+205, p99 668.) What changed: relay-incident strips IPv6 before it pauses (the
+strip closes the abused path; Docker's freezer sometimes took ~0.3 s); serve
+walks every route's preflight at start-up and then ``gc.freeze()``s; preflight
+asks Docker each question once and the lockout guard reads only established
+sockets and only sshd's descriptors; the strip's survey uses if_nameindex;
+Params type hints are resolved once per class; the incident is created with
+8 fsyncs instead of 13; nft.block reads its "before" ruleset in preflight.
+
+Where the rest goes, from the journal of a kept state dir (ms after the
+request was read, p50): ``run-start`` ~70 (privileges ~5, preflight ~40 for
+relay-incident: the strip's netlink survey and the lockout guard's
+/proc/net read, both decoded in Python, under the bots' load; the two
+``nft`` ruleset reads for surgical), the closing step's ``intent`` ~20 later
+(the strip records every address, route and sysctl it will change before it
+acts), the cut ~30 after that. The p99 comes from rounds where serve lost the
+CPU to the bots' loop, docker-proxy and Postfix on 2 cores. Next: keep a
+warm netlink view in serve (the guard already follows netlink) instead of
+dumping in each preflight.
 """
 
 from __future__ import annotations
