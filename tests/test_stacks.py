@@ -341,7 +341,7 @@ def test_two_stacks_without_a_project_is_refused_naming_both(slab: Lab, netns: s
     assert r.returncode == 2, r.stderr
     plain = "publishes 25/tcp and no sign of mailcow, docker-mailserver or Mailu"
     assert r.stderr.strip().splitlines() == [
-        f'lockdown: error: relay-incident.toml step 1 (pause): container = "stack": 2 mail stacks run here '
+        f'lockdown: error: relay-incident.toml step 2 (pause): container = "stack": 2 mail stacks run here '
         f"with label {label}, choose one: plain Postfix (container {first.name}): {first.name}: {plain}; "
         f"plain Postfix (container {second.name}): {second.name}: {plain}",
         "  -> narrow to one Compose project with --var project=NAME, or name the container with "
@@ -446,7 +446,7 @@ def test_bad_scoping_var_is_one_line_exit_2_and_nothing_runs(var: str, message: 
     r = run_cli("run", "relay-incident", "--dry-run", "--var", var, state_dir=tmp_path / "state")
     assert r.returncode == 2, r.stderr
     first = r.stderr.strip().splitlines()[0]
-    assert first.startswith("lockdown: error: ") and first.endswith(f"step 1 (pause): {message}"), first
+    assert first.startswith("lockdown: error: ") and first.endswith(f"step 2 (pause): {message}"), first
     assert not (tmp_path / "state").exists()
 
 

@@ -2,7 +2,7 @@
 
 Nothing runs until the whole playbook is valid. Every error names the file,
 the step (number and id) and the key, e.g.
-``relay-incident.toml step 5 (strip-v6): interfaces: expected a list of strings, got 42``.
+``relay-incident.toml step 1 (strip-v6): interfaces: expected a list of strings, got 42``.
 """
 
 from __future__ import annotations
