@@ -361,6 +361,47 @@ def test_lockout_guard_sees_an_established_sshd_connection(netns: str, tmp_path:
                 p.wait()
 
 
+# Established and TIME_WAIT connections over IPv4 and IPv6 loopback, then what the
+# lockout guard's two readers (sock_diag, and /proc/net as the fallback) list.
+DIAG_VS_PROC = r"""
+import json, socket
+from lockdown import hostfacts
+socks = []
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    srv = socket.socket(family)
+    srv.bind((host, 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    for _ in range(3):  # closed by the client first: the client side stays in TIME_WAIT
+        c = socket.create_connection((host, port))
+        a, _ = srv.accept()
+        c.close()
+        a.close()
+    c = socket.create_connection((host, port))
+    a, _ = srv.accept()
+    socks += [srv, c, a]
+diag = sorted(hostfacts._established_by_diag())
+proc = sorted(
+    (r[2], r[4], r[5], r[8]) for r in hostfacts._proc_net_rows("/proc/self/net", only=("tcp", "01"))
+)
+tw = sum(1 for r in hostfacts._proc_net_rows("/proc/self/net") if r[6] == "TIME_WAIT")
+print(json.dumps({"diag": diag, "proc": proc, "time_wait": tw}))
+"""
+
+
+def test_lockout_guard_reads_established_sockets_from_the_kernel_as_proc_lists_them(netns: str) -> None:
+    """sock_diag (kernel-filtered by state) lists exactly the established sockets /proc/net lists."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", DIAG_VS_PROC],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    assert got["time_wait"] == 6  # the flood's leftovers are there, and not listed below
+    assert len(got["diag"]) == 4  # both ends of one IPv4 and one IPv6 connection
+    assert got["diag"] == got["proc"]
+    assert {row[0] for row in got["diag"]} == {"127.0.0.1", "::1"}
+
+
 # The action classes driven directly, with a real context and evidence store,
 # so that undo can be called twice on the same record (the runner would say
 # "nothing to undo" the second time and never call it).
@@ -411,6 +452,44 @@ def test_undo_twice_on_the_same_record_changes_nothing_the_second_time(netns: st
         f"{a0}: autoconf already 1",
     ], second
     netlab.assert_same_state(before, state(netns, [a0, a1]))
+
+
+# The strip between an alert's preflight and its cut: the preflight's survey is reused by
+# prepare, and an address removed by someone else in between must not come back with restore.
+RACE = """
+import json, subprocess, sys
+from pathlib import Path
+from lockdown.actions.base import StepContext
+from lockdown.actions.ipv6_strip import Ipv6Strip, Params
+from lockdown.record.store import EvidenceStore
+
+dev, workdir, gone = sys.argv[1:4]
+d = Path(workdir)
+amended, latest = [], []
+def amend(record, **why):
+    amended.append(why)
+    latest.append(json.loads(json.dumps(record)))  # what the journal's intent-update holds
+ctx = StepContext("i", d, "strip", "ipv6.strip", EvidenceStore(d), amend=amend)
+action = Ipv6Strip(Params(interfaces=[dev]))
+action.preflight()
+subprocess.run(["ip", "addr", "del", gone, "dev", dev], check=True)  # after the survey, before the cut
+record = action.prepare(ctx)
+planned = [a["address"] + "/" + str(a["prefixlen"]) for i in record["interfaces"] for a in i["addresses"]]
+action.apply(ctx, record)
+Ipv6Strip.undo(ctx, latest[-1])  # as restore does: the record as last amended
+print(json.dumps({"planned": planned, "amended": amended, "notes": ctx.notes}))
+"""
+
+
+def test_an_address_gone_between_preflight_and_cut_is_left_out_of_the_restore(netns: str, tmp_path: Path) -> None:
+    a0, a1 = _setup(netns)
+    state(netns, [a0, a1])  # waits for DAD
+    gone = "2001:db8:2::1/64"
+    out = json.loads(netlab.nsexec(netns, sys.executable, "-c", RACE, a0, str(tmp_path), gone).stdout)
+    assert gone in out["planned"]  # prepare took the preflight's survey, from before the removal
+    assert out["amended"] == [{"already_gone": f"{gone} on {a0}"}]  # journaled before the next change
+    assert f"{a0}: {gone} was already gone; left out of the restore" in out["notes"]
+    assert sorted(netlab.global_addresses(netns, a0)) == ["2001:db8:1::1/64", "2001:db8:3::1/64", "2001:db8:4::1/64"]
 
 
 def test_interface_deleted_before_restore(netns: str, tmp_path: Path, state_dir: Path) -> None:

@@ -240,7 +240,10 @@ def operator_sessions(
         sshd.update(_sshd_pids())
         return sshd
 
-    socks = _tcp_established(wanted, owners_among=sshd_now)
+    # Only an IPv6 local address can be wanted when no SSH_CLIENT names a peer (whose connection
+    # may be IPv4) and every address in ``over`` is IPv6: the IPv4 table is then not read at all.
+    v6_only = peer is None and within is not None and all(ip.version == 6 for ip in within)
+    socks = _tcp_established(wanted, owners_among=sshd_now, ipv6_only=v6_only)
     if len(conn) >= 4 and (local := _plain_ip(conn[2])):
         out.append(Session(local, f"{conn[0]} port {conn[1]}", "SSH_CONNECTION"))
     elif peer is not None:
@@ -262,6 +265,10 @@ def operator_sessions(
 
 
 # ------------------------------------------------------------ the action
+
+
+#: Seconds for which prepare takes the preflight's survey as it is (see ``Ipv6Strip.prepare``).
+SURVEY_REUSE = 1.0
 
 
 def _sysctl_name(ifname: str, key: str) -> str:
@@ -318,6 +325,7 @@ class Ipv6Strip(Action[Params]):
 
     # filled in by preflight/prepare; the class defaults mean "not surveyed yet"
     _survey: Survey | None = None
+    _surveyed_at = 0.0
     _forced: tuple[str, ...] = ()
 
     def describe(self) -> str:
@@ -327,7 +335,7 @@ class Ipv6Strip(Action[Params]):
 
     def preflight(self) -> None:
         found = survey(self.params)
-        self._survey = found
+        self._survey, self._surveyed_at = found, time.monotonic()
         for ifname in found.interfaces:
             for key in SYSCTL_KEYS:
                 read_sysctl(_sysctl_name(ifname, key))
@@ -373,8 +381,15 @@ class Ipv6Strip(Action[Params]):
         return out
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
-        found = survey(self.params)
-        self._survey = found
+        # The preflight's survey, when it is that recent (a run's first step: the incident was
+        # created in between): surveyed again, it cost a netlink dump between the alert and the
+        # cut. What changed since is caught in apply: an address gone by then is taken out of
+        # the record (``_delete``), one added since is stripped and journaled (``_strip_leftovers``).
+        if self._survey is not None and time.monotonic() - self._surveyed_at < SURVEY_REUSE:
+            found = self._survey
+        else:
+            found = survey(self.params)
+        self._survey, self._surveyed_at = found, 0.0
         interfaces = []
         for ifname in found.interfaces:
             interfaces.append(
@@ -438,12 +453,15 @@ class Ipv6Strip(Action[Params]):
         for iface in record["interfaces"]:
             ifname = iface["ifname"]
             gone = []
-            for a in iface["addresses"]:
+            for a in list(iface["addresses"]):
                 addr = Address.from_dict(a)
                 if netlink.delete_address(ifname, addr.address, addr.prefixlen):
                     gone.append(describe_address(addr))
-                else:
-                    ctx.note(f"{ifname}: {addr.cidr} was already gone")
+                    continue
+                # Not removed by this run: restore must not add it back (undo is exact).
+                iface["addresses"].remove(a)
+                ctx.amend_undo(record, already_gone=f"{addr.cidr} on {ifname}")
+                ctx.note(f"{ifname}: {addr.cidr} was already gone; left out of the restore")
             removed[ifname] = gone
             if gone:
                 ctx.note(f"{ifname}: removed {len(gone)} address(es): {', '.join(gone)}")
