@@ -154,7 +154,7 @@ class NftBlock(ContainerAction[NftParams]):
     def __init__(self, params: NftParams) -> None:
         super().__init__(params)
         self._plan: Plan | None = None
-        self._before: list[bytes] = []
+        self._before: nft.RulesetRead | None = None
 
     def describe(self) -> str:
         p = self.params
@@ -171,10 +171,10 @@ class NftBlock(ContainerAction[NftParams]):
     def preflight(self) -> None:
         nft.binary()
         self._plan = self.plan()
-        # The "before" ruleset is read here, before the run changes anything, and written
-        # as evidence in apply: read in apply it would delay the block it documents.
-        self._before = []
-        nft.dump_ruleset(self._before.append)
+        # The "before" ruleset: its listing starts here, before the run changes anything, goes
+        # on while the run's other checks do, and is collected (waited for) in apply, before the
+        # change. Read in apply, it would delay the block it documents.
+        self._before = nft.ruleset_read()
 
     def resolved(self) -> dict[str, Any]:
         out = super().resolved() if self.params.needs_docker else {}
@@ -223,23 +223,18 @@ class NftBlock(ContainerAction[NftParams]):
     # ------------------------------------------------------------ apply / undo
 
     def prepare(self, ctx: StepContext) -> UndoRecord:
-        table = table_name(ctx.incident_id)
-        items = nft.list_table(TABLE_FAMILY, table)
-        return {
-            "family": TABLE_FAMILY,
-            "table": table,
-            "chain": chain_name(ctx.step_id),
-            "table_existed": items is not None,
-        }
+        """The table and chain the undo deletes; no nft call (the table is the incident's own)."""
+        return {"family": TABLE_FAMILY, "table": table_name(ctx.incident_id), "chain": chain_name(ctx.step_id)}
 
     def apply(self, ctx: StepContext, undo: UndoRecord | None) -> None:
         assert undo is not None
         plan = self.plan()
         table, chain = undo["table"], undo["chain"]
         rules = self.rules(plan)
+        before = (self._before or nft.ruleset_read()).chunks()  # complete before the ruleset changes
         nft.run_batch(chain_commands(table, chain, rules), f"add the rules of {table} chain {chain}")
         with ctx.open_evidence(f"nft/{ctx.step_id}/ruleset-before.json") as fh:
-            for chunk in self._before:
+            for chunk in before:
                 fh.write(chunk)
         with ctx.open_evidence(f"nft/{ctx.step_id}/ruleset-after.json") as fh:
             nft.dump_ruleset(fh.write)

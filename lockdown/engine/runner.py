@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockdown import __version__, dockerapi
+from lockdown import __version__, dockerapi, nft
 from lockdown.actions import REGISTRY, get_action
 from lockdown.actions.base import StepContext, UndoRecord
 from lockdown.engine import gate as gate_mod
@@ -114,9 +114,10 @@ def preflight(playbook: Playbook) -> None:
     """Each action's own live checks (targets exist, tools present). Changes nothing.
 
     Docker is asked each question once (``dockerapi.one_look``): the steps
-    mostly name the same containers.
+    mostly name the same containers; nftables' ruleset is listed once too
+    (``nft.one_look``).
     """
-    with dockerapi.one_look():
+    with dockerapi.one_look(), nft.one_look():
         for step in playbook.steps:
             try:
                 step.action.preflight()
