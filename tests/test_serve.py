@@ -923,3 +923,33 @@ vars = {{ container = "{absent}" }}
         assert srv.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge")).status == 202  # still serving
     finally:
         srv.stop()
+
+
+def _thread_nice(pid: int) -> dict[int, int]:
+    """tid -> nice value of every thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        out[int(tid)] = int(stat.rsplit(")", 1)[1].split()[16])
+    return out
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("", -10), ("nice = -3", -3), ("nice = 0", 0)])
+def test_serve_runs_ahead_of_the_flood_at_its_nice_value(
+    tmp_path: Path, netns: str, setting: str, expected: int
+) -> None:
+    """Every thread of serve, and so every run and nft it starts, has ``server.nice`` (default -10)."""
+    config, state = write_config(tmp_path, extra_server=setting)
+    srv = Server(config, state, netns).start()
+    try:
+        assert srv.proc is not None
+        resp = srv.post("/v1/alerts/alertmanager", am_payload("MailRelaySurge"))
+        assert resp.status == 202, resp.body
+        niceness = _thread_nice(srv.proc.pid)
+        assert len(niceness) > 2  # the HTTP thread and the workers too
+        assert set(niceness.values()) == {expected}
+        log = [json.loads(x) for x in (state / "triggers" / "server.log").read_text().splitlines()]
+        assert [e.get("nice") for e in log if e["event"] == "nice"] == ([expected] if expected else [])
+        wait_for(lambda: run_finished(state, resp.json()["incident_id"]), what="the run")
+    finally:
+        srv.stop()

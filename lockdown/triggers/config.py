@@ -73,6 +73,8 @@ class ServerConfig:
     allow_insecure_listen: bool = False
     #: Seconds a generic alert without a fingerprint is a repeat of the same alert (same identity).
     generic_dedup_window: float = 3600.0
+    #: serve's scheduling priority (nice value, -20..19): ahead of the flood it contains. See docs/triggers.md.
+    nice: int = -10
 
     @property
     def listen(self) -> str:
@@ -313,6 +315,7 @@ def _server_config(path: Path, srv: _Reader, read_secrets: bool, warnings: list[
     server.max_connections = int(srv.integer("max_connections", 512, 1, 100_000) or 0)
     server.max_alerts = int(srv.integer("max_alerts", 1000, 1, 1_000_000) or 0)
     server.generic_dedup_window = srv.number("generic_dedup_window", 3600.0, 0, 30 * 86400)
+    server.nice = int(srv.integer("nice", -10, -20, 19) or 0)
     server.allow_insecure_listen = srv.boolean("allow_insecure_listen", False)
     if read_secrets and not server.allow_insecure_listen and not ipaddress.ip_address(server.host).is_loopback:
         raise BadInput(

@@ -672,6 +672,30 @@ def make_server(config: Config, dispatcher: Dispatcher) -> WebhookServer:
     return WebhookServer(config, dispatcher, dispatcher.metrics)
 
 
+def set_priority(nice: int, log: EventLog) -> None:
+    """Give every thread of serve the nice value ``nice`` (``server.nice``); threads started later inherit it.
+
+    Why: the alert comes while the flood it is about holds the CPU (bots,
+    docker-proxy, Postfix's smtpd processes). At the default nice 0, serve's
+    preflight, journal and cut waited their turn behind them: the same work
+    took 3-5x longer than on an idle host (bench/bench_containment.py). A
+    value below 0 needs root (CAP_SYS_NICE); without it serve logs
+    ``nice-failed`` and runs at the priority it was given.
+    """
+    if nice == os.getpriority(os.PRIO_PROCESS, 0):
+        return
+    try:
+        for tid in os.listdir("/proc/self/task"):  # Linux: a thread's nice value is its own
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+            except ProcessLookupError:  # that thread has just ended
+                continue
+    except OSError as exc:
+        log.write("nice-failed", nice=nice, error=exc.strerror or str(exc))
+        return
+    log.write("nice", nice=nice)
+
+
 def serve(
     config: Config,
     root: Path,
@@ -690,6 +714,7 @@ def serve(
     Returns False when a run was still going after ``drain_timeout`` seconds.
     """
     log = EventLog(root, "server.log")
+    set_priority(config.server.nice, log)
     metrics = Metrics(root)
     dispatcher = Dispatcher(config, root, log=log, stop=stop, metrics=metrics)
     dispatcher.prepare()
