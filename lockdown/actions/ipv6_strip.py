@@ -251,7 +251,7 @@ def operator_sessions(
         local = match[0][0] if match else netlink.route_source(peer)
         if local:
             out.append(Session(local, f"{peer} port {client[1]}", "SSH_CLIENT"))
-    if not socks:
+    if not any(pid is not None for *_, pid in socks):  # no sshd holds them (a flood's, docker-proxy's)
         return out
     ancestors = _sshd_ancestors()
     for local, remote, rport, pid in socks:

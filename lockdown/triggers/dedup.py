@@ -157,6 +157,8 @@ class DedupStore:
         self._keys: dict[str, str] = {}
         self._expires: dict[str, float] = {}
         self._routes: dict[str, str] = {}
+        #: Incidents seen ended (run over, containment restored): nothing makes them cover a route again.
+        self._ended: set[str] = set()
         self._offset = 0
         self._mutex = threading.Lock()
         self._lock_fd: int | None = None
@@ -247,7 +249,13 @@ class DedupStore:
         return None
 
     def incident_state(self, incident_id: str) -> str | None:
-        """Why ``incident_id`` still covers its route ("running" / "containment active"), or None."""
+        """Why ``incident_id`` still covers its route ("running" / "containment active"), or None.
+
+        An incident seen ended is not read again: reading it verified its whole journal, between
+        the next alert of the route and that alert's first change (after a restore, every one).
+        """
+        if incident_id in self._ended:
+            return None
         try:
             view = inc.read_incident(self.root, incident_id)
         except UNREADABLE as exc:  # removed by an operator, or damaged: the route is free again
@@ -262,6 +270,7 @@ class DedupStore:
             return "the route's incident is still running"
         if view.containment_active:
             return "the route's incident is still contained"
+        self._ended.add(incident_id)
         return None
 
     def route_of_holder(self) -> tuple[str | None, str | None]:
