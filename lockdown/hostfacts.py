@@ -6,7 +6,8 @@ and ``lockdown audit`` all ask here, so that a socket, a process or a
 docker-proxy command line is understood in one place.
 
 Everything here only READS, and reads the caller's own namespaces:
-sockets from /proc/self/net and sysctls from /proc/sys/net (both follow the
+sockets from /proc/self/net (established TCP for the lockout guard from
+the kernel's sock_diag, which filters by state) and sysctls from /proc/sys/net (all follow the
 network namespace of the calling thread, so ``ip netns exec NS lockdown ...``
 sees that namespace), processes from the whole pid namespace.
 
