@@ -143,6 +143,11 @@ class _Libnftables:
 _LIB: list[_Libnftables | None] = []
 
 
+def load_library() -> bool:
+    """Load libnftables now (``nft.block``'s preflight, so serve's warm-up does); True if it loaded."""
+    return _library() is not None
+
+
 def _library() -> _Libnftables | None:
     """libnftables, loaded once; None where it is not installed (then ``nft`` is run)."""
     if not _LIB:

@@ -170,6 +170,7 @@ class NftBlock(ContainerAction[NftParams]):
 
     def preflight(self) -> None:
         nft.binary()
+        nft.load_library()  # here, not at the block: serve's warm-up walks this preflight
         self._plan = self.plan()
         # The "before" ruleset: its listing starts here, before the run changes anything, goes
         # on while the run's other checks do, and is collected (waited for) in apply, before the
