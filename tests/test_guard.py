@@ -148,6 +148,9 @@ def test_sysctl_set_back_is_set_again_on_the_timer(
 ) -> None:
     """Writing accept_ra sends no netlink event: the slow timer finds it."""
     a0, _a1 = netlab.veth_with_v6(netns)
+    # The link-locals' DAD ends with an address notification: one arriving after the sysctl
+    # was set back made a netlink compare find it before the timer did.
+    netlab.wait_link_local(netns, [a0, _a1])
     incident = _run(netns, state_dir, tmp_path, a0)
     guard = GuardProc(state_dir, "--all", "--timer", "0.3", netns=netns)
     assert guard.until("guarding") == {"event": "guarding", "incident_id": incident, "what": f"ipv6.strip on {a0}"}
