@@ -328,6 +328,8 @@ def _established_by_diag(
 
 def _diag_part(data: bytes, family: int, size: int, out: list[tuple[str, str | None, int | None, int]]) -> bool:
     """Decode one recv() of a sock_diag dump into ``out``; True when the dump is done."""
+    if not data:  # never from a live kernel socket; not a reason to spin
+        raise OSError(errno.EPROTO, "empty sock_diag answer")
     off = 0
     while off + 16 <= len(data):
         length, kind = struct.unpack_from("=IH", data, off)

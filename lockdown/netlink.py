@@ -298,6 +298,8 @@ def _dump(kind: int, family: int | None, doing: str) -> list[Any]:
             sock.sendto(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST_DUMP, 1, 0) + body, (0, 0))
             while True:
                 data = sock.recv(1 << 17)
+                if not data:  # never from a live kernel socket; not a reason to spin
+                    raise _translate(errno.EPROTO, doing)
                 done = _dump_end(data, doing)
                 out += [m for m in marshal.parse(data) if m["header"]["type"] == kind - 2]  # RTM_NEW*
                 if done:
@@ -535,6 +537,8 @@ def _request(kind: int, body: bytes, doing: str) -> int:
             sock.sendto(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST_ACK, 1, 0) + body, (0, 0))
             while True:
                 data = sock.recv(1 << 16)
+                if not data:
+                    return errno.EPROTO
                 off = 0
                 while off + 16 <= len(data):
                     length, got = struct.unpack_from("=IH", data, off)
