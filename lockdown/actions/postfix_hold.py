@@ -339,6 +339,25 @@ def pending_ids(entry: dict[str, Any]) -> list[str]:
     return [q for q in entry.get("held", []) if q not in purged]
 
 
+def _where_now(
+    entry: dict[str, Any], ids: list[str], note: Callable[[str], None]
+) -> tuple[str, str, list[str], list[str], list[str]] | None:
+    """(container id, name, ids still on hold, ids released elsewhere, ids gone), or None without the container.
+
+    The one reading of "where are the recorded messages now" for both decisions
+    on a held queue: release (``undo``) and delete (``purge-queue``).
+    """
+    found = locate(entry, note)
+    if found is None:
+        return None
+    cid, name = found
+    _not_paused(cid, name)
+    queue_of = read_queue(cid, name).queue_of
+    on_hold = [q for q in ids if queue_of.get(q) == "hold"]
+    elsewhere = [q for q in ids if q in queue_of and queue_of[q] != "hold"]
+    return cid, name, on_hold, elsewhere, [q for q in ids if q not in queue_of]
+
+
 def _hold_entry(ctx: StepContext, record: UndoRecord, entry: dict[str, Any], *, resumed: bool) -> dict[str, Any]:
     """Save one container's queue as evidence and ``postsuper -h ALL``, in two execs; returns its summary.
 
@@ -516,19 +535,14 @@ class PostfixHoldQueue(ContainerAction[Params]):
             if not ids:
                 ctx.note(f"{name}: nothing to release")
                 continue
-            found = locate(entry, ctx.note)
-            if found is None:
+            split = _where_now(entry, ids, ctx.note)
+            if split is None:
                 ctx.note(
                     f"{name} ({entry['id'][:12]}) no longer exists: its {len(ids)} held message(s) went with it "
                     "(their copies are in the evidence)"
                 )
                 continue
-            cid, name = found
-            _not_paused(cid, name)
-            before = read_queue(cid, name)
-            on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
-            elsewhere = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
-            gone = [q for q in ids if q not in before.queue_of]
+            cid, name, on_hold, elsewhere, gone = split
             if on_hold:
                 postsuper(cid, name, "-H", on_hold)
             after = read_queue(cid, name)
@@ -560,17 +574,12 @@ class PostfixHoldQueue(ContainerAction[Params]):
             if not ids:
                 notes.append("nothing left to purge")
                 continue
-            found = locate(entry, notes.append)
-            if found is None:
+            split = _where_now(entry, ids, notes.append)
+            if split is None:
                 notes.append("the container no longer exists: its held messages went with it")
                 item["gone"] = ids
                 continue
-            cid, name = found
-            _not_paused(cid, name)
-            before = read_queue(cid, name)
-            on_hold = [q for q in ids if before.queue_of.get(q) == "hold"]
-            released = [q for q in ids if q in before.queue_of and before.queue_of[q] != "hold"]
-            item["gone"] = [q for q in ids if q not in before.queue_of]
+            cid, name, on_hold, released, item["gone"] = split
             if released:
                 notes.append(
                     f"{len(released)} recorded message(s) are no longer on hold (released by hand?): not deleted"
