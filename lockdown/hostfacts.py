@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from lockdown import nlmsg
+
 DOCKER_PROXY = "docker-proxy"
 SSHD_NAMES = ("sshd", "sshd-session")
 # What may re-add addresses behind our back, by process name (comm is cut at 15).
@@ -293,7 +295,6 @@ def tcp_listeners(socks: Iterable[Sock] | None = None) -> list[Listener]:
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST_DUMP = 0x1 | 0x300
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _TCP_ESTABLISHED = 1
 #: Most established sockets one dump may list: beyond it the dump is cut, and the guard says so
 #: by failing (a host with more than this many established TCP connections is not read whole).
@@ -317,8 +318,7 @@ def _established_by_diag(
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG) as nl:
             nl.settimeout(5)
             req = struct.pack("=BBBxI48x", family, socket.IPPROTO_TCP, 0, 1 << _TCP_ESTABLISHED)
-            head = struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0)
-            nl.sendto(head + req, (0, 0))
+            nl.sendto(nlmsg.header(len(req), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP) + req, (0, 0))
             size = 4 if family == socket.AF_INET else 16
             while not _diag_part(nl.recv(1 << 16), family, size, out):
                 if len(out) > _MAX_DIAG_ROWS:
@@ -328,24 +328,19 @@ def _established_by_diag(
 
 def _diag_part(data: bytes, family: int, size: int, out: list[tuple[str, str | None, int | None, int]]) -> bool:
     """Decode one recv() of a sock_diag dump into ``out``; True when the dump is done."""
-    if not data:  # never from a live kernel socket; not a reason to spin
-        raise OSError(errno.EPROTO, "empty sock_diag answer")
-    off = 0
-    while off + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, off)
-        if kind == _NLMSG_DONE:
+    for off, length, kind in nlmsg.messages(data):
+        if kind == nlmsg.NLMSG_DONE:
             return True
-        if kind == _NLMSG_ERROR:
-            code = -struct.unpack_from("=i", data, off + 16)[0]
+        if kind == nlmsg.NLMSG_ERROR:
+            code = nlmsg.error_code(data, off)
             raise OSError(code, os.strerror(code))
-        if length < 16 + 72:
+        if length < nlmsg.HEADER + 72:
             raise OSError(errno.EPROTO, "short sock_diag message")
-        body = off + 16  # struct inet_diag_msg
+        body = off + nlmsg.HEADER  # struct inet_diag_msg
         rport = struct.unpack_from(">H", data, body + 6)[0]
         local = socket.inet_ntop(family, data[body + 8 : body + 8 + size])
         remote = socket.inet_ntop(family, data[body + 24 : body + 24 + size])
         out.append((local, remote, rport, struct.unpack_from("=I", data, body + 68)[0]))
-        off += (length + 3) & ~3
     return False
 
 

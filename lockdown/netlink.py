@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lockdown import nlmsg
 from lockdown.errors import ActionError, PrivilegeError, Unavailable
 
 #: Lifetime value meaning "forever" in IFA_CACHEINFO.
@@ -273,7 +274,6 @@ _RTM_DELADDR, _RTM_GETADDR, _RTM_GETROUTE = 21, 22, 26
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _NLM_F_REQUEST_DUMP = 0x1 | 0x300
 _NLM_F_REQUEST_ACK = 0x1 | 0x4
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 #: Messages one dump may return (a full-table BGP host has ~1M routes; lockdown reads addresses and routes).
 _MAX_DUMP = 1 << 21
 
@@ -295,11 +295,9 @@ def _dump(kind: int, family: int | None, doing: str) -> list[Any]:
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE) as sock:
             sock.settimeout(30)
-            sock.sendto(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST_DUMP, 1, 0) + body, (0, 0))
+            sock.sendto(nlmsg.header(len(body), kind, _NLM_F_REQUEST_DUMP) + body, (0, 0))
             while True:
                 data = sock.recv(1 << 17)
-                if not data:  # never from a live kernel socket; not a reason to spin
-                    raise _translate(errno.EPROTO, doing)
                 done = _dump_end(data, doing)
                 out += [m for m in marshal.parse(data) if m["header"]["type"] == kind - 2]  # RTM_NEW*
                 if done:
@@ -314,18 +312,11 @@ def _dump(kind: int, family: int | None, doing: str) -> list[Any]:
 
 def _dump_end(data: bytes, doing: str) -> bool:
     """True when ``data`` holds the dump's NLMSG_DONE; an NLMSG_ERROR raises, translated."""
-    off = 0
-    while off + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, off)
-        if kind == _NLMSG_DONE:
+    for off, _, kind in nlmsg.messages(data):
+        if kind == nlmsg.NLMSG_DONE:
             return True
-        if kind == _NLMSG_ERROR:
-            code = -struct.unpack_from("=i", data, off + 16)[0]
-            if code:
-                raise _translate(code, doing)
-        if length < 16:
-            raise _translate(errno.EPROTO, doing)
-        off += (length + 3) & ~3
+        if kind == nlmsg.NLMSG_ERROR and (code := nlmsg.error_code(data, off)):
+            raise _translate(code, doing)
     return False
 
 
@@ -534,19 +525,12 @@ def _request(kind: int, body: bytes, doing: str) -> int:
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE) as sock:
             sock.settimeout(30)
-            sock.sendto(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST_ACK, 1, 0) + body, (0, 0))
+            sock.sendto(nlmsg.header(len(body), kind, _NLM_F_REQUEST_ACK) + body, (0, 0))
             while True:
                 data = sock.recv(1 << 16)
-                if not data:
-                    return errno.EPROTO
-                off = 0
-                while off + 16 <= len(data):
-                    length, got = struct.unpack_from("=IH", data, off)
-                    if got == _NLMSG_ERROR:
-                        return int(-struct.unpack_from("=i", data, off + 16)[0])
-                    if length < 16:
-                        return errno.EPROTO
-                    off += (length + 3) & ~3
+                for off, _, got in nlmsg.messages(data):
+                    if got == nlmsg.NLMSG_ERROR:
+                        return nlmsg.error_code(data, off)
     except PermissionError:
         return errno.EPERM
     except OSError as exc:

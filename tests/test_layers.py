@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: Bottom first. ``x/`` is the package lockdown/x/, ``x`` the module lockdown/x.py,
 #: ``__init__`` the package lockdown/__init__.py (the version). Same as docs/architecture.md.
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "errors", "jsonsafe", "layout"),
+    ("__init__", "errors", "jsonsafe", "layout", "nlmsg"),
     ("paths",),
     ("dockerapi", "netlink", "hostfacts", "nft", "sysctl"),
     ("stacks",),
