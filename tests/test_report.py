@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lockdown.mail import analysis
 from tests.conftest import docker_bridge, run_cli
 from tests.mailevidence import incident_with_log, write_log
 
@@ -463,3 +466,34 @@ def test_incident_report_uses_its_evidence(log: Path, tmp_path: Path) -> None:
     page = html.read_text()
     assert "Held in the queue at containment: 2 message(s), 2 of 3 recipient(s) outside" in page
     assert "11111@qq.com (outside)" in page and "postmaster@lab.example" in page
+
+
+class _Chunks:
+    """A log source that hands ``analyse`` the text in the chunks given, noting the GC's thresholds."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        self.name, self.data, self.size = "chunks", data, size
+        self.thresholds: set[tuple[int, int, int]] = set()
+
+    def open(self) -> Iterator[bytes]:
+        for at in range(0, len(self.data), self.size):
+            self.thresholds.add(gc.get_threshold())
+            yield self.data[at : at + self.size]
+
+
+def test_chunks_larger_than_a_block_give_the_same_report_and_the_gc_thresholds_come_back() -> None:
+    # Many messages, so that the text spans several BLOCKs and lines straddle their edges.
+    lines = [line for i in range(400) for line in relayed(i, i % 60)] + incident_log()
+    data = ("\n".join(lines) + "\n").encode()
+    assert len(data) > 3 * analysis.BLOCK
+    before = gc.get_threshold()
+    assert before != analysis.READ_GC_THRESHOLDS
+    docs = []
+    for size in (len(data), analysis.BLOCK + 7, 97):  # one chunk, a block and a bit, small pieces
+        src = _Chunks(data, size)
+        rep = analysis.analyse([src], gateways=[GW], year=2026)
+        docs.append(json.dumps(rep.as_dict(), sort_keys=True, default=str))
+        assert src.thresholds == {analysis.READ_GC_THRESHOLDS}
+        assert gc.get_threshold() == before
+    assert docs[0] == docs[1] == docs[2]
+    assert json.loads(docs[0])["signature_messages"] > 400

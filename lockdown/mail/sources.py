@@ -17,7 +17,7 @@ from typing import IO, Protocol
 from lockdown.errors import BadInput
 from lockdown.mail.parser import LineSplitter, parse_line
 
-#: Bytes read at a time: the rows one regex pass over a chunk returns stay in the CPU's cache.
+#: Bytes read at a time (the analysis cuts them to its own ``BLOCK``s).
 CHUNK = 128 << 10
 
 
