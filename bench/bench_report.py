@@ -14,13 +14,16 @@ lines, 0 to skip): its peak RSS stays <= 100 MiB too, and is printed next to the
 (memory follows the messages still open and the report's own tables, such as by_client, not
 the lines read).
 
-lockdown is timed with its bytecode cached, as an installed copy runs (see installed_env).
-docs/audit.md ("Performance") has the figures measured and where the time goes. Last run
-(2026-12-01, 2-vCPU VM shared with other engineers' tests, load average 1.1-2.1), medians of 3:
+lockdown is timed with its bytecode cached, as an installed copy runs (see installed_env), and
+with the log reader the set-up built (compiled by scripts/build-native; the first line says which;
+LOCKDOWN_MAIL_READER=pure times the source). docs/audit.md ("Performance") has the figures
+measured and where the time goes. Last run (2026-12-01, 2-vCPU VM, load average 0.6-1.1):
 
-    lockdown report :  11.09 s wall    9.91 s CPU  peak RSS   36 MiB
-    pflogsumm       :  12.46 s wall   12.30 s CPU  peak RSS   60 MiB
-    wall 1.12x, CPU 1.24x (goals 2x: MISSED); 5M lines: peak RSS 42 MiB, 49.3 s CPU
+    lockdown's log reader: compiled
+    lockdown report :   5.57 s wall    5.56 s CPU  peak RSS   36 MiB   (median of 5)
+    pflogsumm       :  13.00 s wall   12.97 s CPU  peak RSS   60 MiB
+    wall 2.33x, CPU 2.33x (goals 2x: met); 5M lines: peak RSS 43 MiB, 29.9 s CPU
+    (pure Python, LOCKDOWN_MAIL_READER=pure, medians of 3 in the next run: 9.05 s CPU, 1.51x)
 """
 
 from __future__ import annotations
@@ -168,6 +171,13 @@ def installed_env(tmp: Path, log: Path) -> dict[str, str]:
     return env
 
 
+def reader(env: dict[str, str]) -> str:
+    """``compiled`` or ``pure-python``: the build of lockdown's reader that the timed runs use."""
+    code = "from lockdown import mail; print(mail.reader())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
 def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, bytes]:
     """Wall seconds, CPU seconds, peak RSS in MiB (benchlib's launcher) and stdout of one command."""
     with tempfile.TemporaryFile() as out:
@@ -223,6 +233,7 @@ def main() -> int:
         print(f"generated {truth['lines']} lines ({log.stat().st_size / 2**20:.0f} MiB) "
               f"in {time.perf_counter() - t0:.1f}s")  # fmt: skip
         env = installed_env(Path(tmp), log)
+        print(f"lockdown's log reader: {reader(env)} (scripts/build-native; LOCKDOWN_MAIL_READER=pure for the source)")
         got = rounds(log, truth, env, pflogsumm, args.rounds)
         (lk_wall, lk_cpu, lk_rss), (pf_wall, pf_cpu, pf_rss) = (_medians(got[t]) for t in ("lockdown", "pflogsumm"))
         print(f"lockdown report : {lk_wall:6.2f} s wall  {lk_cpu:6.2f} s CPU  peak RSS {lk_rss:4d} MiB"
