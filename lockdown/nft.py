@@ -25,6 +25,7 @@ import contextvars
 import ctypes
 import json
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -75,7 +76,12 @@ def _run(document: bytes, doing: str) -> bytes:
     """
     lib = _library()
     if lib is not None:
-        code, out, err = lib.run(document)
+        try:
+            code, out, err = lib.run(document)
+        except OSError as exc:
+            raise ActionError(
+                f"cannot {doing}: cannot open a netfilter netlink socket ({exc.strerror}); nothing was changed"
+            ) from None
     else:
         code, out, err = _exec(document, doing)
     if code != 0:
@@ -95,6 +101,10 @@ def _exec(document: bytes, doing: str) -> tuple[int, bytes, str]:
     except OSError as exc:
         raise Unavailable(f"cannot {doing}: running nft failed: {exc.strerror}") from None
     return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
+
+
+#: The netlink protocol of nf_tables (linux/netlink.h), the socket libnftables opens.
+_NETLINK_NETFILTER = 12
 
 
 class _Libnftables:
@@ -123,8 +133,16 @@ class _Libnftables:
         self.lock = threading.Lock()
 
     def run(self, document: bytes) -> tuple[int, bytes, str]:
+        """``nft_run_cmd_from_buffer`` in a new context; OSError when no netfilter socket can open.
+
+        libnftables opens its netlink socket itself, and when that fails (no free file
+        descriptor, no nf_tables in the kernel) it prints and calls ``exit()``: from ``serve``,
+        that would end the server. So a socket of the same kind is opened first, here, and
+        closed just before the call, which leaves the library the descriptor it needs.
+        """
         lib = self.lib
         with self.lock:
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER).close()
             ctx = lib.nft_ctx_new(0)
             if not ctx:
                 raise ActionError("cannot use libnftables: nft_ctx_new failed")

@@ -700,3 +700,51 @@ vars = {{ container = "mailserver" }}
     ]
     assert "docker.pause" not in {s.action_name for s in surgical.steps}
     assert "ipv6.strip" not in {s.action_name for s in surgical.steps}
+
+
+#: In the netns it runs in: no free file descriptor left, then one nft change through lockdown.nft.
+NO_FDS = """
+import json, os, resource, sys
+from lockdown import nft
+from lockdown.errors import LockdownError
+assert nft.load_library(), "libnftables did not load"
+free = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+for _ in range(free):
+    os.close(held.pop())
+add = [{"add": {"table": {"family": "inet", "name": "lkd_no_fds"}}}]
+try:
+    nft.run_batch(add, "add table inet lkd_no_fds")
+    print("added")
+except LockdownError as exc:
+    print("error:", exc)
+print("alive")
+"""
+
+
+def test_no_free_file_descriptor_is_a_step_error_not_the_end_of_the_process(world: World) -> None:
+    """libnftables calls exit() when it cannot open its netlink socket: serve would end with it."""
+
+    def attempt(free: int) -> list[str]:
+        r = nsexec(world.host, sys.executable, "-c", NO_FDS, str(free), check=False)
+        assert r.returncode == 0, f"exit {r.returncode}: {r.stdout}{r.stderr}"
+        return r.stdout.splitlines()
+
+    def tables() -> list[str]:
+        listing = json.loads(nft_json(world.host, "list", "tables"))["nftables"]
+        return [t["table"]["name"] for t in listing if "table" in t]
+
+    assert attempt(0) == [
+        "error: cannot add table inet lkd_no_fds: cannot open a netfilter netlink socket (Too many open files); "
+        "nothing was changed",
+        "alive",
+    ]
+    assert "lkd_no_fds" not in tables()
+    assert attempt(1) == ["added", "alive"]  # one descriptor is all the library needs: the probe leaves it
+    assert "lkd_no_fds" in tables()
