@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import ctypes
+import errno
 import json
 import shutil
 import socket
@@ -79,8 +80,13 @@ def _run(document: bytes, doing: str) -> bytes:
         try:
             code, out, err = lib.run(document)
         except OSError as exc:
+            out_of_fds = exc.errno in (errno.EMFILE, errno.ENFILE)
             raise ActionError(
-                f"cannot {doing}: cannot open a netfilter netlink socket ({exc.strerror}); nothing was changed"
+                f"cannot {doing}: cannot open a netfilter netlink socket ({exc.strerror}); nothing was changed",
+                "the process is out of file descriptors: raise its limit (ulimit -n; LimitNOFILE= for serve's"
+                " unit) and run the same command again"
+                if out_of_fds
+                else "check that the kernel has nf_tables (modprobe nf_tables) and run the same command again",
             ) from None
     else:
         code, out, err = _exec(document, doing)

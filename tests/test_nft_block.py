@@ -724,6 +724,7 @@ try:
     print("added")
 except LockdownError as exc:
     print("error:", exc)
+    print("hint:", exc.hint)
 print("alive")
 """
 
@@ -743,6 +744,8 @@ def test_no_free_file_descriptor_is_a_step_error_not_the_end_of_the_process(worl
     assert attempt(0) == [
         "error: cannot add table inet lkd_no_fds: cannot open a netfilter netlink socket (Too many open files); "
         "nothing was changed",
+        "hint: the process is out of file descriptors: raise its limit (ulimit -n; LimitNOFILE= for serve's unit) "
+        "and run the same command again",
         "alive",
     ]
     assert "lkd_no_fds" not in tables()
